@@ -1,0 +1,113 @@
+// Package cluster holds the typed cluster definition that every pipeline stage
+// reads. It is produced by package schema and is never built by hand outside tests.
+package cluster
+
+import (
+	"slices"
+	"strings"
+)
+
+// Role is something a node does. A node may hold several.
+type Role string
+
+const (
+	LB     Role = "lb"     // nginx + keepalived holding the VIP
+	Broker Role = "broker" // mosquitto serving clients behind the LBs
+	Bridge Role = "bridge" // the mosquitto bridge master joining all brokers
+)
+
+// Roles lists every role in a fixed order.
+var Roles = []Role{LB, Broker, Bridge}
+
+// Cluster is a validated cluster definition.
+type Cluster struct {
+	Name     string
+	Nodes    []Node // sorted by name
+	VIP      *VIP   // nil when the cluster has no load balancers
+	Ports    Ports
+	TLS      TLS
+	MQTT     MQTT
+	Limits   Limits
+	Timeouts Timeouts
+}
+
+type Node struct {
+	Name      string
+	Address   string
+	Roles     []Role
+	Priority  int    // VRRP priority, LBs only
+	Interface string // VIP interface, LBs only (already defaulted from the VIP)
+}
+
+type VIP struct {
+	Address        string // IPv4 without prefix
+	Prefix         int
+	RouterID       int
+	Interface      string
+	AdvertInterval int
+	Unicast        bool
+}
+
+type Ports struct {
+	Client int `json:"client"`
+	Broker int `json:"broker"`
+	Bridge int `json:"bridge"`
+}
+
+type TLS struct {
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+type MQTT struct {
+	MaxKeepalive      int `json:"maxKeepalive"`
+	BridgeKeepalive   int `json:"bridgeKeepalive"`
+	MaxQueuedMessages int `json:"maxQueuedMessages"`
+}
+
+type Limits struct {
+	Clients int `json:"clients"`
+}
+
+type Timeouts struct {
+	Connect int `json:"connect"`
+	Drain   int `json:"drain"`
+	Unit    int `json:"unit"`
+}
+
+// Has reports whether the node holds role r.
+func (n Node) Has(r Role) bool { return slices.Contains(n.Roles, r) }
+
+// RoleList is the node's roles joined by commas, in the fixed role order.
+func (n Node) RoleList() string {
+	var s []string
+	for _, r := range Roles {
+		if n.Has(r) {
+			s = append(s, string(r))
+		}
+	}
+	return strings.Join(s, ",")
+}
+
+// Node returns the node called name.
+func (c *Cluster) Node(name string) (Node, bool) {
+	i, ok := slices.BinarySearchFunc(c.Nodes, name, func(n Node, name string) int {
+		return strings.Compare(n.Name, name)
+	})
+	if !ok {
+		return Node{}, false
+	}
+	return c.Nodes[i], true
+}
+
+// WithRole returns the nodes holding role r, sorted by name.
+func (c *Cluster) WithRole(r Role) []Node {
+	var out []Node
+	for _, n := range c.Nodes {
+		if n.Has(r) {
+			out = append(out, n)
+		}
+	}
+	return out
+}

@@ -1,0 +1,218 @@
+// Package plan compares what a node should have (the rendered files) with
+// what it has (files under a root, unit states) and decides, per unit,
+// whether to start, reload, restart or stop it, and why.
+package plan
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	"github.com/aymanbagabas/go-udiff"
+
+	"github.com/mqha/mqha/internal/render"
+)
+
+// Action is what a unit needs.
+type Action string
+
+const (
+	None    Action = "none"
+	Start   Action = "start"
+	Reload  Action = "reload"
+	Restart Action = "restart"
+	Stop    Action = "stop"
+)
+
+// Marker starts every file the agent writes; a file without it was not ours.
+const Marker = "# Managed by mqha-agent"
+
+// UnitState is what systemd says of a unit.
+type UnitState struct {
+	ActiveState string // active, inactive, failed, activating, ...
+	LoadState   string // loaded, not-found, masked, ...
+}
+
+// Running reports whether the unit is up or coming up.
+func (s UnitState) Running() bool {
+	return s.ActiveState == "active" || s.ActiveState == "activating" || s.ActiveState == "reloading"
+}
+
+// Change is one file whose content on the node differs from the rendered one.
+type Change struct {
+	File    render.File
+	Old     []byte // nil when the file does not exist
+	Existed bool
+	Diff    string // unified diff, old to new
+}
+
+// Unit is the decision for one unit.
+type Unit struct {
+	Name   string
+	Action Action
+	Reason string
+}
+
+// Plan is everything one apply would do on one node.
+type Plan struct {
+	Node         string
+	Changes      []Change
+	Units        []Unit // every unit the node runs or must stop, in start order
+	DaemonReload bool   // a drop-in changed
+	StatesKnown  bool   // unit states were read from systemd
+}
+
+// Empty reports whether applying the plan would change nothing.
+func (p *Plan) Empty() bool {
+	if len(p.Changes) > 0 || p.DaemonReload {
+		return false
+	}
+	for _, u := range p.Units {
+		if u.Action != None {
+			return false
+		}
+	}
+	return true
+}
+
+// Make plans the move from what root holds to out. root is the node's file
+// system with paths relative to "/" (os.DirFS("/") on a node). states may be
+// nil when unit states cannot be read (a rendered tree on a workstation);
+// the plan then decides from files alone.
+func Make(out *render.Output, root fs.FS, states map[string]UnitState) (*Plan, error) {
+	p := &Plan{Node: out.Node.Name, StatesKnown: states != nil}
+	changed := map[string][]Change{}
+	for _, f := range out.Files {
+		old, err := fs.ReadFile(root, strings.TrimPrefix(f.Path, "/"))
+		existed := err == nil
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("read current %s: %w", f.Path, err)
+		}
+		if existed && bytes.Equal(old, f.Content) {
+			continue
+		}
+		c := Change{File: f, Old: old, Existed: existed,
+			Diff: udiff.Unified("a"+f.Path, "b"+f.Path, string(old), string(f.Content))}
+		if !existed {
+			c.Old = nil
+			c.Diff = udiff.Unified("/dev/null", "b"+f.Path, "", string(f.Content))
+		}
+		p.Changes = append(p.Changes, c)
+		changed[f.Unit] = append(changed[f.Unit], c)
+	}
+
+	wanted := map[string]bool{}
+	for _, u := range out.Units {
+		wanted[u] = true
+		action, reason := decide(u, changed[u], states)
+		for _, c := range changed[u] {
+			if c.File.Kind == render.DropIn {
+				p.DaemonReload = true
+			}
+		}
+		p.Units = append(p.Units, Unit{Name: u, Action: action, Reason: reason})
+	}
+	for _, u := range render.AllUnits {
+		if wanted[u] {
+			continue
+		}
+		if reason, ok := stopReason(u, out, root, states); ok {
+			p.Units = append(p.Units, Unit{Name: u, Action: Stop, Reason: reason})
+		}
+	}
+	return p, nil
+}
+
+// decide picks the least disruptive action that makes unit u run the new files.
+func decide(u string, changes []Change, states map[string]UnitState) (Action, string) {
+	st, known := states[u]
+	var conf, dropIn *Change
+	for i := range changes {
+		switch changes[i].File.Kind {
+		case render.Config:
+			conf = &changes[i]
+		case render.DropIn:
+			dropIn = &changes[i]
+		}
+	}
+	daemon := strings.TrimSuffix(u, ".service")
+	switch {
+	case known && st.LoadState != "" && st.LoadState != "loaded":
+		return Start, fmt.Sprintf("unit is %s: install %s first", st.LoadState, daemon)
+	case known && !st.Running():
+		return Start, fmt.Sprintf("%s is %s", daemon, st.ActiveState)
+	case !known && conf != nil && !conf.Existed:
+		return Start, "configuration is new"
+	case dropIn != nil && serviceSectionChanged(dropIn):
+		return Restart, "systemd drop-in changed; its [Service] settings (limits, restart policy) apply only when the daemon starts"
+	case conf != nil:
+		return configAction(daemon, conf)
+	case dropIn != nil:
+		return None, "only unit ordering changed; daemon-reload is enough"
+	}
+	return None, "up to date"
+}
+
+func configAction(daemon string, c *Change) (Action, string) {
+	switch daemon {
+	case "mosquitto":
+		return mosquittoAction(c.Old, c.File.Content)
+	case "nginx":
+		return Reload, "configuration changed; nginx reloads without dropping connections (old workers drain)"
+	case "keepalived":
+		return Reload, "configuration changed; keepalived re-reads it on SIGHUP and keeps the VIP"
+	}
+	return Restart, "configuration changed"
+}
+
+// serviceSectionChanged reports whether a drop-in's [Service] section
+// differs; [Unit] ordering needs only a daemon-reload.
+func serviceSectionChanged(c *Change) bool {
+	return section(c.Old, "Service") != section(c.File.Content, "Service")
+}
+
+func section(b []byte, name string) string {
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "" || strings.HasPrefix(l, "#") || strings.HasPrefix(l, ";"):
+		case strings.HasPrefix(l, "["):
+			in = l == "["+name+"]"
+		case in:
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func stopReason(u string, out *render.Output, root fs.FS, states map[string]UnitState) (string, bool) {
+	why := fmt.Sprintf("node %s (%s) no longer needs it", out.Node.Name, out.Node.RoleList())
+	if st, ok := states[u]; ok {
+		return why, st.Running()
+	}
+	// Without unit states, a configuration we once wrote means we ran it.
+	for _, f := range []string{render.MosquittoConf, render.NginxConf, render.KeepalivedConf} {
+		if unitOf(f) != u {
+			continue
+		}
+		b, err := fs.ReadFile(root, strings.TrimPrefix(f, "/"))
+		return why, err == nil && bytes.HasPrefix(b, []byte(Marker))
+	}
+	return "", false
+}
+
+func unitOf(path string) string {
+	switch path {
+	case render.MosquittoConf:
+		return render.Mosquitto
+	case render.NginxConf:
+		return render.Nginx
+	case render.KeepalivedConf:
+		return render.Keepalived
+	}
+	return ""
+}

@@ -1,0 +1,135 @@
+package render_test
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/schema"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// cases are the cluster layouts with golden files under testdata/golden/NAME.
+var cases = map[string]string{
+	"example":      "../../cluster-repo-example",
+	"four-brokers": "testdata/four-brokers",
+	"one-broker":   "testdata/one-broker",
+	"three-nodes":  "testdata/three-nodes",
+}
+
+func TestGolden(t *testing.T) {
+	for name, dir := range cases {
+		t.Run(name, func(t *testing.T) {
+			c, err := schema.LoadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", "golden", name)
+			if *update {
+				os.RemoveAll(golden)
+			}
+			want := map[string]bool{}
+			for _, n := range c.Nodes {
+				out, err := render.Node(c, n.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range out.Files {
+					p := filepath.Join(golden, n.Name, f.Path)
+					want[p] = true
+					if *update {
+						os.MkdirAll(filepath.Dir(p), 0o755)
+						if err := os.WriteFile(p, f.Content, 0o644); err != nil {
+							t.Fatal(err)
+						}
+						continue
+					}
+					g, err := os.ReadFile(p)
+					if err != nil {
+						t.Fatalf("%v (run `go test ./internal/render -update` after checking the change)", err)
+					}
+					if !bytes.Equal(g, f.Content) {
+						t.Errorf("%s differs from the golden file:\n%s", p, f.Content)
+					}
+				}
+			}
+			// A golden file nobody renders any more is a stale expectation.
+			filepath.WalkDir(golden, func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() && !want[p] {
+					t.Errorf("golden file %s is no longer rendered", p)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestUnitsPerRole(t *testing.T) {
+	c, err := schema.LoadDir("testdata/three-nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		node  string
+		units []string
+		files int
+	}{
+		{"a", []string{render.Mosquitto, render.Nginx, render.Keepalived}, 6},
+		{"c", []string{render.Mosquitto}, 2},
+	}
+	for _, tt := range tests {
+		out, err := render.Node(c, tt.node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(out.Units, " ") != strings.Join(tt.units, " ") || len(out.Files) != tt.files {
+			t.Errorf("node %s: units %v, %d files; want %v, %d", tt.node, out.Units, len(out.Files), tt.units, tt.files)
+		}
+	}
+}
+
+func TestBridgeSkipsItsOwnBroker(t *testing.T) {
+	c := &cluster.Cluster{Name: "x", Nodes: []cluster.Node{
+		{Name: "a", Address: "10.0.0.1", Roles: []cluster.Role{cluster.Broker, cluster.Bridge}},
+		{Name: "b", Address: "10.0.0.2", Roles: []cluster.Role{cluster.Broker}},
+	}, Ports: cluster.Ports{Client: 9000, Broker: 8883, Bridge: 8884}}
+	out, err := render.Node(c, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := string(out.Files[0].Content)
+	if strings.Count(conf, "\nconnection ") != 1 || !strings.Contains(conf, "address 10.0.0.2:8884") {
+		t.Errorf("want exactly one bridge, to b:\n%s", conf)
+	}
+}
+
+func TestUnknownNode(t *testing.T) {
+	c, err := schema.LoadDir("testdata/three-nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := render.Node(c, "zz"); err == nil || !strings.Contains(err.Error(), `"zz" is not in cluster`) {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestDeterministic(t *testing.T) {
+	c, err := schema.LoadDir("testdata/four-brokers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := render.Node(c, "bridge")
+	for range 20 {
+		c2, _ := schema.LoadDir("testdata/four-brokers")
+		b, _ := render.Node(c2, "bridge")
+		if !bytes.Equal(a.Files[0].Content, b.Files[0].Content) {
+			t.Fatal("two renders of one definition differ")
+		}
+	}
+}

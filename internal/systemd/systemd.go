@@ -1,0 +1,114 @@
+// Package systemd drives units through systemd's D-Bus API. Every call is
+// bounded by a timeout: a D-Bus call without one can hang an agent forever.
+package systemd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	sd "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/mqha/mqha/internal/plan"
+)
+
+// DBus is a connection to systemd. It is not safe for concurrent use.
+type DBus struct {
+	conn    *sd.Conn
+	timeout time.Duration
+}
+
+// Connect opens the system bus (or, as root without a bus daemon, systemd's
+// private socket). timeout bounds each later call and each job.
+func Connect(ctx context.Context, timeout time.Duration) (*DBus, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := sd.NewWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to systemd over D-Bus: %w (is systemd PID 1 and dbus running?)", err)
+	}
+	return &DBus{conn: conn, timeout: timeout}, nil
+}
+
+func (d *DBus) Close() { d.conn.Close() }
+
+// State returns the unit's load and active state.
+func (d *DBus) State(ctx context.Context, unit string) (plan.UnitState, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	props, err := d.conn.GetUnitPropertiesContext(ctx, unit)
+	if err != nil {
+		return plan.UnitState{}, fmt.Errorf("read state of %s: %w", unit, err)
+	}
+	s := plan.UnitState{}
+	s.ActiveState, _ = props["ActiveState"].(string)
+	s.LoadState, _ = props["LoadState"].(string)
+	return s, nil
+}
+
+// DaemonReload makes systemd re-read unit files and drop-ins.
+func (d *DBus) DaemonReload(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	if err := d.conn.ReloadContext(ctx); err != nil {
+		return fmt.Errorf("systemctl daemon-reload: %w", err)
+	}
+	return nil
+}
+
+// Do runs action on unit and waits for its job to finish.
+func (d *DBus) Do(ctx context.Context, action plan.Action, unit string) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	type jobFunc func(context.Context, string, string, chan<- string) (int, error)
+	var f jobFunc
+	switch action {
+	case plan.Start:
+		f = d.conn.StartUnitContext
+	case plan.Restart:
+		f = d.conn.RestartUnitContext
+	case plan.Reload:
+		// A unit without ExecReload cannot reload; restarting is then the
+		// only way to apply a change.
+		f = d.conn.ReloadOrRestartUnitContext
+	case plan.Stop:
+		f = d.conn.StopUnitContext
+	case plan.None:
+		return nil
+	default:
+		return fmt.Errorf("unknown action %q for %s", action, unit)
+	}
+	// Buffered: go-systemd must never block delivering the result.
+	done := make(chan string, 1)
+	if _, err := f(ctx, unit, "replace", done); err != nil {
+		return fmt.Errorf("%s %s: %w", action, unit, err)
+	}
+	select {
+	case res := <-done:
+		if res != "done" {
+			return fmt.Errorf("%s %s: job %s (see journalctl -u %s)", action, unit, res, unit)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%s %s: no result within %s (see systemctl status %s)", action, unit, d.timeout, unit)
+	}
+}
+
+// Enable makes unit start at boot; Disable undoes it.
+func (d *DBus) Enable(ctx context.Context, unit string) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	if _, _, err := d.conn.EnableUnitFilesContext(ctx, []string{unit}, false, true); err != nil {
+		return fmt.Errorf("enable %s: %w", unit, err)
+	}
+	return nil
+}
+
+func (d *DBus) Disable(ctx context.Context, unit string) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	if _, err := d.conn.DisableUnitFilesContext(ctx, []string{unit}, false); err != nil {
+		return fmt.Errorf("disable %s: %w", unit, err)
+	}
+	return nil
+}

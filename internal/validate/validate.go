@@ -1,0 +1,211 @@
+// Package validate checks candidate configurations with the daemons' own
+// tools before anything is written where a daemon would read it: nginx -t,
+// keepalived --config-test, and a throwaway mosquitto on loopback (mosquitto
+// 2.0 has no config-test flag).
+package validate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/mqha/mqha/internal/render"
+)
+
+// Tools runs the real daemons' checks. The zero value uses the binaries on PATH.
+type Tools struct {
+	Nginx, Keepalived, Mosquitto string // binaries; empty means the usual name on PATH
+	// MosquittoWait bounds the trial start; zero means 10 s.
+	MosquittoWait time.Duration
+}
+
+// Files checks every configuration file among files; drop-ins are systemd's
+// and need no daemon check.
+func (t Tools) Files(ctx context.Context, files []render.File) error {
+	var errs []error
+	for _, f := range files {
+		if f.Kind != render.Config {
+			continue
+		}
+		var err error
+		switch f.Path {
+		case render.NginxConf:
+			err = t.nginx(ctx, f.Content)
+		case render.KeepalivedConf:
+			err = t.keepalived(ctx, f.Content)
+		case render.MosquittoConf:
+			err = t.mosquitto(ctx, f.Content)
+		default:
+			err = errors.New("no validator for this file")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("candidate %s rejected: %w", f.Path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// candidate writes content to a private temporary file and returns its path.
+func candidate(pattern string, content []byte) (string, func(), error) {
+	f, err := os.CreateTemp("", pattern)
+	if err != nil {
+		return "", nil, fmt.Errorf("stage candidate: %w", err)
+	}
+	_, err = f.Write(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", nil, fmt.Errorf("stage candidate: %w", err)
+	}
+	return f.Name(), func() { os.Remove(f.Name()) }, nil
+}
+
+func run(ctx context.Context, name string, args ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		var ee *exec.Error
+		if errors.As(err, &ee) {
+			return fmt.Errorf("%s is not installed: %w", name, err)
+		}
+		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (t Tools) nginx(ctx context.Context, content []byte) error {
+	p, done, err := candidate("mqha-nginx-*.conf", content)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return run(ctx, or(t.Nginx, "nginx"), "-t", "-q", "-c", p)
+}
+
+func (t Tools) keepalived(ctx context.Context, content []byte) error {
+	p, done, err := candidate("mqha-keepalived-*.conf", content)
+	if err != nil {
+		return err
+	}
+	defer done()
+	// --config-test exits non-zero on any problem it reports, including an
+	// interface this host does not have.
+	return run(ctx, or(t.Keepalived, "keepalived"), "--config-test", "-f", p)
+}
+
+// mosquitto starts the candidate as a throwaway broker: same options, TLS
+// files and user, but its listeners on free loopback ports, no pid file or
+// persistence, and its bridges pointed at a closed loopback port so that no
+// traffic leaves this host. It passes when the broker accepts a TCP
+// connection on its first listener.
+func (t Tools) mosquitto(ctx context.Context, content []byte) error {
+	trial, port, err := trialMosquitto(content)
+	if err != nil {
+		return err
+	}
+	p, done, err := candidate("mqha-mosquitto-*.conf", trial)
+	if err != nil {
+		return err
+	}
+	defer done()
+	wait := t.MosquittoWait
+	if wait == 0 {
+		wait = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.Command(or(t.Mosquitto, "mosquitto"), "-c", p)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start trial mosquitto: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("trial mosquitto exited (%v):\n%s", err, strings.TrimSpace(out.String()))
+		case <-ctx.Done():
+			return fmt.Errorf("trial mosquitto did not listen within %s:\n%s", wait, strings.TrimSpace(out.String()))
+		case <-tick.C:
+			c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", port), 100*time.Millisecond)
+			if err == nil {
+				c.Close()
+				return nil
+			}
+		}
+	}
+}
+
+// trialMosquitto rewrites a configuration for a trial start and returns it
+// with the port of its first listener.
+func trialMosquitto(content []byte) ([]byte, string, error) {
+	var b strings.Builder
+	b.WriteString("log_dest stderr\npersistence false\n")
+	first := ""
+	closed, err := freePort() // nothing listens here: bridges fail at once
+	if err != nil {
+		return nil, "", err
+	}
+	for _, line := range strings.Split(string(content), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		switch fields[0] {
+		case "pid_file", "log_dest", "persistence", "persistence_location", "autosave_interval":
+			continue
+		case "listener":
+			port, err := freePort()
+			if err != nil {
+				return nil, "", err
+			}
+			if first == "" {
+				first = port
+			}
+			line = "listener " + port + " 127.0.0.1"
+		case "address":
+			line = "address 127.0.0.1:" + closed
+		}
+		b.WriteString(line + "\n")
+	}
+	if first == "" {
+		return nil, "", errors.New("configuration has no listener")
+	}
+	return []byte(b.String()), first, nil
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free loopback port: %w", err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port, nil
+}

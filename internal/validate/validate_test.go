@@ -1,0 +1,110 @@
+package validate_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/testtools"
+	"github.com/mqha/mqha/internal/validate"
+	"github.com/mqha/mqha/schema"
+)
+
+var layouts = []string{
+	"../../cluster-repo-example",
+	"../render/testdata/four-brokers",
+	"../render/testdata/one-broker",
+	"../render/testdata/three-nodes",
+}
+
+// renderForHost renders node with this host's interface and real test
+// certificates, so that the daemons' own checks can pass.
+func renderForHost(t *testing.T, c *cluster.Cluster, tls map[string]cluster.TLS, node string) []render.File {
+	t.Helper()
+	cc := *c
+	cc.TLS = tls[node]
+	cc.Nodes = append([]cluster.Node(nil), c.Nodes...)
+	iface := testtools.Interface(t)
+	for i := range cc.Nodes {
+		if cc.Nodes[i].Has(cluster.LB) {
+			cc.Nodes[i].Interface = iface
+		}
+	}
+	out, err := render.Node(&cc, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Files
+}
+
+// TestRenderedConfigsPassRealTools runs every rendered configuration of every
+// layout through nginx -t, keepalived --config-test and a real mosquitto start.
+func TestRenderedConfigsPassRealTools(t *testing.T) {
+	testtools.RequireRoot(t)
+	testtools.Require(t, "nginx", "keepalived", "mosquitto")
+	for _, dir := range layouts {
+		c, err := schema.LoadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tls := testtools.TLS(t, c)
+		for _, n := range c.Nodes {
+			t.Run(c.Name+"/"+n.Name, func(t *testing.T) {
+				if err := (validate.Tools{}).Files(context.Background(), renderForHost(t, c, tls, n.Name)); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+func TestBrokenCandidatesAreRejected(t *testing.T) {
+	testtools.RequireRoot(t)
+	testtools.Require(t, "nginx", "keepalived", "mosquitto")
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls := testtools.TLS(t, c)
+	unreadable := tls["broker1"].Key + ".private"
+	orig, _ := os.ReadFile(tls["broker1"].Key)
+	if err := os.WriteFile(unreadable, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, node, path, old, new, want string
+	}{
+		{"nginx typo", "lb1", render.NginxConf, "proxy_timeout", "proxy_timeot", "unknown directive"},
+		{"nginx upstream without servers", "lb1", render.NginxConf, "server 10.20.0.2", "#", "no servers"},
+		{"keepalived bad keyword", "lb1", render.KeepalivedConf, "advert_int", "advert_intx", "Unknown keyword"},
+		{"keepalived priority out of range", "lb1", render.KeepalivedConf, "priority 150", "priority 300", "outside range"},
+		{"mosquitto missing certificate", "broker1", render.MosquittoConf, "certfile " + tls["broker1"].Cert, "certfile /nonexistent/x.crt", "Unable to load server certificate"},
+		{"mosquitto key unreadable by its user", "broker1", render.MosquittoConf, "keyfile " + tls["broker1"].Key, "keyfile " + unreadable, "Unable to load server key"},
+		{"mosquitto unknown option", "bridge", render.MosquittoConf, "try_private true", "try_privat true", "try_privat"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var f render.File
+			for _, x := range renderForHost(t, c, tls, tt.node) {
+				if x.Path == tt.path {
+					f = x
+				}
+			}
+			if !bytes.Contains(f.Content, []byte(tt.old)) {
+				t.Fatalf("%s of %s has no %q", tt.path, tt.node, tt.old)
+			}
+			f.Content = bytes.ReplaceAll(f.Content, []byte(tt.old), []byte(tt.new))
+			err := (validate.Tools{}).Files(context.Background(), []render.File{f})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("want an error mentioning %q, got %v", tt.want, err)
+			}
+			if testing.Verbose() {
+				t.Log(err)
+			}
+		})
+	}
+}

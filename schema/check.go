@@ -1,0 +1,236 @@
+package schema
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"slices"
+	"strings"
+
+	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/token"
+
+	"github.com/mqha/mqha/internal/cluster"
+)
+
+// hostname is one DNS label: node names become hostnames, certificate
+// names and parts of MQTT client ids.
+var hostname = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// checker applies the rules that span several values, reporting each at the
+// position of the value that breaks it.
+type checker struct {
+	v    cue.Value // the definition unified with the schema: positions of values
+	user cue.Value // the definition alone: positions of fields the schema also declares
+	errs Errors
+}
+
+// fail records a problem at the value under path (node names, field names and
+// list indexes). A value the user did not write (a schema default) is
+// reported at the nearest enclosing value the user did write.
+func (k *checker) fail(path []any, hint, format string, args ...any) {
+	e := Error{Path: display(path), Msg: fmt.Sprintf(format, args...), Hint: hint}
+	for n := len(path); n >= 0; n-- {
+		if pos, ok := k.pos(path[:n]); ok {
+			e.File, e.Line, e.Col = pos.Filename(), pos.Line(), pos.Column()
+			break
+		}
+	}
+	k.errs = append(k.errs, e)
+}
+
+func (k *checker) pos(path []any) (token.Pos, bool) {
+	p := cuePath(path)
+	return userPos([]token.Pos{k.v.LookupPath(p).Pos(), k.user.LookupPath(p).Pos()})
+}
+
+func (k *checker) where(path []any) string {
+	if p, ok := k.pos(path); ok {
+		return fmt.Sprintf("%s:%d:%d", p.Filename(), p.Line(), p.Column())
+	}
+	return display(path)
+}
+
+// cuePath builds a path from labels and list indexes. Node names need not be
+// CUE identifiers ("broker-1"), so paths are never parsed from strings.
+func cuePath[T any](path []T) cue.Path {
+	sels := make([]cue.Selector, len(path))
+	for i, p := range path {
+		switch p := any(p).(type) {
+		case int:
+			sels[i] = cue.Index(p)
+		case string:
+			if n, err := strconv.Atoi(p); err == nil {
+				sels[i] = cue.Index(n)
+			} else {
+				sels[i] = cue.Str(p)
+			}
+		}
+	}
+	return cue.MakePath(sels...)
+}
+
+func display(path []any) string {
+	s := make([]string, len(path))
+	for i, p := range path {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, ".")
+}
+
+func check(v, user cue.Value, c *cluster.Cluster) Errors {
+	k := &checker{v: v, user: user}
+	k.names(c)
+	k.addresses(c)
+	k.roles(c)
+	k.lbs(c)
+	k.ports(c)
+	k.errs.sort()
+	return k.errs
+}
+
+func (k *checker) names(c *cluster.Cluster) {
+	for _, n := range c.Nodes {
+		if !hostname.MatchString(n.Name) {
+			k.fail([]any{"nodes", n.Name}, "node names are lower-case hostnames: letters, digits and '-', at most 63 characters",
+				"node name %q is not a hostname", n.Name)
+		}
+	}
+}
+
+func (k *checker) addresses(c *cluster.Cluster) {
+	first := map[string]string{}
+	for _, n := range c.Nodes {
+		if prev, ok := first[n.Address]; ok {
+			k.fail([]any{"nodes", n.Name, "address"}, "every node needs its own address",
+				"address %s is already used by node %s (%s)", n.Address, prev, k.where([]any{"nodes", prev, "address"}))
+			continue
+		}
+		first[n.Address] = n.Name
+	}
+}
+
+func (k *checker) roles(c *cluster.Cluster) {
+	brokers, bridges := c.WithRole(cluster.Broker), c.WithRole(cluster.Bridge)
+	switch {
+	case len(c.Nodes) == 0:
+		k.fail([]any{"nodes"}, `add at least one node with roles: ["broker"]`, "the cluster has no nodes")
+	case len(brokers) == 0:
+		k.fail([]any{"nodes"}, `give at least one node the role "broker"`, "the cluster has no broker")
+	case len(brokers) >= 2 && len(bridges) == 0:
+		k.fail([]any{"nodes"}, `add "bridge" to one node's roles: without a bridge master a message published on one broker never reaches subscribers on the others`,
+			"%d brokers but no bridge", len(brokers))
+	}
+	for _, b := range bridges[min(1, len(bridges)):] {
+		k.fail(rolePath(b, cluster.Bridge), "keep exactly one bridge master: two active bridge masters form a loop and every message circulates forever",
+			"node %s is a second bridge (node %s is one already)", b.Name, bridges[0].Name)
+	}
+	for _, n := range c.Nodes {
+		for i, r := range n.Roles {
+			if slices.Index(n.Roles, r) != i {
+				k.fail([]any{"nodes", n.Name, "roles", i}, "list each role once", "role %q is listed twice", r)
+			}
+		}
+	}
+}
+
+func rolePath(n cluster.Node, r cluster.Role) []any {
+	return []any{"nodes", n.Name, "roles", slices.Index(n.Roles, r)}
+}
+
+func (k *checker) lbs(c *cluster.Cluster) {
+	lbs := c.WithRole(cluster.LB)
+	for _, n := range c.Nodes {
+		if n.Has(cluster.LB) {
+			if n.Priority == 0 {
+				k.fail([]any{"nodes", n.Name}, "give each load balancer a different priority (1..254); the highest takes the VIP first",
+					"load balancer %s has no priority", n.Name)
+			}
+			continue
+		}
+		if n.Priority != 0 {
+			k.fail([]any{"nodes", n.Name, "priority"}, `priority is the VRRP priority of a node with role "lb"; remove it or add the role`,
+				"node %s has a priority but is not a load balancer", n.Name)
+		}
+		if n.Interface != "" {
+			k.fail([]any{"nodes", n.Name, "interface"}, `interface carries the VIP on a node with role "lb"; remove it or add the role`,
+				"node %s has an interface but is not a load balancer", n.Name)
+		}
+	}
+	if c.VIP == nil {
+		if len(lbs) > 0 {
+			k.fail(rolePath(lbs[0], cluster.LB), `add vip: {address: "A.B.C.D/NN", routerID: N} for the load balancers to hold`,
+				"load balancers without a vip")
+		}
+		return
+	}
+	if len(lbs) < 2 {
+		k.fail([]any{"vip"}, "a VIP moves between load balancers; with fewer than two there is nowhere to move it, so it adds nothing but a single point of failure. Add a second node with role \"lb\", or remove vip",
+			"a vip needs at least two load balancers, found %d", len(lbs))
+	}
+	prefix, err := netip.ParsePrefix(c.VIP.Address + "/" + fmt.Sprint(c.VIP.Prefix))
+	if err != nil || !prefix.Addr().Is4() {
+		k.fail([]any{"vip", "address"}, "an IPv4 address with its prefix length, e.g. \"10.0.0.100/24\"", "invalid VIP %s/%d", c.VIP.Address, c.VIP.Prefix)
+		return
+	}
+	net := prefix.Masked()
+	for _, n := range c.Nodes {
+		if n.Address == c.VIP.Address {
+			k.fail([]any{"vip", "address"}, "the VIP must be an address no node owns: pick a free address in the load balancers' subnet",
+				"VIP %s is node %s's address", c.VIP.Address, n.Name)
+		}
+	}
+	for _, n := range lbs {
+		a, err := netip.ParseAddr(n.Address)
+		if err == nil && !net.Contains(a) {
+			k.fail([]any{"vip", "address"}, fmt.Sprintf("keepalived can only hold a VIP in a subnet the load balancers are on; pick an address in the subnet of %s or fix the prefix length", n.Address),
+				"VIP %s is outside %s, the subnet of load balancer %s (%s)", c.VIP.Address, net, n.Name, n.Address)
+		}
+	}
+	seen := map[int]string{}
+	for _, n := range lbs {
+		if n.Priority == 0 {
+			continue
+		}
+		if prev, ok := seen[n.Priority]; ok {
+			k.fail([]any{"nodes", n.Name, "priority"}, "with equal priorities the VRRP election falls to the higher IP address, which is no one's decision; give each load balancer a different priority",
+				"load balancers %s and %s both have priority %d", prev, n.Name, n.Priority)
+			continue
+		}
+		seen[n.Priority] = n.Name
+	}
+}
+
+// ports checks that no two listeners on one node share a port. Ports are
+// cluster-wide, so a clash shows on the nodes whose roles combine them.
+func (k *checker) ports(c *cluster.Cluster) {
+	type use struct {
+		field, what string
+		port        int
+	}
+	reported := map[string]bool{}
+	for _, n := range c.Nodes {
+		var uses []use
+		if n.Has(cluster.LB) {
+			uses = append(uses, use{"client", "nginx client listener", c.Ports.Client})
+		}
+		if n.Has(cluster.Broker) || n.Has(cluster.Bridge) {
+			uses = append(uses, use{"broker", "mosquitto TLS listener", c.Ports.Broker})
+		}
+		if n.Has(cluster.Broker) {
+			uses = append(uses, use{"bridge", "mosquitto bridge listener", c.Ports.Bridge})
+		}
+		for i, a := range uses {
+			for _, b := range uses[i+1:] {
+				key := a.field + "/" + b.field
+				if a.port != b.port || reported[key] {
+					continue
+				}
+				reported[key] = true
+				k.fail([]any{"ports", b.field}, fmt.Sprintf("give ports.%s and ports.%s different values", a.field, b.field),
+					"port %d is both the %s and the %s on node %s", a.port, a.what, b.what, n.Name)
+			}
+		}
+	}
+}
