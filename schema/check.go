@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 
 	"cuelang.org/go/cue"
