@@ -228,7 +228,12 @@ func (k *checker) ports(c *cluster.Cluster) {
 					continue
 				}
 				reported[key] = true
-				k.fail([]any{"ports", b.field}, fmt.Sprintf("give ports.%s and ports.%s different values", a.field, b.field),
+				// Report at the port the user set; the other may be a default.
+				field := b.field
+				if _, ok := k.pos([]any{"ports", field}); !ok {
+					field = a.field
+				}
+				k.fail([]any{"ports", field}, fmt.Sprintf("give ports.%s and ports.%s different values", a.field, b.field),
 					"port %d is both the %s and the %s on node %s", a.port, a.what, b.what, n.Name)
 			}
 		}

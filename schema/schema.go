@@ -103,7 +103,12 @@ func fromCUE(err error, fallbackHint string, user cue.Value) Errors {
 		if strings.Contains(x.Msg, "field not allowed") {
 			x.Hint = "no such setting in the mqha schema (a typo?); see cluster-repo-example/README.md"
 		}
-		if pos, ok := userPos(append([]token.Pos{e.Position()}, e.InputPositions()...)); ok {
+		ps := append([]token.Pos{e.Position()}, e.InputPositions()...)
+		if user.Exists() {
+			// Some errors (list lengths) carry only the schema's position.
+			ps = append(ps, user.LookupPath(cuePath(e.Path())).Pos())
+		}
+		if pos, ok := userPos(ps); ok {
 			x.File, x.Line, x.Col = pos.Filename(), pos.Line(), pos.Column()
 		}
 		disj := strings.Contains(x.Msg, "empty disjunction") || strings.HasPrefix(x.Msg, "conflicting values")

@@ -1,0 +1,308 @@
+// Command mqha-agent runs a highly available Mosquitto MQTT service from a
+// cluster definition kept in git. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/systemd"
+	"github.com/mqha/mqha/internal/validate"
+	"github.com/mqha/mqha/schema"
+)
+
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitChanges = 1 // diff only: applying would change something
+	exitError   = 2
+)
+
+const usage = `usage: mqha-agent COMMAND [flags]
+
+commands:
+  vet     [--repo DIR]                               validate the cluster definition
+  nodes   [--repo DIR]                               list nodes: NAME ADDRESS ROLES
+  render  [--repo DIR] (--node NAME | --all) --out DIR
+                                                     write the rendered files under DIR
+  diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
+  apply   [--repo DIR] [--node NAME]                 validate, write and reload/restart (as root)
+  version                                            print the version
+
+exit codes: 0 ok, 1 differences (diff only), 2 error
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type cmd struct {
+	ctx    context.Context
+	stdout io.Writer
+	stderr io.Writer
+	log    *slog.Logger
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitError
+	}
+	c := &cmd{ctx: ctx, stdout: stdout, stderr: stderr,
+		log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	var err error
+	code := exitOK
+	switch args[0] {
+	case "vet":
+		err = c.vet(args[1:])
+	case "nodes":
+		err = c.nodes(args[1:])
+	case "render":
+		err = c.render(args[1:])
+	case "diff":
+		code, err = c.diff(args[1:])
+	case "apply":
+		err = c.apply(args[1:])
+	case "version", "--version":
+		fmt.Fprintln(stdout, "mqha-agent", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "mqha-agent: unknown command %q\n\n%s", args[0], usage)
+		return exitError
+	}
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "mqha-agent %s: %v\n", args[0], err)
+		}
+		return exitError
+	}
+	return code
+}
+
+// flags makes a flag set for one command; --repo is common to all.
+func (c *cmd) flags(name string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	repo := fs.String("repo", ".", "directory of the cluster definition (a CUE package)")
+	return fs, repo
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+func (c *cmd) vet(args []string) error {
+	fs, repo := c.flags("vet")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cl, err := schema.LoadDir(*repo)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s: cluster %s is valid: %d nodes (%d lb, %d broker, %d bridge)\n", *repo, cl.Name,
+		len(cl.Nodes), len(cl.WithRole(cluster.LB)), len(cl.WithRole(cluster.Broker)), len(cl.WithRole(cluster.Bridge)))
+	return nil
+}
+
+func (c *cmd) nodes(args []string) error {
+	fs, repo := c.flags("nodes")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cl, err := schema.LoadDir(*repo)
+	if err != nil {
+		return err
+	}
+	for _, n := range cl.Nodes {
+		fmt.Fprintf(c.stdout, "%s %s %s\n", n.Name, n.Address, n.RoleList())
+	}
+	return nil
+}
+
+func (c *cmd) render(args []string) error {
+	fs, repo := c.flags("render")
+	node := fs.String("node", "", "render this node")
+	all := fs.Bool("all", false, "render every node, each under OUT/NAME/")
+	out := fs.String("out", "", "output directory (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" || (*node == "") == !*all {
+		return errors.New("need --out DIR and exactly one of --node NAME or --all")
+	}
+	cl, err := schema.LoadDir(*repo)
+	if err != nil {
+		return err
+	}
+	targets := map[string]string{*node: *out}
+	if *all {
+		targets = map[string]string{}
+		for _, n := range cl.Nodes {
+			targets[n.Name] = filepath.Join(*out, n.Name)
+		}
+	}
+	for name, dir := range targets {
+		o, err := render.Node(cl, name)
+		if err != nil {
+			return err
+		}
+		for _, f := range o.Files {
+			p := filepath.Join(dir, f.Path)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(p, f.Content, f.Mode); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, p)
+		}
+	}
+	return nil
+}
+
+// load reads the definition and renders the node (default: this host).
+func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
+	if node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, nil, fmt.Errorf("no --node and no hostname: %w", err)
+		}
+		node, _, _ = strings.Cut(h, ".")
+	}
+	cl, err := schema.LoadDir(repo)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := render.Node(cl, node)
+	return cl, out, err
+}
+
+// unitStates asks systemd for the state of every managed unit.
+func unitStates(ctx context.Context, sd apply.Systemd) (map[string]plan.UnitState, error) {
+	states := map[string]plan.UnitState{}
+	for _, u := range render.AllUnits {
+		st, err := sd.State(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		states[u] = st
+	}
+	return states, nil
+}
+
+func (c *cmd) diff(args []string) (int, error) {
+	fs, repo := c.flags("diff")
+	node := fs.String("node", "", "node to diff (default: this host's name)")
+	root := fs.String("root", "/", "compare with the files under this directory")
+	if err := parse(fs, args); err != nil {
+		return exitError, err
+	}
+	if st, err := os.Stat(*root); err != nil || !st.IsDir() {
+		return exitError, fmt.Errorf("--root %s is not a directory", *root)
+	}
+	cl, out, err := load(*repo, *node)
+	if err != nil {
+		return exitError, err
+	}
+	// Unit states only mean something for the live root of this machine.
+	var states map[string]plan.UnitState
+	statesNote := "unit states not read (--root is not /): decided from files alone"
+	if filepath.Clean(*root) == "/" {
+		if sd, err := systemd.Connect(c.ctx, time.Duration(cl.Timeouts.Unit)*time.Second); err != nil {
+			statesNote = "unit states unknown (" + err.Error() + "): decided from files alone"
+		} else {
+			defer sd.Close()
+			if states, err = unitStates(c.ctx, sd); err != nil {
+				return exitError, err
+			}
+		}
+	}
+	p, err := plan.Make(out, os.DirFS(*root), states)
+	if err != nil {
+		return exitError, err
+	}
+	for _, ch := range p.Changes {
+		fmt.Fprint(c.stdout, ch.Diff)
+	}
+	fmt.Fprintf(c.stdout, "\nplan for node %s (%s):\n", p.Node, out.Node.RoleList())
+	if !p.StatesKnown {
+		fmt.Fprintf(c.stdout, "  note: %s\n", statesNote)
+	}
+	writePlan(c.stdout, p)
+	if p.Empty() {
+		return exitOK, nil
+	}
+	return exitChanges, nil
+}
+
+func writePlan(w io.Writer, p *plan.Plan) {
+	if p.DaemonReload {
+		fmt.Fprintln(w, "  systemd: daemon-reload, drop-ins changed")
+	}
+	for _, u := range p.Units {
+		fmt.Fprintf(w, "  %s: %s, %s\n", strings.TrimSuffix(u.Name, ".service"), u.Action, u.Reason)
+	}
+}
+
+func (c *cmd) apply(args []string) error {
+	fs, repo := c.flags("apply")
+	node := fs.String("node", "", "node to apply (default: this host's name)")
+	stateDir := fs.String("state-dir", "/var/lib/mqha", "where previous files are kept (under backup/)")
+	settle := fs.Duration("settle", 2*time.Second, "how long units must stay up after a change")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cl, out, err := load(*repo, *node)
+	if err != nil {
+		return err
+	}
+	sd, err := systemd.Connect(c.ctx, time.Duration(cl.Timeouts.Unit)*time.Second)
+	if err != nil {
+		return err
+	}
+	defer sd.Close()
+	states, err := unitStates(c.ctx, sd)
+	if err != nil {
+		return err
+	}
+	p, err := plan.Make(out, os.DirFS("/"), states)
+	if err != nil {
+		return err
+	}
+	writePlan(c.stdout, p)
+	a := &apply.Applier{
+		Root: "/", BackupDir: filepath.Join(*stateDir, "backup"),
+		Systemd: sd, Validator: validate.Tools{}, Settle: *settle, Log: c.log,
+	}
+	if err := a.Apply(c.ctx, p); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "node %s: applied\n", p.Node)
+	return nil
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func mqha(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// copyExample copies the example cluster repository to a temporary directory.
+func copyExample(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-r", "../cluster-repo-example/.", dir).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return dir
+}
+
+func TestCommands(t *testing.T) {
+	bad := t.TempDir()
+	os.WriteFile(filepath.Join(bad, "c.cue"), []byte("package cluster\nname: \"x\"\nnodes: a: {address: \"10.0.0.1\", roles: [\"brokr\"]}\n"), 0o644)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		out  string // regexp the output (stdout+stderr) must match
+	}{
+		{"vet ok", []string{"vet", "--repo", "../cluster-repo-example"}, 0, `cluster mqtt is valid: 5 nodes \(2 lb, 2 broker, 1 bridge\)`},
+		{"vet error with position", []string{"vet", "--repo", bad}, 2, `c\.cue:3:41: nodes\.a\.roles\.0: "brokr" is not allowed here`},
+		{"vet missing repo", []string{"vet", "--repo", "/nonexistent"}, 2, `cluster repository /nonexistent`},
+		{"nodes", []string{"nodes", "--repo", "../cluster-repo-example"}, 0, `(?m)^lb1 10\.20\.0\.11 lb$`},
+		{"render needs a target", []string{"render", "--repo", "../cluster-repo-example", "--out", t.TempDir()}, 2, `exactly one of --node NAME or --all`},
+		{"diff unknown node", []string{"diff", "--repo", "../cluster-repo-example", "--node", "nope", "--root", t.TempDir()}, 2, `node "nope" is not in cluster "mqtt"`},
+		{"diff bad root", []string{"diff", "--repo", "../cluster-repo-example", "--node", "lb1", "--root", "/nonexistent"}, 2, `--root /nonexistent is not a directory`},
+		{"diff fresh node", []string{"diff", "--repo", "../cluster-repo-example", "--node", "broker1", "--root", t.TempDir()}, 1, `mosquitto: start, configuration is new`},
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"stray argument", []string{"vet", "extra"}, 2, `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := mqha(t, tt.args...)
+			if code != tt.code || !regexp.MustCompile(tt.out).MatchString(out+errs) {
+				t.Errorf("exit %d (want %d)\nstdout:\n%s\nstderr:\n%s\nwant match: %s", code, tt.code, out, errs, tt.out)
+			}
+		})
+	}
+}
+
+// TestAddBrokerChangesOnlyBridgeAndUpstream is the promise of cluster as
+// data: adding one broker entry changes the bridge master's configuration
+// (one more connection) and each load balancer's upstream (one more server),
+// and nothing else on any existing node.
+func TestAddBrokerChangesOnlyBridgeAndUpstream(t *testing.T) {
+	repo := copyExample(t)
+	live := t.TempDir()
+	if code, _, errs := mqha(t, "render", "--repo", repo, "--all", "--out", live); code != 0 {
+		t.Fatal(errs)
+	}
+	// Every node is in sync before the change.
+	for _, n := range []string{"lb1", "lb2", "bridge", "broker1", "broker2"} {
+		if code, out, errs := mqha(t, "diff", "--repo", repo, "--node", n, "--root", filepath.Join(live, n)); code != 0 {
+			t.Fatalf("%s not in sync before the change: %s%s", n, out, errs)
+		}
+	}
+	entry := "package cluster\n\nnodes: broker3: {address: \"10.20.0.23\", roles: [\"broker\"]}\n"
+	if err := os.WriteFile(filepath.Join(repo, "broker3.cue"), []byte(entry), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		node   string
+		code   int
+		files  []string // changed files
+		added  []string // lines the diff adds (all of them)
+		action string
+	}{
+		{"bridge", 1, []string{"/etc/mosquitto/mosquitto.conf"}, []string{
+			"# To broker broker3.", "connection mqha-broker3", "address 10.20.0.23:8884",
+			"remote_clientid mqtt-bridge-to-broker3", "bridge_protocol_version mqttv311", "try_private true",
+			"cleansession false", "notifications true", "keepalive_interval 15", "restart_timeout 1 5",
+			"start_type automatic", "bridge_cafile /etc/mqha/tls/ca.crt", "bridge_certfile /etc/mqha/tls/node.crt",
+			"bridge_keyfile /etc/mqha/tls/node.key", "bridge_insecure false", "topic # both 2", ""},
+			"mosquitto: restart, bridges changed and mosquitto cannot reload bridges"},
+		{"lb1", 1, []string{"/etc/nginx/nginx.conf"}, []string{
+			"        server 10.20.0.23:8883 max_fails=1 fail_timeout=10s; # broker3"},
+			"nginx: reload, configuration changed"},
+		{"lb2", 1, []string{"/etc/nginx/nginx.conf"}, []string{
+			"        server 10.20.0.23:8883 max_fails=1 fail_timeout=10s; # broker3"},
+			"nginx: reload, configuration changed"},
+		{"broker1", 0, nil, nil, "mosquitto: none, up to date"},
+		{"broker2", 0, nil, nil, "mosquitto: none, up to date"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.node, func(t *testing.T) {
+			code, out, errs := mqha(t, "diff", "--repo", repo, "--node", tt.node, "--root", filepath.Join(live, tt.node))
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tt.code, out, errs)
+			}
+			var files, added, removed []string
+			for _, l := range strings.Split(out, "\n") {
+				switch {
+				case strings.HasPrefix(l, "+++ b"):
+					files = append(files, strings.TrimPrefix(l, "+++ b"))
+				case strings.HasPrefix(l, "+") && !strings.HasPrefix(l, "+++"):
+					added = append(added, l[1:])
+				case strings.HasPrefix(l, "-") && !strings.HasPrefix(l, "---"):
+					removed = append(removed, l[1:])
+				}
+			}
+			if strings.Join(files, " ") != strings.Join(tt.files, " ") {
+				t.Errorf("changed files %v, want %v", files, tt.files)
+			}
+			if strings.Join(added, "\n") != strings.Join(tt.added, "\n") || len(removed) > 0 {
+				t.Errorf("diff adds %q and removes %q; want it to add exactly %q", added, removed, tt.added)
+			}
+			if !strings.Contains(out, tt.action) {
+				t.Errorf("plan lacks %q:\n%s", tt.action, out)
+			}
+			if tt.node == "lb1" && !strings.Contains(out, "keepalived: none, up to date") {
+				t.Errorf("keepalived should not be touched:\n%s", out)
+			}
+		})
+	}
+}

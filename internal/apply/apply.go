@@ -1,0 +1,243 @@
+// Package apply carries out a plan on a node: it validates the candidate
+// files with the daemons' own tools, writes them atomically (keeping the
+// previous ones), drives the units through systemd and checks that they come
+// up. If anything fails after the first write, the previous files and unit
+// states are put back.
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
+)
+
+// Systemd is what apply needs of systemd; internal/systemd implements it
+// over D-Bus.
+type Systemd interface {
+	State(ctx context.Context, unit string) (plan.UnitState, error)
+	DaemonReload(ctx context.Context) error
+	Do(ctx context.Context, action plan.Action, unit string) error
+	Enable(ctx context.Context, unit string) error
+	Disable(ctx context.Context, unit string) error
+}
+
+// Validator checks candidate files before they are written.
+type Validator interface {
+	Files(ctx context.Context, files []render.File) error
+}
+
+// Applier applies plans to one node.
+type Applier struct {
+	Root      string // the node's root: "/" on a node, a directory in tests
+	BackupDir string // previous versions of written files, under their absolute paths
+	Systemd   Systemd
+	Validator Validator
+	// Settle is how long units must stay up after they were started,
+	// restarted or reloaded before the apply counts as done.
+	Settle time.Duration
+	Log    *slog.Logger
+}
+
+// ErrInvalid wraps validation failures: nothing was written.
+var ErrInvalid = errors.New("candidate configuration rejected; nothing was written")
+
+// Apply carries out p. On error the node is as it was before, unless the
+// error says the rollback failed too.
+func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
+	log := a.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if p.Empty() {
+		log.Info("nothing to do", "node", p.Node)
+		return nil
+	}
+	var candidates []render.File
+	for _, c := range p.Changes {
+		candidates = append(candidates, c.File)
+	}
+	if err := a.Validator.Files(ctx, candidates); err != nil {
+		return fmt.Errorf("%w:\n%v", ErrInvalid, err)
+	}
+
+	// What each touched unit was doing before, to restore it on failure.
+	before := map[string]plan.UnitState{}
+	for _, u := range p.Units {
+		if u.Action == plan.None {
+			continue
+		}
+		st, err := a.Systemd.State(ctx, u.Name)
+		if err != nil {
+			return err // nothing written yet
+		}
+		before[u.Name] = st
+	}
+
+	var written []plan.Change
+	err := a.forward(ctx, p, log, &written)
+	if err == nil {
+		return nil
+	}
+	log.Error("apply failed, rolling back", "node", p.Node, "err", err)
+	if rerr := a.rollback(ctx, p, written, before, log); rerr != nil {
+		return fmt.Errorf("%w; ROLLBACK FAILED too, the node needs attention: %v", err, rerr)
+	}
+	return fmt.Errorf("%w (rolled back to the previous files and unit states)", err)
+}
+
+func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, written *[]plan.Change) error {
+	for _, c := range p.Changes {
+		if c.Existed {
+			if err := writeAtomic(a.path(filepath.Join(a.BackupDir, c.File.Path)), c.Old, c.File.Mode); err != nil {
+				return fmt.Errorf("keep previous %s: %w", c.File.Path, err)
+			}
+		}
+		*written = append(*written, c) // before the write: a half-done write is rolled back too
+		if err := writeAtomic(a.path(c.File.Path), c.File.Content, c.File.Mode); err != nil {
+			return fmt.Errorf("write %s: %w", c.File.Path, err)
+		}
+		log.Info("wrote", "path", c.File.Path, "unit", c.File.Unit)
+	}
+	if p.DaemonReload {
+		if err := a.Systemd.DaemonReload(ctx); err != nil {
+			return err
+		}
+	}
+	var check []string
+	for _, u := range p.Units {
+		if u.Action == plan.None {
+			continue
+		}
+		log.Info("unit", "unit", u.Name, "action", u.Action, "reason", u.Reason)
+		switch u.Action {
+		case plan.Start:
+			if err := a.Systemd.Enable(ctx, u.Name); err != nil {
+				return err
+			}
+		case plan.Stop:
+			if err := a.Systemd.Disable(ctx, u.Name); err != nil {
+				return err
+			}
+		}
+		if err := a.Systemd.Do(ctx, u.Action, u.Name); err != nil {
+			return err
+		}
+		if u.Action != plan.Stop {
+			check = append(check, u.Name)
+		}
+	}
+	// A daemon can accept a configuration and still die on it a moment later
+	// (a bridge, a certificate it loads late).
+	if len(check) > 0 && a.Settle > 0 {
+		select {
+		case <-time.After(a.Settle):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, u := range check {
+		st, err := a.Systemd.State(ctx, u)
+		if err != nil {
+			return err
+		}
+		if st.ActiveState != "active" {
+			return fmt.Errorf("%s is %s after apply (see journalctl -u %s)", u, st.ActiveState, u)
+		}
+	}
+	return nil
+}
+
+func (a *Applier) rollback(ctx context.Context, p *plan.Plan, written []plan.Change, before map[string]plan.UnitState, log *slog.Logger) error {
+	var errs []error
+	dropIn := false
+	for _, c := range written {
+		var err error
+		if c.Existed {
+			err = writeAtomic(a.path(c.File.Path), c.Old, c.File.Mode)
+		} else if err = os.Remove(a.path(c.File.Path)); errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore %s: %w", c.File.Path, err))
+			continue
+		}
+		dropIn = dropIn || c.File.Kind == render.DropIn
+		log.Info("restored", "path", c.File.Path)
+	}
+	if dropIn || p.DaemonReload {
+		if err := a.Systemd.DaemonReload(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, u := range p.Units {
+		st, touched := before[u.Name]
+		if !touched {
+			continue
+		}
+		// A restart puts a unit back on its previous files whatever the
+		// failed step did to it; a unit that was down stays down.
+		action := plan.Restart
+		if !st.Running() {
+			action = plan.Stop
+		}
+		if u.Action == plan.Stop {
+			if err := a.Systemd.Enable(ctx, u.Name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := a.Systemd.Do(ctx, action, u.Name); err != nil {
+			errs = append(errs, err)
+		}
+		log.Info("unit restored", "unit", u.Name, "action", action)
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Applier) path(abs string) string { return filepath.Join(a.Root, abs) }
+
+// writeAtomic replaces path with content so that a reader sees the old or
+// the new file, never a part: a temporary file in the same directory,
+// synced, renamed over path, then the directory synced.
+func writeAtomic(path string, content []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".mqha-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	if _, err := f.Write(content); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

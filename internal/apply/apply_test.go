@@ -1,0 +1,204 @@
+package apply_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/schema"
+)
+
+// fakeSystemd records calls and plays units: a unit listed in failOn ends
+// up failed after a start, restart or reload.
+type fakeSystemd struct {
+	states map[string]string
+	failOn map[string]bool
+	calls  []string
+}
+
+func (f *fakeSystemd) State(_ context.Context, u string) (plan.UnitState, error) {
+	s := f.states[u]
+	if s == "" {
+		s = "inactive"
+	}
+	return plan.UnitState{ActiveState: s, LoadState: "loaded"}, nil
+}
+func (f *fakeSystemd) DaemonReload(context.Context) error {
+	f.calls = append(f.calls, "daemon-reload")
+	return nil
+}
+func (f *fakeSystemd) Do(_ context.Context, a plan.Action, u string) error {
+	f.calls = append(f.calls, string(a)+" "+u)
+	switch {
+	case a == plan.Stop:
+		f.states[u] = "inactive"
+	case f.failOn[u]:
+		f.states[u] = "failed"
+		delete(f.failOn, u) // the rollback's restart works
+	default:
+		f.states[u] = "active"
+	}
+	return nil
+}
+func (f *fakeSystemd) Enable(_ context.Context, u string) error {
+	f.calls = append(f.calls, "enable "+u)
+	return nil
+}
+func (f *fakeSystemd) Disable(_ context.Context, u string) error {
+	f.calls = append(f.calls, "disable "+u)
+	return nil
+}
+
+type fakeValidator struct{ err error }
+
+func (v fakeValidator) Files(context.Context, []render.File) error { return v.err }
+
+// setup renders node of the example into a plan against root, with the
+// files in old already on disk.
+func setup(t *testing.T, node string, old map[string]string, states map[string]string) (string, *plan.Plan, *fakeSystemd) {
+	t.Helper()
+	root := t.TempDir()
+	for p, content := range old {
+		full := filepath.Join(root, p)
+		os.MkdirAll(filepath.Dir(full), 0o755)
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := render.Node(c, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd := &fakeSystemd{states: states, failOn: map[string]bool{}}
+	st := map[string]plan.UnitState{}
+	for _, u := range render.AllUnits {
+		s, _ := sd.State(context.Background(), u)
+		st[u] = s
+	}
+	p, err := plan.Make(out, os.DirFS(root), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, p, sd
+}
+
+func read(t *testing.T, root, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, p))
+	if err != nil {
+		return "<missing>"
+	}
+	return string(b)
+}
+
+func TestApplyWritesAndRestarts(t *testing.T) {
+	old := map[string]string{render.MosquittoConf: "# Debian default\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{render.Mosquitto: "active"})
+	a := &apply.Applier{Root: root, BackupDir: "/var/lib/mqha/backup", Systemd: sd, Validator: fakeValidator{}}
+	if err := a.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, root, render.MosquittoConf); !strings.HasPrefix(got, plan.Marker) {
+		t.Errorf("mosquitto.conf not written: %q", got)
+	}
+	if got := read(t, root, "/var/lib/mqha/backup"+render.MosquittoConf); got != old[render.MosquittoConf] {
+		t.Errorf("previous file not kept: %q", got)
+	}
+	want := "daemon-reload|restart mosquitto.service"
+	if got := strings.Join(sd.calls, "|"); got != want {
+		t.Errorf("calls %s, want %s", got, want)
+	}
+	// No temporary files are left beside the written ones.
+	leftovers, _ := filepath.Glob(filepath.Join(root, "etc/mosquitto/.*"))
+	if len(leftovers) > 0 {
+		t.Errorf("left behind: %v", leftovers)
+	}
+}
+
+func TestInvalidCandidateWritesNothing(t *testing.T) {
+	old := map[string]string{render.NginxConf: "# old nginx\n"}
+	root, p, sd := setup(t, "lb1", old, map[string]string{render.Nginx: "active", render.Keepalived: "active"})
+	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{errors.New("nginx -t: unknown directive")}}
+	err := a.Apply(context.Background(), p)
+	if !errors.Is(err, apply.ErrInvalid) {
+		t.Fatalf("want ErrInvalid, got %v", err)
+	}
+	if got := read(t, root, render.NginxConf); got != old[render.NginxConf] {
+		t.Errorf("nginx.conf changed to %q", got)
+	}
+	if read(t, root, render.KeepalivedConf) != "<missing>" {
+		t.Error("keepalived.conf written although validation failed")
+	}
+	if len(sd.calls) != 0 {
+		t.Errorf("systemd touched: %v", sd.calls)
+	}
+}
+
+func TestFailedUnitIsRolledBack(t *testing.T) {
+	old := map[string]string{render.MosquittoConf: "# previous good config\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{render.Mosquitto: "active"})
+	sd.failOn[render.Mosquitto] = true
+	a := &apply.Applier{Root: root, BackupDir: "/backup", Systemd: sd, Validator: fakeValidator{}}
+	err := a.Apply(context.Background(), p)
+	if err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("want a rolled-back error, got %v", err)
+	}
+	if got := read(t, root, render.MosquittoConf); got != old[render.MosquittoConf] {
+		t.Errorf("mosquitto.conf not restored: %q", got)
+	}
+	if got := read(t, root, render.DropInPath(render.Mosquitto)); got != "<missing>" {
+		t.Errorf("new drop-in not removed: %q", got)
+	}
+	want := "daemon-reload|restart mosquitto.service|daemon-reload|restart mosquitto.service"
+	if got := strings.Join(sd.calls, "|"); got != want {
+		t.Errorf("calls %s, want %s", got, want)
+	}
+	if sd.states[render.Mosquitto] != "active" {
+		t.Errorf("mosquitto is %s after rollback", sd.states[render.Mosquitto])
+	}
+}
+
+func TestUpToDateDoesNothing(t *testing.T) {
+	root, p, sd := setup(t, "broker1", nil, map[string]string{render.Mosquitto: "active"})
+	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{}}
+	if err := a.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	// Second round: files are in place, the unit runs: nothing to do.
+	c, _ := schema.LoadDir("../../cluster-repo-example")
+	out, _ := render.Node(c, "broker1")
+	p2, err := plan.Make(out, os.DirFS(root), map[string]plan.UnitState{render.Mosquitto: {ActiveState: "active", LoadState: "loaded"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p2.Empty() {
+		t.Errorf("second plan is not empty: %+v", p2.Units)
+	}
+	n := len(sd.calls)
+	if err := a.Apply(context.Background(), p2); err != nil || len(sd.calls) != n {
+		t.Errorf("empty plan made calls %v (err %v)", sd.calls[n:], err)
+	}
+}
+
+func TestStartsStoppedUnitsAndStopsDroppedRoles(t *testing.T) {
+	// broker1 runs nginx although the definition gives it no lb role.
+	root, p, sd := setup(t, "broker1", nil, map[string]string{render.Nginx: "active"})
+	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{}}
+	if err := a.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	want := "daemon-reload|enable mosquitto.service|start mosquitto.service|disable nginx.service|stop nginx.service"
+	if got := strings.Join(sd.calls, "|"); got != want {
+		t.Errorf("calls %s, want %s", got, want)
+	}
+}

@@ -1,0 +1,165 @@
+package plan_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/schema"
+)
+
+const mosq = `# Managed by mqha-agent
+pid_file /run/mosquitto/mosquitto.pid
+user mosquitto
+max_queued_messages 1000
+log_type error
+
+listener 8883
+cafile /etc/mqha/tls/ca.crt
+
+connection mqha-broker1
+address 10.0.0.21:8884
+topic # both 2
+`
+
+func TestMosquittoAction(t *testing.T) {
+	tests := []struct {
+		name, old, new string
+		action         plan.Action
+		reason         string
+	}{
+		{"bridge added", "topic # both 2\n", "topic # both 2\nconnection mqha-broker2\naddress 10.0.0.22:8884\ntopic # both 2\n", plan.Restart, "bridges changed and mosquitto cannot reload bridges"},
+		{"bridge address", "10.0.0.21:8884", "10.0.0.29:8884", plan.Restart, "bridges changed"},
+		{"listener port", "listener 8883", "listener 8893", plan.Restart, "listeners changed and mosquitto cannot reload listeners"},
+		{"listener option", "cafile /etc/mqha/tls/ca.crt", "cafile /etc/other.crt", plan.Restart, "listeners changed"},
+		{"reloadable option", "max_queued_messages 1000", "max_queued_messages 5000", plan.Reload, "max_queued_messages changed; mosquitto re-reads it on SIGHUP"},
+		{"added reloadable option", "log_type error\n", "log_type error\nlog_type warning\n", plan.Reload, "log_type changed"},
+		{"start-only option", "user mosquitto", "user nobody", plan.Restart, "user changed and mosquitto reads it only at start"},
+		{"comment only", "# Managed by mqha-agent", "# Managed by mqha-agent, v2", plan.Reload, "only comments changed"},
+		{"whitespace only", "listener 8883", "listener   8883", plan.Reload, "only comments changed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := &render.Output{Units: []string{render.Mosquitto},
+				Files: []render.File{{Path: render.MosquittoConf, Unit: render.Mosquitto, Kind: render.Config,
+					Content: []byte(strings.Replace(mosq, tt.old, tt.new, 1))}}}
+			root := fstest.MapFS{"etc/mosquitto/mosquitto.conf": {Data: []byte(mosq)}}
+			p, err := plan.Make(out, root, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := p.Units[0]
+			if u.Action != tt.action || !strings.Contains(u.Reason, tt.reason) {
+				t.Errorf("got %s, %s; want %s, %s", u.Action, u.Reason, tt.action, tt.reason)
+			}
+		})
+	}
+}
+
+func TestUnitDecisions(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, _ := render.Node(c, "lb1")
+	live := fstest.MapFS{}
+	for _, f := range lb.Files {
+		live[f.Path[1:]] = &fstest.MapFile{Data: f.Content}
+	}
+	with := func(path, content string) fstest.MapFS {
+		m := fstest.MapFS{}
+		for k, v := range live {
+			m[k] = v
+		}
+		m[path[1:]] = &fstest.MapFile{Data: []byte(content)}
+		return m
+	}
+	active := plan.UnitState{ActiveState: "active", LoadState: "loaded"}
+	running := map[string]plan.UnitState{render.Nginx: active, render.Keepalived: active}
+	dropIn := string(live[render.DropInPath(render.Keepalived)[1:]].Data)
+	tests := []struct {
+		name   string
+		root   fstest.MapFS
+		states map[string]plan.UnitState
+		unit   string
+		action plan.Action
+		reason string
+		reload bool // daemon-reload expected
+	}{
+		{"in sync", live, running, render.Nginx, plan.None, "up to date", false},
+		{"nginx config edited", with(render.NginxConf, "# hand edit\n"), running, render.Nginx, plan.Reload, "nginx reloads without dropping connections", false},
+		{"keepalived config edited", with(render.KeepalivedConf, "x"), running, render.Keepalived, plan.Reload, "keepalived re-reads it on SIGHUP", false},
+		{"limits drop-in changed", with(render.DropInPath(render.Nginx), "[Service]\nLimitNOFILE=1024\n"), running, render.Nginx, plan.Restart, "apply only when the daemon starts", true},
+		{"ordering-only drop-in change", with(render.DropInPath(render.Keepalived), strings.Replace(dropIn, "After=nginx.service", "", 1)), running, render.Keepalived, plan.None, "daemon-reload is enough", true},
+		{"unit failed", live, map[string]plan.UnitState{render.Nginx: {ActiveState: "failed", LoadState: "loaded"}, render.Keepalived: active}, render.Nginx, plan.Start, "nginx is failed", false},
+		{"unit not installed", live, map[string]plan.UnitState{render.Nginx: {ActiveState: "inactive", LoadState: "not-found"}, render.Keepalived: active}, render.Nginx, plan.Start, "install nginx first", false},
+		{"mosquitto running on an lb-only node", live, map[string]plan.UnitState{render.Nginx: active, render.Keepalived: active, render.Mosquitto: active}, render.Mosquitto, plan.Stop, "no longer needs it", false},
+		{"our mosquitto config left on an lb (states unknown)", with(render.MosquittoConf, plan.Marker+": old\n"), nil, render.Mosquitto, plan.Stop, "no longer needs it", false},
+		{"foreign mosquitto config (states unknown)", with(render.MosquittoConf, "# Debian\n"), nil, render.Mosquitto, "", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := plan.Make(lb, tt.root, tt.states)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got *plan.Unit
+			for i := range p.Units {
+				if p.Units[i].Name == tt.unit {
+					got = &p.Units[i]
+				}
+			}
+			switch {
+			case tt.action == "" && got != nil:
+				t.Errorf("unexpected %s: %s", got.Action, got.Reason)
+			case tt.action != "" && got == nil:
+				t.Errorf("no decision for %s", tt.unit)
+			case got != nil && (got.Action != tt.action || !strings.Contains(got.Reason, tt.reason)):
+				t.Errorf("got %s, %s; want %s, ...%s...", got.Action, got.Reason, tt.action, tt.reason)
+			}
+			if p.DaemonReload != tt.reload {
+				t.Errorf("daemon-reload %v, want %v", p.DaemonReload, tt.reload)
+			}
+		})
+	}
+}
+
+// bigCluster is a CUE definition with n brokers, two LBs and a bridge.
+func bigCluster(n int) fstest.MapFS {
+	var b strings.Builder
+	b.WriteString("package cluster\n\nname: \"big\"\nvip: {address: \"10.9.0.250/16\", routerID: 9}\nnodes: {\n")
+	b.WriteString("\tlb1: {address: \"10.9.0.1\", roles: [\"lb\"], priority: 200}\n")
+	b.WriteString("\tlb2: {address: \"10.9.0.2\", roles: [\"lb\"], priority: 100}\n")
+	b.WriteString("\tbridge: {address: \"10.9.0.3\", roles: [\"bridge\"]}\n")
+	for i := range n {
+		fmt.Fprintf(&b, "\tbroker%d: {address: \"10.9.%d.%d\", roles: [\"broker\"]}\n", i, 1+i/200, 1+i%200)
+	}
+	b.WriteString("}\n")
+	return fstest.MapFS{"cluster.cue": {Data: []byte(b.String())}}
+}
+
+// BenchmarkRenderAndPlan200 loads a 200-broker cluster, renders every node
+// and plans each against an empty root: the work of a whole fleet's diff.
+// Target: under 100 ms and 50 MB per op.
+func BenchmarkRenderAndPlan200(b *testing.B) {
+	fsys := bigCluster(200)
+	empty := fstest.MapFS{}
+	for b.Loop() {
+		c, err := schema.Load(fsys, ".")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, n := range c.Nodes {
+			out, err := render.Node(c, n.Name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := plan.Make(out, empty, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
