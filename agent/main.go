@@ -43,6 +43,7 @@ commands:
                                                      write the rendered files under DIR
   diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
   apply   [--repo DIR] [--node NAME]                 validate, write and reload/restart (as root)
+  pki     init|issue|client --dir DIR ...            cluster CA, node and client certificates
   version                                            print the version
 
 exit codes: 0 ok, 1 differences (diff only), 2 error
@@ -81,6 +82,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		code, err = c.diff(args[1:])
 	case "apply":
 		err = c.apply(args[1:])
+	case "pki":
+		err = c.pki(args[1:])
 	case "version", "--version":
 		fmt.Fprintln(stdout, "mqha-agent", version)
 	case "help", "-h", "--help":

@@ -148,11 +148,12 @@ type rawNode struct {
 }
 
 type rawVIP struct {
-	Address        string `json:"address"`
-	RouterID       int    `json:"routerID"`
-	Interface      string `json:"interface"`
-	AdvertInterval int    `json:"advertInterval"`
-	Unicast        bool   `json:"unicast"`
+	Address        string   `json:"address"`
+	RouterID       int      `json:"routerID"`
+	Interface      string   `json:"interface"`
+	AdvertInterval int      `json:"advertInterval"`
+	Unicast        bool     `json:"unicast"`
+	DNSNames       []string `json:"dnsNames"`
 }
 
 type raw struct {
@@ -179,7 +180,8 @@ func decode(v cue.Value) (*cluster.Cluster, error) {
 		var p int
 		fmt.Sscanf(prefix, "%d", &p) // the schema checked it is a CIDR
 		c.VIP = &cluster.VIP{Address: addr, Prefix: p, RouterID: r.VIP.RouterID,
-			Interface: r.VIP.Interface, AdvertInterval: r.VIP.AdvertInterval, Unicast: r.VIP.Unicast}
+			Interface: r.VIP.Interface, AdvertInterval: r.VIP.AdvertInterval, Unicast: r.VIP.Unicast,
+			DNSNames: r.VIP.DNSNames}
 	}
 	for name, rn := range r.Nodes {
 		n := cluster.Node{Name: name, Address: rn.Address, Priority: rn.Priority, Interface: rn.Interface}

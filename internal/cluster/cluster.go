@@ -46,6 +46,7 @@ type VIP struct {
 	Interface      string
 	AdvertInterval int
 	Unicast        bool
+	DNSNames       []string // names clients use for the VIP
 }
 
 type Ports struct {

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s is not PEM", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestPKI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	repo := t.TempDir()
+	src := `package cluster
+name: "mqtt"
+vip: {address: "10.20.0.100/24", routerID: 42, dnsNames: ["mqtt.example.net"]}
+nodes: {
+	lb1: {address: "10.20.0.11", roles: ["lb"], priority: 150}
+	lb2: {address: "10.20.0.12", roles: ["lb"], priority: 100}
+	bridge: {address: "10.20.0.20", roles: ["bridge"]}
+	broker1: {address: "10.20.0.21", roles: ["broker"]}
+	broker2: {address: "10.20.0.22", roles: ["broker"]}
+}
+`
+	os.WriteFile(filepath.Join(repo, "c.cue"), []byte(src), 0o644)
+	steps := []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "broker1"}, 2, "pki init"},
+		{[]string{"pki", "init", "--dir", dir, "--repo", repo}, 0, "ca.crt"},
+		{[]string{"pki", "init", "--dir", dir, "--repo", repo}, 2, "refusing to replace the cluster CA"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "broker1", "bridge", "lb1"}, 0, "broker1:"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "nope"}, 2, `node "nope" is not in cluster`},
+		{[]string{"pki", "client", "--dir", dir, "alice"}, 0, "alice:"},
+	}
+	for _, s := range steps {
+		code, out, errs := mqha(t, s.args...)
+		if code != s.code || !strings.Contains(out+errs, s.out) {
+			t.Fatalf("%v: exit %d, want %d; output %s%s; want %q", s.args, code, s.code, out, errs, s.out)
+		}
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(readCert(t, filepath.Join(dir, "ca.crt")))
+	tests := []struct {
+		cert    string
+		usage   x509.ExtKeyUsage
+		ips     []string
+		dns     []string
+		keyPath string
+	}{
+		{"broker1/node.crt", x509.ExtKeyUsageServerAuth, []string{"10.20.0.21", "10.20.0.100"}, []string{"broker1", "mqtt.example.net"}, "broker1/node.key"},
+		{"bridge/node.crt", x509.ExtKeyUsageClientAuth, []string{"10.20.0.20"}, []string{"bridge"}, "bridge/node.key"},
+		{"lb1/node.crt", x509.ExtKeyUsageServerAuth, []string{"10.20.0.11"}, []string{"lb1"}, "lb1/node.key"},
+		{"clients/alice.crt", x509.ExtKeyUsageClientAuth, nil, nil, "clients/alice.key"},
+	}
+	for _, tt := range tests {
+		c := readCert(t, filepath.Join(dir, tt.cert))
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{tt.usage}}); err != nil {
+			t.Errorf("%s: %v", tt.cert, err)
+		}
+		var ips []string
+		for _, ip := range c.IPAddresses {
+			ips = append(ips, ip.String())
+		}
+		if !slices.Equal(ips, tt.ips) || !slices.Equal(c.DNSNames, tt.dns) {
+			t.Errorf("%s: SANs %v %v, want %v %v", tt.cert, ips, c.DNSNames, tt.ips, tt.dns)
+		}
+		st, err := os.Stat(filepath.Join(dir, tt.keyPath))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600 (%v)", tt.keyPath, st.Mode().Perm(), err)
+		}
+	}
+	// Every node has its own key.
+	a, _ := os.ReadFile(filepath.Join(dir, "broker1/node.key"))
+	b, _ := os.ReadFile(filepath.Join(dir, "bridge/node.key"))
+	if string(a) == string(b) {
+		t.Error("two nodes share a key")
+	}
+	// A client certificate does not serve TLS.
+	alice := readCert(t, filepath.Join(dir, "clients/alice.crt"))
+	if _, err := alice.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("client certificate valid for servers")
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "ca.key")); st.Mode().Perm() != 0o600 {
+		t.Errorf("ca.key mode %v", st.Mode().Perm())
+	}
+}
