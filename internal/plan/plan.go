@@ -146,7 +146,11 @@ func decide(u string, changes []Change, states map[string]UnitState) (Action, st
 	case !known && conf != nil && !conf.Existed:
 		return Start, "configuration is new"
 	case dropIn != nil && serviceSectionChanged(dropIn):
-		return Restart, "systemd drop-in changed; its [Service] settings (limits, restart policy) apply only when the daemon starts"
+		what := "systemd drop-in changed"
+		if conf != nil {
+			what = "configuration and systemd drop-in changed"
+		}
+		return Restart, what + "; drop-in [Service] settings (limits, restart policy) apply only when the daemon starts"
 	case conf != nil:
 		return configAction(daemon, conf)
 	case dropIn != nil:
@@ -190,7 +194,7 @@ func section(b []byte, name string) string {
 }
 
 func stopReason(u string, out *render.Output, root fs.FS, states map[string]UnitState) (string, bool) {
-	why := fmt.Sprintf("node %s (%s) no longer needs it", out.Node.Name, out.Node.RoleList())
+	why := fmt.Sprintf("node %s (%s) does not need it", out.Node.Name, out.Node.RoleList())
 	if st, ok := states[u]; ok {
 		return why, st.Running()
 	}

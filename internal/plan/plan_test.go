@@ -96,8 +96,8 @@ func TestUnitDecisions(t *testing.T) {
 		{"ordering-only drop-in change", with(render.DropInPath(render.Keepalived), strings.Replace(dropIn, "After=nginx.service", "", 1)), running, render.Keepalived, plan.None, "daemon-reload is enough", true},
 		{"unit failed", live, map[string]plan.UnitState{render.Nginx: {ActiveState: "failed", LoadState: "loaded"}, render.Keepalived: active}, render.Nginx, plan.Start, "nginx is failed", false},
 		{"unit not installed", live, map[string]plan.UnitState{render.Nginx: {ActiveState: "inactive", LoadState: "not-found"}, render.Keepalived: active}, render.Nginx, plan.Start, "install nginx first", false},
-		{"mosquitto running on an lb-only node", live, map[string]plan.UnitState{render.Nginx: active, render.Keepalived: active, render.Mosquitto: active}, render.Mosquitto, plan.Stop, "no longer needs it", false},
-		{"our mosquitto config left on an lb (states unknown)", with(render.MosquittoConf, plan.Marker+": old\n"), nil, render.Mosquitto, plan.Stop, "no longer needs it", false},
+		{"mosquitto running on an lb-only node", live, map[string]plan.UnitState{render.Nginx: active, render.Keepalived: active, render.Mosquitto: active}, render.Mosquitto, plan.Stop, "does not need it", false},
+		{"our mosquitto config left on an lb (states unknown)", with(render.MosquittoConf, plan.Marker+": old\n"), nil, render.Mosquitto, plan.Stop, "does not need it", false},
 		{"foreign mosquitto config (states unknown)", with(render.MosquittoConf, "# Debian\n"), nil, render.Mosquitto, "", "", false},
 	}
 	for _, tt := range tests {

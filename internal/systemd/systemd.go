@@ -21,13 +21,33 @@ type DBus struct {
 // Connect opens the system bus (or, as root without a bus daemon, systemd's
 // private socket). timeout bounds each later call and each job.
 func Connect(ctx context.Context, timeout time.Duration) (*DBus, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	conn, err := sd.NewWithContext(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("connect to systemd over D-Bus: %w (is systemd PID 1 and dbus running?)", err)
+	// The connection lives as long as the context given to go-systemd, so
+	// the connect timeout is enforced here rather than by a child context.
+	type result struct {
+		conn *sd.Conn
+		err  error
 	}
-	return &DBus{conn: conn, timeout: timeout}, nil
+	ch := make(chan result, 1)
+	go func() {
+		conn, err := sd.NewWithContext(ctx)
+		ch <- result{conn, err}
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("connect to systemd over D-Bus: %w (is systemd PID 1 and dbus running?)", r.err)
+		}
+		return &DBus{conn: r.conn, timeout: timeout}, nil
+	case <-timer.C:
+		go func() { // close the late connection, if it ever comes
+			if r := <-ch; r.conn != nil {
+				r.conn.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connect to systemd over D-Bus: no answer within %s", timeout)
+	}
 }
 
 func (d *DBus) Close() { d.conn.Close() }
