@@ -21,7 +21,6 @@ import (
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/systemd"
-	"github.com/mqha/mqha/internal/validate"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -44,6 +43,7 @@ commands:
   diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
   apply   [--repo DIR] [--node NAME]                 validate, write and reload/restart (as root)
   pki     init|issue|client --dir DIR ...            cluster CA, node and client certificates
+  run     [--config FILE]                            the agent: pull the repository and converge, forever
   version                                            print the version
 
 exit codes: 0 ok, 1 differences (diff only), 2 error
@@ -84,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = c.apply(args[1:])
 	case "pki":
 		err = c.pki(args[1:])
+	case "run":
+		err = c.run(args[1:])
 	case "version", "--version":
 		fmt.Fprintln(stdout, "mqha-agent", version)
 	case "help", "-h", "--help":
@@ -290,20 +292,11 @@ func (c *cmd) apply(args []string) error {
 		return err
 	}
 	defer sd.Close()
-	states, err := unitStates(c.ctx, sd)
+	p, err := converge(c.ctx, cl, out.Node.Name, sd, *stateDir, *settle, c.log)
+	if p != nil {
+		writePlan(c.stdout, p)
+	}
 	if err != nil {
-		return err
-	}
-	p, err := plan.Make(out, os.DirFS("/"), states)
-	if err != nil {
-		return err
-	}
-	writePlan(c.stdout, p)
-	a := &apply.Applier{
-		Root: "/", BackupDir: filepath.Join(*stateDir, "backup"),
-		Systemd: sd, Validator: validate.Tools{}, Settle: *settle, Log: c.log,
-	}
-	if err := a.Apply(c.ctx, p); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "node %s: applied\n", p.Node)

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+)
+
+// agentConfig is /etc/mqha/agent.conf: "key = value" lines, # comments.
+type agentConfig struct {
+	Repo       string        // git URL: file://, git://, https://, ssh://
+	Branch     string        // default main
+	Path       string        // directory of the cluster package in the repo
+	Node       string        // default: the hostname
+	Poll       time.Duration // default 5s
+	StateDir   string        // default /var/lib/mqha
+	TokenFile  string        // https: file holding a token (sent as basic auth password)
+	SSHKey     string        // ssh: private key file
+	KnownHosts string        // ssh: known_hosts file
+	Settle     time.Duration // how long units must stay up after a change
+}
+
+func defaultConfig() agentConfig {
+	return agentConfig{Branch: "main", Path: ".", Poll: 5 * time.Second, StateDir: "/var/lib/mqha", Settle: 2 * time.Second}
+}
+
+// parseConfig reads the agent's configuration; every problem names its line.
+func parseConfig(name string, data []byte) (agentConfig, error) {
+	c := defaultConfig()
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return c, fmt.Errorf("%s:%d: want \"key = value\", got %q", name, n, line)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		var err error
+		switch k {
+		case "repo":
+			c.Repo = v
+		case "branch":
+			c.Branch = v
+		case "path":
+			c.Path = v
+		case "node":
+			c.Node = v
+		case "poll":
+			c.Poll, err = duration(v, time.Second)
+		case "settle":
+			c.Settle, err = duration(v, 0)
+		case "state-dir":
+			c.StateDir = v
+		case "token-file":
+			c.TokenFile = v
+		case "ssh-key":
+			c.SSHKey = v
+		case "known-hosts":
+			c.KnownHosts = v
+		default:
+			err = fmt.Errorf("unknown key %q (keys: repo, branch, path, node, poll, settle, state-dir, token-file, ssh-key, known-hosts)", k)
+		}
+		if err != nil {
+			return c, fmt.Errorf("%s:%d: %w", name, n, err)
+		}
+	}
+	if c.Repo != "" {
+		u, err := url.Parse(c.Repo)
+		if err != nil || (u.Scheme != "file" && u.Scheme != "git" && u.Scheme != "https" && u.Scheme != "http" && u.Scheme != "ssh") {
+			return c, fmt.Errorf("%s: repo %q: want a file://, git://, http(s):// or ssh:// URL", name, c.Repo)
+		}
+		if c.TokenFile != "" && !strings.HasPrefix(u.Scheme, "http") {
+			return c, fmt.Errorf("%s: token-file only applies to https repositories", name)
+		}
+		if c.SSHKey != "" && u.Scheme != "ssh" {
+			return c, fmt.Errorf("%s: ssh-key only applies to ssh repositories", name)
+		}
+	}
+	if c.Branch == "" {
+		return c, fmt.Errorf("%s: branch is empty", name)
+	}
+	return c, sc.Err()
+}
+
+func duration(v string, min time.Duration) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration (e.g. 5s)", v)
+	}
+	if d < min {
+		return 0, fmt.Errorf("%s is below the minimum %s", d, min)
+	}
+	return d, nil
+}
+
+// auth builds the transport credentials the configuration names.
+func (c agentConfig) auth() (transport.AuthMethod, error) {
+	switch {
+	case c.TokenFile != "":
+		tok, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("token-file: %w", err)
+		}
+		return &githttp.BasicAuth{Username: "mqha", Password: strings.TrimSpace(string(tok))}, nil
+	case c.SSHKey != "":
+		u, _ := url.Parse(c.Repo)
+		user := "git"
+		if u.User != nil {
+			user = u.User.Username()
+		}
+		keys, err := gitssh.NewPublicKeysFromFile(user, c.SSHKey, "")
+		if err != nil {
+			return nil, fmt.Errorf("ssh-key: %w", err)
+		}
+		if c.KnownHosts == "" {
+			return nil, fmt.Errorf("ssh-key needs known-hosts: the server's key must be checked")
+		}
+		cb, err := gitssh.NewKnownHostsCallback(c.KnownHosts)
+		if err != nil {
+			return nil, fmt.Errorf("known-hosts: %w", err)
+		}
+		keys.HostKeyCallback = cb
+		return keys, nil
+	}
+	return nil, nil
+}

@@ -1,0 +1,151 @@
+// Package source pulls the cluster repository with go-git: a cheap check of
+// whether the branch moved, a shallow fetch without tags, and the files of
+// one commit read straight from its tree (no worktree).
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"strings"
+	"sync"
+	"testing/fstest"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+)
+
+// Repo is a local bare mirror of one branch of a remote repository. go-git
+// is not safe for concurrent use, so every method holds mu.
+type Repo struct {
+	URL    string
+	Branch string
+	Auth   transport.AuthMethod // nil for file:// and git:// or anonymous https
+
+	mu   sync.Mutex
+	repo *git.Repository
+}
+
+const remoteName = "origin"
+
+// Open opens (or creates) the bare mirror in dir.
+func Open(dir, url, branch string, auth transport.AuthMethod) (*Repo, error) {
+	r, err := git.PlainOpen(dir)
+	if errors.Is(err, git.ErrRepositoryNotExists) {
+		r, err = git.PlainInit(dir, true)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open local mirror %s: %w", dir, err)
+	}
+	// The URL may have changed in the agent's configuration since last time.
+	_ = r.DeleteRemote(remoteName)
+	if _, err := r.CreateRemote(&config.RemoteConfig{Name: remoteName, URLs: []string{url}}); err != nil {
+		return nil, fmt.Errorf("set remote %s: %w", url, err)
+	}
+	return &Repo{URL: url, Branch: branch, Auth: auth, repo: r}, nil
+}
+
+// Head asks the remote where the branch points, without fetching.
+func (r *Repo) Head(ctx context.Context) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rem, err := r.repo.Remote(remoteName)
+	if err != nil {
+		return "", err
+	}
+	refs, err := rem.ListContext(ctx, &git.ListOptions{Auth: r.Auth})
+	if err != nil {
+		return "", fmt.Errorf("list %s: %w", r.URL, err)
+	}
+	want := plumbing.NewBranchReferenceName(r.Branch)
+	for _, ref := range refs {
+		if ref.Name() == want {
+			return ref.Hash().String(), nil
+		}
+	}
+	return "", fmt.Errorf("%s has no branch %q", r.URL, r.Branch)
+}
+
+// Fetch brings commit hash (the branch tip) into the mirror: depth 1, no tags.
+func (r *Repo) Fetch(ctx context.Context, hash string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := r.repo.CommitObject(plumbing.NewHash(hash)); err == nil {
+		return nil // already here
+	}
+	spec := config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/%s/%s", r.Branch, remoteName, r.Branch))
+	err := r.repo.FetchContext(ctx, &git.FetchOptions{
+		RemoteName: remoteName, RefSpecs: []config.RefSpec{spec},
+		Depth: 1, Tags: git.NoTags, Force: true, Auth: r.Auth,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return fmt.Errorf("fetch %s from %s: %w", r.Branch, r.URL, err)
+	}
+	if _, err := r.repo.CommitObject(plumbing.NewHash(hash)); err != nil {
+		return fmt.Errorf("commit %s not found after fetching %s (the branch moved again?): %w", short(hash), r.Branch, err)
+	}
+	return nil
+}
+
+// Commit describes a fetched commit.
+type Commit struct {
+	Hash    string
+	Subject string
+	Author  string
+	Files   fs.FS // the files under the requested directory, read from the tree
+}
+
+// Read returns the commit's files under dir ("" or "." for the root).
+func (r *Repo) Read(hash, dir string) (*Commit, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, err := r.repo.CommitObject(plumbing.NewHash(hash))
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", short(hash), err)
+	}
+	tree, err := c.Tree()
+	if err != nil {
+		return nil, err
+	}
+	dir = strings.Trim(path.Clean("/"+dir), "/")
+	if dir != "" {
+		if tree, err = tree.Tree(dir); err != nil {
+			return nil, fmt.Errorf("commit %s has no directory %q: %w", short(hash), dir, err)
+		}
+	}
+	files := fstest.MapFS{}
+	err = tree.Files().ForEach(func(f *object.File) error {
+		if !f.Mode.IsFile() {
+			return nil
+		}
+		rd, err := f.Reader()
+		if err != nil {
+			return err
+		}
+		defer rd.Close()
+		b, err := io.ReadAll(rd)
+		if err != nil {
+			return err
+		}
+		files[f.Name] = &fstest.MapFile{Data: b, Mode: 0o644}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read commit %s: %w", short(hash), err)
+	}
+	subject, _, _ := strings.Cut(c.Message, "\n")
+	return &Commit{Hash: hash, Subject: subject, Author: c.Author.Name, Files: files}, nil
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}

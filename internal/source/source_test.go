@@ -1,0 +1,100 @@
+package source_test
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/schema"
+)
+
+func git(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestPullAndRead(t *testing.T) {
+	up := t.TempDir()
+	git(t, up, "init", "-q", "-b", "main")
+	os.MkdirAll(filepath.Join(up, "cluster"), 0o755)
+	example, _ := os.ReadFile("../../cluster-repo-example/cluster.cue")
+	os.WriteFile(filepath.Join(up, "cluster", "cluster.cue"), example, 0o644)
+	os.WriteFile(filepath.Join(up, "README"), []byte("not cue\n"), 0o644)
+	git(t, up, "add", ".")
+	git(t, up, "commit", "-qm", "first")
+	first := git(t, up, "rev-parse", "HEAD")
+
+	r, err := source.Open(filepath.Join(t.TempDir(), "mirror.git"), "file://"+up, "main", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	head, err := r.Head(ctx)
+	if err != nil || head != first {
+		t.Fatalf("head %s, %v; want %s", head, err, first)
+	}
+	if err := r.Fetch(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Read(head, "cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Subject != "first" {
+		t.Errorf("subject %q", c.Subject)
+	}
+	if _, err := fs.Stat(c.Files, "README"); err == nil {
+		t.Error("files outside the path were read")
+	}
+	cl, err := schema.Load(c.Files, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cl.Nodes) != 5 {
+		t.Errorf("%d nodes", len(cl.Nodes))
+	}
+
+	// A second commit is seen by Head, fetched shallow, and errors in it
+	// point at the file in the repository.
+	os.WriteFile(filepath.Join(up, "cluster", "bad.cue"), []byte("package cluster\n\nnodes: x: {address: \"nope\", roles: [\"broker\"]}\n"), 0o644)
+	git(t, up, "add", ".")
+	git(t, up, "commit", "-qm", "bad")
+	second, _ := r.Head(ctx)
+	if second == first {
+		t.Fatal("head did not move")
+	}
+	if err := r.Fetch(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := r.Read(second, "cluster")
+	if _, err := schema.Load(c2.Files, "."); err == nil || !strings.Contains(err.Error(), "bad.cue:3:") {
+		t.Errorf("want an error at bad.cue:3, got %v", err)
+	}
+	if _, err := r.Read(second, "nope"); err == nil {
+		t.Error("reading a missing directory worked")
+	}
+}
+
+func TestMissingBranch(t *testing.T) {
+	up := t.TempDir()
+	git(t, up, "init", "-q", "-b", "main")
+	git(t, up, "commit", "-q", "--allow-empty", "-m", "x")
+	r, err := source.Open(filepath.Join(t.TempDir(), "m.git"), "file://"+up, "prod", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Head(context.Background()); err == nil || !strings.Contains(err.Error(), `no branch "prod"`) {
+		t.Errorf("got %v", err)
+	}
+}
