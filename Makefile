@@ -2,9 +2,16 @@
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/mqha-agent
-LDFLAGS := -s -w -X main.version=$(VERSION)
+LDFLAGS := -s -w -buildid= -X main.version=$(VERSION)
 
-.PHONY: build test lint bench clean
+# Package version: a base version plus the commit, so every build is traceable.
+PKG_VERSION ?= 0.1.0+git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+NFPM    := $(GO) tool -modfile=tools.mod nfpm
+DEB     := dist/mqha-agent_$(PKG_VERSION)-1_amd64.deb
+RPM     := dist/mqha-agent-$(PKG_VERSION)-1.x86_64.rpm
+
+.PHONY: build test lint bench clean packages
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
@@ -21,6 +28,20 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# .deb and .rpm, byte-identical for the same commit (SOURCE_DATE_EPOCH).
+packages: build
+	mkdir -p dist
+	gzip -9n < packaging/mqha-agent.8 > dist/mqha-agent.8.gz
+	printf '%s\n' "mqha-agent ($(PKG_VERSION)-1) unstable; urgency=medium" "" \
+	  "  * Built from commit $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)." "" \
+	  " -- mqha maintainers <maintainers@mqha.dev>  $$(date -u -R -d @$(SOURCE_DATE_EPOCH))" \
+	  | gzip -9n > dist/changelog.Debian.gz
+	export VERSION=$(PKG_VERSION) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH); \
+	  $(NFPM) package -f packaging/nfpm.yaml -p deb -t $(DEB) && \
+	  $(NFPM) package -f packaging/nfpm.yaml -p rpm -t $(RPM)
+	ln -sf $(notdir $(DEB)) dist/mqha-agent_amd64.deb
+	ln -sf $(notdir $(RPM)) dist/mqha-agent.x86_64.rpm
 
 clean:
 	rm -rf bin dist

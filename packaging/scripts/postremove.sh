@@ -1,0 +1,15 @@
+#!/bin/sh
+# deb: $1 = remove | purge | upgrade | ... rpm: $1 = 0 on erase, 1 on upgrade.
+# The daemons' configurations the agent wrote stay: removing the agent must
+# not take the MQTT service down.
+set -e
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+case "$1" in
+  purge)
+    rm -rf /var/lib/mqha /run/mqha
+    ;;
+  0)
+    # rpm has no purge; keep state like dpkg's remove does.
+    ;;
+esac
+exit 0
