@@ -11,7 +11,7 @@ NFPM    := $(GO) tool -modfile=tools.mod nfpm
 DEB     := dist/mqha-agent_$(PKG_VERSION)-1_amd64.deb
 RPM     := dist/mqha-agent-$(PKG_VERSION)-1.x86_64.rpm
 
-.PHONY: build test lint bench clean packages
+.PHONY: build test lint bench clean packages lab lab-down lab-status lab-node e2e
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
@@ -42,6 +42,23 @@ packages: build
 	  $(NFPM) package -f packaging/nfpm.yaml -p rpm -t $(RPM)
 	ln -sf $(notdir $(DEB)) dist/mqha-agent_amd64.deb
 	ln -sf $(notdir $(RPM)) dist/mqha-agent.x86_64.rpm
+
+# The lab: a real 5-node cluster in systemd-nspawn containers (root, Debian 12).
+bin/mqha-lab: $(shell find lab internal -name '*.go' 2>/dev/null) go.mod
+	$(GO) build -o $@ ./lab
+
+lab: packages bin/mqha-lab
+	bin/mqha-lab up
+
+lab-down: bin/mqha-lab
+	bin/mqha-lab down
+
+lab-status: bin/mqha-lab
+	bin/mqha-lab status
+
+lab-node: packages bin/mqha-lab
+	@test -n "$(NAME)" -a -n "$(ADDR)" || { echo "usage: make lab-node NAME=broker3 ADDR=10.231.7.23"; exit 2; }
+	bin/mqha-lab node $(NAME) $(ADDR)
 
 clean:
 	rm -rf bin dist

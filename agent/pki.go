@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
@@ -16,6 +17,7 @@ import (
 const pkiUsage = `usage:
   mqha-agent pki init   --dir D [--repo R | --name CLUSTER]   make the cluster CA (D/ca.crt, D/ca.key)
   mqha-agent pki issue  --dir D [--repo R] NODE...            key + certificate per node under D/NODE/
+  mqha-agent pki issue  --dir D [--repo R] --address A --role R NODE   the same, for a node not in the definition yet
   mqha-agent pki client --dir D NAME                          client key + certificate under D/clients/
 `
 
@@ -27,9 +29,13 @@ func (c *cmd) pki(args []string) error {
 	}
 	fs, repo := c.flags("pki " + args[0])
 	dir := fs.String("dir", "", "PKI directory (required)")
-	var name *string
-	if args[0] == "init" {
+	var name, address, roles *string
+	switch args[0] {
+	case "init":
 		name = fs.String("name", "", "cluster name (default: from --repo)")
+	case "issue":
+		address = fs.String("address", "", "for a node not yet in the definition: its address")
+		roles = fs.String("role", "", "for a node not yet in the definition: its roles, comma-separated")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -65,8 +71,21 @@ func (c *cmd) pki(args []string) error {
 		}
 		for _, nodeName := range fs.Args() {
 			n, ok := cl.Node(nodeName)
+			if !ok && *address != "" && fs.NArg() == 1 {
+				// Issued ahead of the commit that adds the node.
+				if net.ParseIP(*address).To4() == nil {
+					return fmt.Errorf("--address %q is not an IPv4 address", *address)
+				}
+				n = cluster.Node{Name: nodeName, Address: *address}
+				for _, r := range strings.Split(*roles, ",") {
+					if r != "" {
+						n.Roles = append(n.Roles, cluster.Role(r))
+					}
+				}
+				ok = true
+			}
 			if !ok {
-				return fmt.Errorf("node %q is not in cluster %q", nodeName, cl.Name)
+				return fmt.Errorf("node %q is not in cluster %q (for a node not added yet, name only it and give --address and --role)", nodeName, cl.Name)
 			}
 			if err := c.issue(ca, *dir, filepath.Join(*dir, n.Name), "node", nodeLeaf(cl, n), now); err != nil {
 				return err

@@ -53,6 +53,8 @@ nodes: {
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "broker1", "bridge", "lb1"}, 0, "broker1:"},
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "nope"}, 2, `node "nope" is not in cluster`},
 		{[]string{"pki", "client", "--dir", dir, "alice"}, 0, "alice:"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.23", "--role", "broker", "broker3"}, 0, "broker3:"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "nope", "broker4"}, 2, "not an IPv4 address"},
 	}
 	for _, s := range steps {
 		code, out, errs := mqha(t, s.args...)
@@ -73,6 +75,7 @@ nodes: {
 		{"bridge/node.crt", x509.ExtKeyUsageClientAuth, []string{"10.20.0.20"}, []string{"bridge"}, "bridge/node.key"},
 		{"lb1/node.crt", x509.ExtKeyUsageServerAuth, []string{"10.20.0.11"}, []string{"lb1"}, "lb1/node.key"},
 		{"clients/alice.crt", x509.ExtKeyUsageClientAuth, nil, nil, "clients/alice.key"},
+		{"broker3/node.crt", x509.ExtKeyUsageServerAuth, []string{"10.20.0.23", "10.20.0.100"}, []string{"broker3", "mqtt.example.net"}, "broker3/node.key"},
 	}
 	for _, tt := range tests {
 		c := readCert(t, filepath.Join(dir, tt.cert))
