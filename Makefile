@@ -17,9 +17,19 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
 
 # Unit tests plus the tests that run the real nginx, keepalived and mosquitto
-# (they fail under CI=true when those are missing, and skip elsewhere).
+# (they fail under CI=true when those are missing, and skip elsewhere), then
+# the end-to-end suite on a fresh lab (root only; required under CI=true).
 test: lint
 	$(GO) test -count=1 ./...
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) e2e; \
+	elif [ -n "$$CI" ]; then echo "CI must run the e2e suite: run make test as root"; exit 1; \
+	else echo "e2e suite NOT run: it needs root (sudo make e2e)"; fi
+
+# A fresh lab, the suite, and the lab torn down again whatever the outcome.
+e2e: packages bin/mqha-lab
+	bin/mqha-lab down >/dev/null
+	bin/mqha-lab up
+	$(GO) test -count=1 -tags e2e -v -timeout 20m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

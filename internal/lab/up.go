@@ -176,10 +176,11 @@ func (c Config) AddNode(ctx context.Context, p Project, name, addr string) (Node
 
 func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr string, inDefinition bool) (Node, error) {
 	pkiDir := filepath.Join(c.Dir, "pki")
-	args := []string{"pki", "issue", "--dir", pkiDir, "--repo", filepath.Join(c.Dir, "cluster"), name}
+	args := []string{"pki", "issue", "--dir", pkiDir, "--repo", filepath.Join(c.Dir, "cluster")}
 	if !inDefinition {
 		args = append(args, "--address", addr, "--role", "broker")
 	}
+	args = append(args, name)
 	if _, err := run(ctx, p.Agent, args...); err != nil {
 		return Node{}, err
 	}

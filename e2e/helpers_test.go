@@ -1,0 +1,270 @@
+//go:build e2e
+
+// Package e2e runs the end-to-end suite against the running lab (make e2e).
+// Every claim here is checked on real nodes: systemd, mosquitto, nginx and
+// keepalived in systemd-nspawn containers, agents running as the packaged
+// service, changes made as git commits.
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/lab"
+)
+
+var (
+	cfg   lab.Config
+	state *lab.State
+	root  string
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	root, _ = filepath.Abs("..")
+	if cfg, err = lab.FromEnv(root); err == nil {
+		var ok bool
+		if state, ok = cfg.Running(); !ok {
+			err = fmt.Errorf("the lab is not running")
+		}
+	}
+	if err != nil {
+		// Never a silent pass: the suite exists to run.
+		fmt.Fprintf(os.Stderr, "e2e: %v; run `make e2e` (it brings the lab up)\n", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// report prints a measured figure so that it shows in CI output.
+func report(t *testing.T, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	t.Log(msg)
+	fmt.Printf("MEASURED %s: %s\n", t.Name(), msg)
+}
+
+func node(t *testing.T, name string) lab.Node {
+	t.Helper()
+	s, err := cfg.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, ok := s.Node(name)
+	if !ok {
+		t.Fatalf("no lab node %s", name)
+	}
+	return n
+}
+
+func on(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := node(t, name).Exec(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func tlsConfig(t *testing.T) *tls.Config {
+	t.Helper()
+	ca, err := os.ReadFile(filepath.Join(cfg.Dir, "pki", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(cfg.Dir, "pki", "clients", "lab-client.crt"), filepath.Join(cfg.Dir, "pki", "clients", "lab-client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Verified against the cluster CA: no InsecureSkipVerify anywhere.
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+}
+
+// client connects a real MQTT client with automatic reconnect. A client with
+// clean=false keeps a persistent session on its broker.
+func client(t *testing.T, addr, id string, clean bool) mqtt.Client {
+	t.Helper()
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(id).SetTLSConfig(tlsConfig(t)).
+		SetCleanSession(clean).SetAutoReconnect(true).SetConnectRetry(true).
+		SetConnectRetryInterval(200 * time.Millisecond).SetMaxReconnectInterval(500 * time.Millisecond).
+		SetKeepAlive(5 * time.Second).SetConnectTimeout(3 * time.Second).SetOrderMatters(false)
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s as %s: %v", addr, id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+// inbox collects messages of one subscription, counting unique payloads.
+type inbox struct {
+	mu   sync.Mutex
+	seen map[string]int
+	ch   chan string
+}
+
+func subscribe(t *testing.T, c mqtt.Client, topic string) *inbox {
+	t.Helper()
+	in := &inbox{seen: map[string]int{}, ch: make(chan string, 10000)}
+	tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		in.mu.Lock()
+		in.seen[string(m.Payload())]++
+		in.mu.Unlock()
+		select {
+		case in.ch <- string(m.Payload()):
+		default:
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", topic, tok.Error())
+	}
+	return in
+}
+
+func (in *inbox) unique() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.seen)
+}
+
+func (in *inbox) has(p string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.seen[p] > 0
+}
+
+// wait waits until the inbox holds payload p.
+func (in *inbox) wait(t *testing.T, p string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !in.has(p) {
+		if time.Now().After(deadline) {
+			t.Fatalf("message %q not received within %s", p, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func publish(t *testing.T, c mqtt.Client, topic, payload string) {
+	t.Helper()
+	tok := c.Publish(topic, 1, false, payload)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+func vip() string { return net.JoinHostPort(cfg.VIP(), "9000") }
+
+func brokerAddr(name string) string {
+	n, _ := state.Node(name)
+	if n.Addr == "" {
+		s, _ := cfg.Load()
+		n, _ = s.Node(name)
+	}
+	return net.JoinHostPort(n.Addr, "8883")
+}
+
+// git runs git in the host clone the nodes pull from.
+func git(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", append([]string{"-C", filepath.Join(cfg.Dir, "cluster")}, args...)...)
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@mqha.invalid", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@mqha.invalid")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// commit writes files into the cluster repository, commits and pushes;
+// an empty content removes the file.
+func commit(t *testing.T, msg string, files map[string]string) string {
+	t.Helper()
+	for name, content := range files {
+		p := filepath.Join(cfg.Dir, "cluster", name)
+		if content == "" {
+			os.Remove(p)
+			continue
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	git(t, "add", "-A")
+	git(t, "commit", "-qm", msg)
+	git(t, "push", "-q", "origin", "main")
+	return git(t, "rev-parse", "HEAD")
+}
+
+// converged waits for every node to apply the head and returns how long it took.
+func converged(t *testing.T, d time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if err := cfg.WaitConverged(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// unitStart is a unit's main PID and last start time (monotonic µs), to
+// tell whether it was restarted.
+func unitStart(t *testing.T, nodeName, unit string) string {
+	t.Helper()
+	return strings.TrimSpace(on(t, nodeName, "systemctl", "show", "-p", "MainPID", "-p", "ActiveEnterTimestampMonotonic", "--value", unit))
+}
+
+// vipHolder is the load balancer holding the VIP, or "".
+func vipHolder(t *testing.T) string {
+	t.Helper()
+	for _, n := range []string{"lb1", "lb2"} {
+		if strings.Contains(on(t, n, "ip", "-4", "-o", "addr", "show", "dev", "host0"), " "+cfg.VIP()+"/") {
+			return n
+		}
+	}
+	return ""
+}
+
+func waitVIP(t *testing.T, d time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if h := vipHolder(t); h != "" {
+			return h
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no load balancer holds the VIP after %s", d)
+	return ""
+}
+
+// handshake reports whether a TLS handshake with a broker through addr works.
+func handshake(addr string, cfg *tls.Config) bool {
+	d := &net.Dialer{Timeout: 300 * time.Millisecond}
+	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func labProject() lab.Project {
+	return lab.Project{Root: root, Agent: filepath.Join(root, "bin", "mqha-agent")}
+}

@@ -1,0 +1,199 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestFromNothing: the lab as `make lab` leaves it serves MQTT over verified
+// TLS through the VIP, and the bridge joins every broker.
+func TestFromNothing(t *testing.T) {
+	holder := waitVIP(t, 15*time.Second)
+	t.Logf("VIP held by %s", holder)
+	topic := fmt.Sprintf("e2e/nothing/%d", time.Now().UnixNano())
+
+	// A subscriber on every broker and on the bridge node, each directly.
+	subs := map[string]*inbox{}
+	for _, n := range []string{"broker1", "broker2", "bridge"} {
+		subs[n] = subscribe(t, client(t, brokerAddr(n), "sub-"+n, true), topic)
+	}
+	viaVIP := subscribe(t, client(t, vip(), "sub-vip", true), topic+"/back")
+	time.Sleep(300 * time.Millisecond) // subscriptions propagate over the bridges
+
+	start := time.Now()
+	publish(t, client(t, vip(), "pub-vip", true), topic, "through the VIP")
+	for n, in := range subs {
+		in.wait(t, "through the VIP", 10*time.Second)
+		t.Logf("%s received the message published through the VIP", n)
+	}
+	report(t, "QoS1 message through the VIP reached broker1, broker2 and the bridge node in %s", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	publish(t, client(t, brokerAddr("broker2"), "pub-broker2", true), topic+"/back", "published on broker2")
+	viaVIP.wait(t, "published on broker2", 10*time.Second)
+	report(t, "message published on broker2 reached the subscriber behind the VIP in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestRejectedNginxConfigNeverLive: a commit whose nginx.conf nginx rejects
+// on one load balancer (its stream module is gone) is never written there;
+// nginx keeps serving the old configuration, the other nodes converge.
+func TestRejectedNginxConfigNeverLive(t *testing.T) {
+	const module = "/etc/nginx/modules-enabled/50-mod-stream.conf"
+	before := on(t, "lb2", "cat", "/etc/nginx/nginx.conf")
+	on(t, "lb2", "mv", module, "/root/50-mod-stream.conf.away")
+	defer on(t, "lb2", "mv", "/root/50-mod-stream.conf.away", module)
+
+	head := commit(t, "e2e: shorter nginx connect timeout", map[string]string{"timeouts.cue": "package cluster\n\ntimeouts: connect: 3\n"})
+	deadline := time.Now().Add(30 * time.Second)
+	var status string
+	for time.Now().Before(deadline) {
+		if status = strings.TrimSpace(on(t, "lb2", "systemctl", "show", "-p", "StatusText", "--value", "mqha-agent")); strings.Contains(status, "refused "+head[:12]) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(status, "refused "+head[:12]) || !strings.Contains(status, "nginx") {
+		t.Fatalf("lb2 did not refuse %s; status %q", head[:12], status)
+	}
+	t.Logf("lb2 agent: %s", status)
+	if after := on(t, "lb2", "cat", "/etc/nginx/nginx.conf"); after != before {
+		t.Fatal("the rejected nginx.conf was written on lb2")
+	}
+	if st := strings.TrimSpace(on(t, "lb2", "systemctl", "is-active", "nginx")); st != "active" {
+		t.Fatalf("nginx on lb2 is %s", st)
+	}
+	// Straight to lb2 (not the VIP): the broker behind it presents a
+	// certificate for the VIP, which is what clients connect to.
+	viaLB2 := tlsConfig(t)
+	viaLB2.ServerName = cfg.VIP()
+	if !handshake(node(t, "lb2").Addr+":9000", viaLB2) {
+		t.Fatal("nginx on lb2 no longer passes TLS through to a broker")
+	}
+	if !strings.Contains(on(t, "lb1", "cat", "/etc/nginx/nginx.conf"), "proxy_connect_timeout 3s;") {
+		t.Fatal("lb1 did not converge on the commit")
+	}
+	// Put the module back and revert: the next commit converges everyone.
+	on(t, "lb2", "mv", "/root/50-mod-stream.conf.away", module)
+	commit(t, "e2e: revert the connect timeout", map[string]string{"timeouts.cue": ""})
+	report(t, "rejected on lb2 by nginx -t, never live; all nodes converged on the revert in %s", converged(t, 30*time.Second).Round(time.Millisecond))
+	on(t, "lb2", "mv", module, "/root/50-mod-stream.conf.away") // for the deferred restore
+}
+
+// TestAddBroker: one commit adds a broker; every node converges on its own;
+// the new broker receives what is published through the VIP; the LB
+// upstream and the bridge include it; nothing else restarted.
+func TestAddBroker(t *testing.T) {
+	addr := cfg.Addr(23)
+	start := time.Now()
+	if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
+		t.Fatal(err)
+	}
+	report(t, "spare node broker3 booted in %s", time.Since(start).Round(time.Millisecond))
+
+	untouched := map[string]string{}
+	for _, u := range [][2]string{{"broker1", "mosquitto"}, {"broker2", "mosquitto"}, {"lb1", "nginx"}, {"lb2", "nginx"}, {"lb1", "keepalived"}, {"lb2", "keepalived"}} {
+		untouched[u[0]+"/"+u[1]] = unitStart(t, u[0], u[1])
+	}
+	bridgeBefore := unitStart(t, "bridge", "mosquitto")
+
+	commit(t, "add broker3", map[string]string{"broker3.cue": fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)})
+	report(t, "all 6 nodes converged on the commit adding broker3 in %s", converged(t, 60*time.Second).Round(time.Millisecond))
+
+	for _, lb := range []string{"lb1", "lb2"} {
+		if !strings.Contains(on(t, lb, "cat", "/etc/nginx/nginx.conf"), "server "+addr+":8883") {
+			t.Errorf("%s's upstream lacks broker3", lb)
+		}
+	}
+	if !strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), "connection mqha-broker3\naddress "+addr+":8884") {
+		t.Error("the bridge has no connection to broker3")
+	}
+	for k, v := range untouched {
+		parts := strings.SplitN(k, "/", 2)
+		if now := unitStart(t, parts[0], parts[1]); now != v {
+			t.Errorf("%s was restarted (%q -> %q)", k, v, now)
+		}
+	}
+	if unitStart(t, "bridge", "mosquitto") == bridgeBefore {
+		t.Error("the bridge master was not restarted, so it cannot have the new bridge")
+	}
+
+	topic := fmt.Sprintf("e2e/add/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, brokerAddr("broker3"), "sub-broker3", true), topic)
+	deadline := time.Now().Add(20 * time.Second)
+	pub := client(t, vip(), "pub-add", true)
+	for i := 0; !in.has("hello broker3"); i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing published through the VIP reached broker3")
+		}
+		publish(t, pub, topic, "hello broker3")
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestLBFailover: nginx killed on the VIP holder; the VIP moves to the
+// other load balancer and a QoS1 subscriber with a persistent session loses
+// none of the messages a publisher sends through the failover.
+func TestLBFailover(t *testing.T) {
+	holder := waitVIP(t, 15*time.Second)
+	other := map[string]string{"lb1": "lb2", "lb2": "lb1"}[holder]
+	topic := fmt.Sprintf("e2e/failover/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, vip(), "e2e-failover-sub", false), topic)
+	pub := client(t, vip(), "e2e-failover-pub", false)
+
+	const total = 300
+	var sent atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range total {
+			// QoS1 with the client's store: a message sent while the VIP
+			// moves is kept and resent after reconnecting.
+			pub.Publish(topic, 1, false, fmt.Sprintf("m%03d", i))
+			sent.Add(1)
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	time.Sleep(1 * time.Second)
+
+	// Probe the VIP concurrently with the fault: killing takes time itself.
+	killed := time.Now()
+	holderNode := node(t, holder)
+	go holderNode.Exec(t.Context(), "systemctl", "kill", "-s", "SIGKILL", "nginx")
+	cfgTLS := tlsConfig(t)
+	var lost time.Duration
+	for {
+		if time.Since(killed) > 200*time.Millisecond && vipHolder(t) == other && handshake(vip(), cfgTLS) {
+			lost = time.Since(killed)
+			break
+		}
+		if time.Since(killed) > 20*time.Second {
+			t.Fatalf("the VIP did not move to %s", other)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	report(t, "nginx killed on %s: VIP serving TLS from %s after %s", holder, other, lost.Round(time.Millisecond))
+
+	<-done
+	deadline := time.Now().Add(30 * time.Second)
+	for in.unique() < total && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	report(t, "persistent QoS1 subscriber received %d/%d messages sent through the failover", in.unique(), total)
+	if in.unique() != total {
+		t.Fatalf("lost %d messages", total-in.unique())
+	}
+	// nginx on the old holder comes back (Restart=on-failure) and the VIP
+	// stays where it is (nopreempt): no second move.
+	time.Sleep(4 * time.Second)
+	if st := strings.TrimSpace(on(t, holder, "systemctl", "is-active", "nginx")); st != "active" {
+		t.Errorf("nginx on %s is %s", holder, st)
+	}
+	if h := vipHolder(t); h != other {
+		t.Errorf("the VIP moved again, to %q", h)
+	}
+}
