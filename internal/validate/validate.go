@@ -75,10 +75,25 @@ func candidate(pattern string, content []byte) (string, func(), error) {
 	return f.Name(), func() { os.Remove(f.Name()) }, nil
 }
 
+// toolEnv is the environment for the daemons' checks: the agent's own,
+// without systemd's notification socket, which a trial daemon (mosquitto is
+// a Type=notify service) would otherwise use to speak for the agent.
+func toolEnv() []string {
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "NOTIFY_SOCKET=") && !strings.HasPrefix(e, "WATCHDOG_") {
+			env = append(env, e)
+		}
+	}
+	return env
+}
+
 func run(ctx context.Context, name string, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = toolEnv()
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		var ee *exec.Error
 		if errors.As(err, &ee) {
@@ -133,6 +148,7 @@ func (t Tools) mosquitto(ctx context.Context, content []byte) error {
 	var out bytes.Buffer
 	cmd := exec.Command(or(t.Mosquitto, "mosquitto"), "-c", p)
 	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = toolEnv()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start trial mosquitto: %w", err)
 	}
