@@ -79,16 +79,24 @@ func (r *Repo) Fetch(ctx context.Context, hash string) error {
 	if _, err := r.repo.CommitObject(plumbing.NewHash(hash)); err == nil {
 		return nil // already here
 	}
-	spec := config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/%s/%s", r.Branch, remoteName, r.Branch))
-	err := r.repo.FetchContext(ctx, &git.FetchOptions{
-		RemoteName: remoteName, RefSpecs: []config.RefSpec{spec},
-		Depth: 1, Tags: git.NoTags, Force: true, Auth: r.Auth,
-	})
-	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return fmt.Errorf("fetch %s from %s: %w", r.Branch, r.URL, err)
+	if err := r.fetch(ctx, 1); err != nil {
+		return err
 	}
 	if _, err := r.repo.CommitObject(plumbing.NewHash(hash)); err != nil {
 		return fmt.Errorf("commit %s not found after fetching %s (the branch moved again?): %w", short(hash), r.Branch, err)
+	}
+	return nil
+}
+
+// fetch fetches the branch to depth commits (0: all of it). Callers hold mu.
+func (r *Repo) fetch(ctx context.Context, depth int) error {
+	spec := config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/%s/%s", r.Branch, remoteName, r.Branch))
+	err := r.repo.FetchContext(ctx, &git.FetchOptions{
+		RemoteName: remoteName, RefSpecs: []config.RefSpec{spec},
+		Depth: depth, Tags: git.NoTags, Force: true, Auth: r.Auth,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return fmt.Errorf("fetch %s from %s: %w", r.Branch, r.URL, err)
 	}
 	return nil
 }

@@ -98,3 +98,90 @@ func TestMissingBranch(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+func TestDescendsDeepensShallowMirror(t *testing.T) {
+	up := t.TempDir()
+	git(t, up, "init", "-q", "-b", "main")
+	var hashes []string
+	for i := range 30 {
+		os.WriteFile(filepath.Join(up, "f"), []byte(strings.Repeat("x", i)), 0o644)
+		git(t, up, "add", ".")
+		git(t, up, "commit", "-qm", "c")
+		hashes = append(hashes, git(t, up, "rev-parse", "HEAD"))
+	}
+	r, err := source.Open(filepath.Join(t.TempDir(), "m.git"), "file://"+up, "main", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	head, _ := r.Head(ctx)
+	if err := r.Fetch(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := r.Descends(ctx, head, hashes[0]); err != nil || !ok {
+		t.Fatalf("head should descend from the first commit: %v %v", ok, err)
+	}
+	// A rewrite: the branch now points at a commit with unrelated history.
+	git(t, up, "checkout", "-q", "--orphan", "other")
+	git(t, up, "commit", "-qm", "rewritten")
+	git(t, up, "branch", "-f", "main", "other")
+	newHead, _ := r.Head(ctx)
+	if err := r.Fetch(ctx, newHead); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := r.Descends(ctx, newHead, head); err != nil || ok {
+		t.Fatalf("a rewritten branch must not descend from the applied commit: %v %v", ok, err)
+	}
+}
+
+func TestSignatures(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "id")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	other := filepath.Join(dir, "other")
+	exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other).Run()
+	trusted := filepath.Join(dir, "trusted-keys")
+	pub, _ := os.ReadFile(key + ".pub")
+	os.WriteFile(trusted, append([]byte("# ops\n"), pub...), 0o644)
+	trust, err := source.LoadTrust(trusted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := t.TempDir()
+	git(t, up, "init", "-q", "-b", "main")
+	git(t, up, "config", "gpg.format", "ssh")
+	r, _ := source.Open(filepath.Join(t.TempDir(), "m.git"), "file://"+up, "main", nil)
+	ctx := context.Background()
+	tests := []struct {
+		name, signWith, want string
+	}{
+		{"unsigned", "", "not signed"},
+		{"signed by a trusted key", key, ""},
+		{"signed by another key", other, "not a trusted key"},
+	}
+	for _, tt := range tests {
+		args := []string{"commit", "-q", "--allow-empty", "-m", tt.name}
+		if tt.signWith != "" {
+			git(t, up, "config", "user.signingkey", tt.signWith)
+			args = append(args, "-S")
+		}
+		git(t, up, args...)
+		head, _ := r.Head(ctx)
+		if err := r.Fetch(ctx, head); err != nil {
+			t.Fatal(err)
+		}
+		who, err := r.Verify(head, trust)
+		switch {
+		case tt.want == "" && (err != nil || !strings.HasPrefix(who, "ssh SHA256:")):
+			t.Errorf("%s: %q %v", tt.name, who, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: want %q, got %v", tt.name, tt.want, err)
+		}
+	}
+	os.WriteFile(trusted, []byte("ssh-ed25519 garbage\n"), 0o644)
+	if _, err := source.LoadTrust(trusted); err == nil || !strings.Contains(err.Error(), "trusted-keys:1") {
+		t.Errorf("a bad key file must fail with its line: %v", err)
+	}
+}

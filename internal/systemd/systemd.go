@@ -5,6 +5,7 @@ package systemd
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
@@ -131,4 +132,49 @@ func (d *DBus) Disable(ctx context.Context, unit string) error {
 		return fmt.Errorf("disable %s: %w", unit, err)
 	}
 	return nil
+}
+
+// Kill sends sig to the unit's main process.
+func (d *DBus) Kill(ctx context.Context, unit string, sig syscall.Signal) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	if err := d.conn.KillUnitWithTarget(ctx, unit, sd.Main, int32(sig)); err != nil {
+		return fmt.Errorf("kill %s: %w", unit, err)
+	}
+	return nil
+}
+
+// WatchUnits reports the name of any of units whose state changes, as
+// systemd signals it (no polling). Sends never block: a change is dropped
+// when the previous one has not been read, which is enough to wake a check.
+func (d *DBus) WatchUnits(units []string) (<-chan string, error) {
+	if err := d.conn.Subscribe(); err != nil {
+		return nil, fmt.Errorf("subscribe to systemd signals: %w", err)
+	}
+	updates := make(chan *sd.SubStateUpdate, 64)
+	errs := make(chan error, 8)
+	d.conn.SetSubStateSubscriber(updates, errs)
+	want := map[string]bool{}
+	for _, u := range units {
+		want[u] = true
+	}
+	out := make(chan string, 1)
+	go func() {
+		for {
+			select {
+			case u, ok := <-updates:
+				if !ok {
+					return
+				}
+				if want[u.UnitName] {
+					select {
+					case out <- u.UnitName:
+					default:
+					}
+				}
+			case <-errs:
+			}
+		}
+	}()
+	return out, nil
 }

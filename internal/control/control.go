@@ -1,0 +1,116 @@
+// Package control is the running agent's local control socket: `mqha-agent
+// status` reads the agent's state through it and `mqha-agent sync` asks it
+// to pull now. HTTP over a Unix socket that only root can reach.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/mqha/mqha/internal/health"
+)
+
+// DefaultSocket is where the packaged agent listens (its RuntimeDirectory).
+const DefaultSocket = "/run/mqha/agent.sock"
+
+// Status is what the agent reports about itself.
+type Status struct {
+	Node           string          `json:"node"`
+	Roles          string          `json:"roles"`
+	Version        string          `json:"version"`
+	Repo           string          `json:"repo"`
+	Branch         string          `json:"branch"`
+	Applied        string          `json:"applied,omitempty"`
+	AppliedSubject string          `json:"appliedSubject,omitempty"`
+	AppliedAt      time.Time       `json:"appliedAt,omitzero"`
+	Refused        string          `json:"refused,omitempty"`
+	RefusedReason  string          `json:"refusedReason,omitempty"`
+	LastFetch      time.Time       `json:"lastFetch,omitzero"`
+	FetchError     string          `json:"fetchError,omitempty"`
+	Checks         []health.Result `json:"checks"`
+}
+
+// Agent is what the server needs of the running agent.
+type Agent interface {
+	Status() Status
+	// Sync pulls and converges now and returns when that round is done.
+	Sync(ctx context.Context) error
+}
+
+// Serve listens on path until ctx ends.
+func Serve(ctx context.Context, path string, a Agent) error {
+	os.Remove(path) // a stale socket of a previous run
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Status())
+	})
+	mux.HandleFunc("POST /sync", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.Sync(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Client talks to a running agent.
+type Client struct{ http *http.Client }
+
+func NewClient(path string) *Client {
+	return &Client{http: &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string) (*Status, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("is mqha-agent running? %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("agent: %s", body)
+	}
+	var s Status
+	if err := json.Unmarshal(body, &s); err != nil {
+		return nil, fmt.Errorf("agent answered %q: %w", body, err)
+	}
+	return &s, nil
+}
+
+func (c *Client) Status(ctx context.Context) (*Status, error) { return c.do(ctx, "GET", "/status") }
+func (c *Client) Sync(ctx context.Context) (*Status, error)   { return c.do(ctx, "POST", "/sync") }

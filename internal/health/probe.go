@@ -1,0 +1,187 @@
+// Package health checks that a node's daemons really serve, not just run:
+// an MQTT round trip through the local broker, bridge connection states, a
+// TLS handshake through nginx to a broker, the VIP where keepalived put it.
+// It repairs what it can through systemd, with backoff.
+package health
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Probe checks one thing once; nil means healthy.
+type Probe func(ctx context.Context) error
+
+func nonce() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// connect opens an MQTT connection with a clean session and no retries:
+// a probe must fail fast when the broker does not answer.
+func connect(ctx context.Context, addr string, tc *tls.Config, id string) (mqtt.Client, error) {
+	timeout := 2 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), 100*time.Millisecond)
+	}
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(id).SetTLSConfig(tc).
+		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(timeout).SetWriteTimeout(timeout).SetKeepAlive(30 * time.Second)
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(timeout) {
+		c.Disconnect(0)
+		return nil, fmt.Errorf("no MQTT CONNACK from %s within %s", addr, timeout)
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("MQTT connect to %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+func wait(ctx context.Context, tok mqtt.Token, what string) error {
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w", what, ctx.Err())
+	}
+}
+
+// MQTTRoundTrip publishes a QoS1 message to the broker at addr and waits
+// for it to come back on a subscription. Topics under $mqha are not matched
+// by a bridge's "#", so the probe stays on this broker.
+func MQTTRoundTrip(addr string, tc *tls.Config, node string) Probe {
+	return func(ctx context.Context) error {
+		id := "mqha-health-" + node + "-" + nonce()
+		c, err := connect(ctx, addr, tc, id)
+		if err != nil {
+			return err
+		}
+		defer c.Disconnect(50)
+		topic := "$mqha/health/" + id
+		got := make(chan struct{}, 1)
+		if err := wait(ctx, c.Subscribe(topic, 1, func(mqtt.Client, mqtt.Message) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		}), "subscribe"); err != nil {
+			return err
+		}
+		if err := wait(ctx, c.Publish(topic, 1, false, "ping"), "publish"); err != nil {
+			return err
+		}
+		select {
+		case <-got:
+			return nil
+		case <-ctx.Done():
+			return errors.New("published message did not come back: broker is not delivering")
+		}
+	}
+}
+
+// BridgeStates reads the retained $SYS/broker/connection/<id>/state of
+// every bridge on the local broker and fails unless each is 1 (connected).
+func BridgeStates(addr string, tc *tls.Config, node string, clientIDs []string) Probe {
+	return func(ctx context.Context) error {
+		if len(clientIDs) == 0 {
+			return nil
+		}
+		c, err := connect(ctx, addr, tc, "mqha-health-bridge-"+node+"-"+nonce())
+		if err != nil {
+			return err
+		}
+		defer c.Disconnect(50)
+		var mu sync.Mutex
+		state := map[string]string{}
+		all := make(chan struct{})
+		var once sync.Once
+		if err := wait(ctx, c.Subscribe("$SYS/broker/connection/+/state", 1, func(_ mqtt.Client, m mqtt.Message) {
+			id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), "$SYS/broker/connection/"), "/state")
+			mu.Lock()
+			state[id] = string(m.Payload())
+			n := 0
+			for _, w := range clientIDs {
+				if _, ok := state[w]; ok {
+					n++
+				}
+			}
+			mu.Unlock()
+			if n == len(clientIDs) {
+				once.Do(func() { close(all) })
+			}
+		}), "subscribe"); err != nil {
+			return err
+		}
+		select {
+		case <-all:
+		case <-ctx.Done():
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		var down []string
+		for _, w := range clientIDs {
+			if state[w] != "1" {
+				down = append(down, w)
+			}
+		}
+		if len(down) > 0 {
+			return fmt.Errorf("bridge connections down: %s", strings.Join(down, ", "))
+		}
+		return nil
+	}
+}
+
+// TLSThrough completes a TLS handshake at addr (nginx's port), which only
+// works when nginx passes the connection to a broker that answers.
+func TLSThrough(addr string, tc *tls.Config) Probe {
+	return func(ctx context.Context) error {
+		d := tls.Dialer{NetDialer: &net.Dialer{}, Config: tc}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("TLS through %s: %w", addr, err)
+		}
+		return conn.Close()
+	}
+}
+
+// HasAddr reports whether this host has address ip on any interface.
+func HasAddr(ip string) (bool, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.String() == ip {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// VIPServes checks that if this node holds the VIP, clients are served
+// through it; a node without the VIP is fine (the peer holds it).
+func VIPServes(vip string, port int, tc *tls.Config) Probe {
+	return func(ctx context.Context) error {
+		has, err := HasAddr(vip)
+		if err != nil || !has {
+			return err
+		}
+		if err := TLSThrough(net.JoinHostPort(vip, fmt.Sprint(port)), tc)(ctx); err != nil {
+			return fmt.Errorf("this node holds the VIP but does not serve through it: %w", err)
+		}
+		return nil
+	}
+}
