@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mqha/mqha/internal/control"
 
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
@@ -26,10 +29,19 @@ type agentConfig struct {
 	SSHKey     string        // ssh: private key file
 	KnownHosts string        // ssh: known_hosts file
 	Settle     time.Duration // how long units must stay up after a change
+
+	HealthInterval    time.Duration // health checks, default 3s
+	VerifyTimeout     time.Duration // health after an apply before rolling back, default 20s
+	TrustedKeys       string        // file of PGP/SSH public keys; set: only signed commits apply
+	AllowRewind       bool          // accept a branch that no longer descends from the applied commit
+	Socket            string        // control socket, default /run/mqha/agent.sock
+	Listen            string        // address for /metrics and /hook; empty: none
+	WebhookSecretFile string        // shared secret for /hook
 }
 
 func defaultConfig() agentConfig {
-	return agentConfig{Branch: "main", Path: ".", Poll: 5 * time.Second, StateDir: "/var/lib/mqha", Settle: 2 * time.Second}
+	return agentConfig{Branch: "main", Path: ".", Poll: 5 * time.Second, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
+		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket}
 }
 
 // parseConfig reads the agent's configuration; every problem names its line.
@@ -68,8 +80,22 @@ func parseConfig(name string, data []byte) (agentConfig, error) {
 			c.SSHKey = v
 		case "known-hosts":
 			c.KnownHosts = v
+		case "health-interval":
+			c.HealthInterval, err = duration(v, 500*time.Millisecond)
+		case "verify-timeout":
+			c.VerifyTimeout, err = duration(v, time.Second)
+		case "trusted-keys":
+			c.TrustedKeys = v
+		case "allow-rewind":
+			c.AllowRewind, err = strconv.ParseBool(v)
+		case "socket":
+			c.Socket = v
+		case "listen":
+			c.Listen = v
+		case "webhook-secret-file":
+			c.WebhookSecretFile = v
 		default:
-			err = fmt.Errorf("unknown key %q (keys: repo, branch, path, node, poll, settle, state-dir, token-file, ssh-key, known-hosts)", k)
+			err = fmt.Errorf("unknown key %q (keys: repo, branch, path, node, poll, settle, state-dir, token-file, ssh-key, known-hosts, health-interval, verify-timeout, trusted-keys, allow-rewind, socket, listen, webhook-secret-file)", k)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%s:%d: %w", name, n, err)
@@ -86,6 +112,9 @@ func parseConfig(name string, data []byte) (agentConfig, error) {
 		if c.SSHKey != "" && u.Scheme != "ssh" {
 			return c, fmt.Errorf("%s: ssh-key only applies to ssh repositories", name)
 		}
+	}
+	if c.WebhookSecretFile != "" && c.Listen == "" {
+		return c, fmt.Errorf("%s: webhook-secret-file needs listen (the address the webhook is served on)", name)
 	}
 	if c.Branch == "" {
 		return c, fmt.Errorf("%s: branch is empty", name)

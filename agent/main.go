@@ -43,7 +43,9 @@ commands:
   diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
   apply   [--repo DIR] [--node NAME]                 validate, write and reload/restart (as root)
   pki     init|issue|client --dir DIR ...            cluster CA, node and client certificates
-  run     [--config FILE]                            the agent: pull the repository and converge, forever
+  run     [--config FILE]                            the agent: pull, converge, keep healthy, forever
+  status  [-o json]                                  ask the running agent what it applied and how it is
+  sync                                               ask the running agent to pull and converge now
   version                                            print the version
 
 exit codes: 0 ok, 1 differences (diff only), 2 error
@@ -86,6 +88,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = c.pki(args[1:])
 	case "run":
 		err = c.run(args[1:])
+	case "status":
+		err = c.status(args[1:])
+	case "sync":
+		err = c.syncNow(args[1:])
 	case "version", "--version":
 		fmt.Fprintln(stdout, "mqha-agent", version)
 	case "help", "-h", "--help":
@@ -279,7 +285,7 @@ func (c *cmd) apply(args []string) error {
 	fs, repo := c.flags("apply")
 	node := fs.String("node", "", "node to apply (default: this host's name)")
 	stateDir := fs.String("state-dir", "/var/lib/mqha", "where previous files are kept (under backup/)")
-	settle := fs.Duration("settle", 2*time.Second, "how long units must stay up after a change")
+	settle := fs.Duration("settle", 500*time.Millisecond, "how long units must stay up after a change")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

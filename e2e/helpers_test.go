@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -17,11 +18,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/lab"
 )
 
@@ -77,6 +80,16 @@ func on(t *testing.T, name string, args ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return out
+}
+
+// onAny runs a command in a node and returns its output whatever its exit
+// status (systemctl is-active exits 3 for an inactive unit).
+func onAny(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, _ := node(t, name).Exec(ctx, args...)
 	return out
 }
 
@@ -267,4 +280,98 @@ func handshake(addr string, cfg *tls.Config) bool {
 
 func labProject() lab.Project {
 	return lab.Project{Root: root, Agent: filepath.Join(root, "bin", "mqha-agent")}
+}
+
+// agentStatus asks the agent on a node through its control socket.
+func agentStatus(t *testing.T, name string) control.Status {
+	t.Helper()
+	var s control.Status
+	if err := json.Unmarshal([]byte(on(t, name, "mqha-agent", "status", "-o", "json")), &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitFor polls cond until it holds or d passes, and returns how long it took.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// withoutPushTrigger runs f with the repository's post-receive hook off, so
+// that nodes only see the change when they poll.
+func withoutPushTrigger(t *testing.T, f func()) {
+	t.Helper()
+	hook := filepath.Join(cfg.Dir, "git", "cluster.git", "hooks", "post-receive")
+	os.Chmod(hook, 0o644)
+	defer os.Chmod(hook, 0o755)
+	f()
+}
+
+// stream is a steady QoS1 publisher and a persistent-session subscriber,
+// both through the VIP.
+type stream struct {
+	in    *inbox
+	sent  atomic.Int32
+	stop  chan struct{}
+	done  chan struct{}
+	total int
+}
+
+func startStream(t *testing.T, name string) *stream {
+	t.Helper()
+	topic := fmt.Sprintf("e2e/stream/%s/%d", name, time.Now().UnixNano())
+	s := &stream{in: subscribe(t, client(t, vip(), "e2e-"+name+"-sub", false), topic), stop: make(chan struct{}), done: make(chan struct{})}
+	pub := client(t, vip(), "e2e-"+name+"-pub", false)
+	go func() {
+		defer close(s.done)
+		for i := 0; ; i++ {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			pub.Publish(topic, 1, false, fmt.Sprintf("m%05d", i))
+			s.sent.Add(1)
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return s
+}
+
+// finish stops publishing and checks that every message arrived.
+func (s *stream) finish(t *testing.T) {
+	t.Helper()
+	close(s.stop)
+	<-s.done
+	total := int(s.sent.Load())
+	deadline := time.Now().Add(30 * time.Second)
+	for s.in.unique() < total && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	report(t, "steady QoS1 stream through the VIP: %d/%d messages received", s.in.unique(), total)
+	if s.in.unique() != total {
+		t.Errorf("lost %d of %d messages", total-s.in.unique(), total)
+	}
+}
+
+// revert removes a file a test committed and waits for the fleet to
+// converge, so that one failing test does not leave the next a broken
+// cluster.
+func revert(t *testing.T, name string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "cluster", name)); err != nil {
+		return
+	}
+	commit(t, "e2e: revert "+name, map[string]string{name: ""})
+	if err := cfg.WaitConverged(context.Background(), 120*time.Second); err != nil {
+		t.Errorf("after reverting %s: %v", name, err)
+	}
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/mqha/mqha/internal/lab"
 )
 
-const usage = `usage: mqha-lab up | down | status | node NAME ADDR
+const usage = `usage: mqha-lab up | down | status | node NAME ADDR | notify
 environment: MQHA_LAB_SUBNET (10.231.7.0/24), MQHA_LAB_MIRROR (from apt sources),
 MQHA_LAB_DIR (.lab), MQHA_LAB_CACHE (/var/cache/mqha-lab), MQHA_LAB_NODES (/var/lib/mqha-lab)
 `
@@ -55,6 +55,11 @@ func run(ctx context.Context, args []string) error {
 		return nil
 	case "status":
 		return c.Status(ctx, os.Stdout)
+	case "notify":
+		// Run by the served repository's post-receive hook.
+		n, err := c.Notify(ctx)
+		fmt.Printf("mqha lab: push notified to %d nodes\n", n)
+		return err
 	case "node":
 		if len(args) != 3 {
 			return fmt.Errorf("node needs NAME and ADDR\n%s", usage)

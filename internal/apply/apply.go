@@ -42,6 +42,12 @@ type Applier struct {
 	// Settle is how long units must stay up after they were started,
 	// restarted or reloaded before the apply counts as done.
 	Settle time.Duration
+	// Gate, if set, runs after validation and before anything is written:
+	// it waits for this node's turn in a fleet-wide change.
+	Gate func(ctx context.Context, p *plan.Plan) error
+	// Verify, if set, runs after the units are up: a failure (the daemons
+	// run but do not serve) rolls the change back like a failed unit.
+	Verify func(ctx context.Context, p *plan.Plan) error
 	Log    *slog.Logger
 }
 
@@ -56,7 +62,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 		log = slog.Default()
 	}
 	if p.Empty() {
-		log.Info("nothing to do", "node", p.Node)
+		log.Debug("nothing to do", "node", p.Node)
 		return nil
 	}
 	var candidates []render.File
@@ -65,6 +71,12 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 	}
 	if err := a.Validator.Files(ctx, candidates); err != nil {
 		return fmt.Errorf("%w:\n%v", ErrInvalid, err)
+	}
+
+	if a.Gate != nil {
+		if err := a.Gate(ctx, p); err != nil {
+			return fmt.Errorf("waiting for this node's turn: %w (nothing was written)", err)
+		}
 	}
 
 	// What each touched unit was doing before, to restore it on failure.
@@ -149,6 +161,11 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 		}
 		if st.ActiveState != "active" {
 			return fmt.Errorf("%s is %s after apply (see journalctl -u %s)", u, st.ActiveState, u)
+		}
+	}
+	if a.Verify != nil && len(check) > 0 {
+		if err := a.Verify(ctx, p); err != nil {
+			return fmt.Errorf("health check after apply: %w", err)
 		}
 	}
 	return nil

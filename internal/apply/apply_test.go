@@ -202,3 +202,34 @@ func TestStartsStoppedUnitsAndStopsDroppedRoles(t *testing.T) {
 		t.Errorf("calls %s, want %s", got, want)
 	}
 }
+
+func TestUnhealthyAfterApplyIsRolledBack(t *testing.T) {
+	old := map[string]string{render.MosquittoConf: "# previous good config\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{render.Mosquitto: "active"})
+	gated := false
+	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{},
+		Gate:   func(context.Context, *plan.Plan) error { gated = true; return nil },
+		Verify: func(context.Context, *plan.Plan) error { return errors.New("MQTT round trip failed") }}
+	err := a.Apply(context.Background(), p)
+	if err == nil || !strings.Contains(err.Error(), "MQTT round trip failed") || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("got %v", err)
+	}
+	if !gated {
+		t.Error("the gate was not consulted")
+	}
+	if got := read(t, root, render.MosquittoConf); got != old[render.MosquittoConf] {
+		t.Errorf("not restored: %q", got)
+	}
+}
+
+func TestGateRefusalWritesNothing(t *testing.T) {
+	root, p, sd := setup(t, "broker1", nil, map[string]string{render.Mosquitto: "active"})
+	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{},
+		Gate: func(context.Context, *plan.Plan) error { return errors.New("broker2 is not serving") }}
+	if err := a.Apply(context.Background(), p); err == nil || !strings.Contains(err.Error(), "nothing was written") {
+		t.Fatalf("got %v", err)
+	}
+	if read(t, root, render.MosquittoConf) != "<missing>" || len(sd.calls) != 0 {
+		t.Errorf("gate refusal still changed things: %v", sd.calls)
+	}
+}

@@ -192,9 +192,8 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	case c.HungAfter > 0 && snapshot.Failures >= c.HungAfter:
 		// Active but not serving: hung (a stopped process does not even
 		// take SIGTERM). Kill it outright, then start it again.
-		m.Log.Warn("unit is active but not serving: killing and restarting it", "unit", c.Unit)
-		m.Units.Kill(ctx, c.Unit, syscall.SIGKILL)
-		rerr = m.Units.Do(ctx, plan.Restart, c.Unit)
+		m.Log.Warn("unit is active but not serving: killing it", "unit", c.Unit)
+		rerr = m.kill(ctx, c.Unit)
 	default:
 		return snapshot
 	}
@@ -211,4 +210,32 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 		m.Log.Info("repaired", "unit", c.Unit, "repairs", snapshot.Repairs)
 	}
 	return snapshot
+}
+
+// kill SIGKILLs a hung unit's main process. systemd restarts a unit with
+// Restart=on-failure by itself (queueing a restart job of our own would race
+// with it); a unit without one is started.
+func (m *Monitor) kill(ctx context.Context, unit string) error {
+	if err := m.Units.Kill(ctx, unit, syscall.SIGKILL); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := m.Units.State(ctx, unit)
+		if err != nil {
+			return err
+		}
+		if st.ActiveState == "failed" || st.ActiveState == "inactive" {
+			return m.Units.Do(ctx, plan.Start, unit)
+		}
+		if st.ActiveState == "activating" {
+			return nil // systemd is restarting it
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
 }

@@ -1,9 +1,15 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,11 +191,17 @@ func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr
 		return Node{}, err
 	}
 	read := func(f string) []byte { b, _ := os.ReadFile(filepath.Join(pkiDir, name, f)); return b }
-	conf := fmt.Sprintf("# Written by the mqha lab.\nrepo = git://%s/cluster.git\nbranch = main\nnode = %s\npoll = 5s\n", c.HostAddr(), name)
+	conf := fmt.Sprintf("# Written by the mqha lab.\nrepo = git://%s/cluster.git\nbranch = main\nnode = %s\npoll = 5s\n"+
+		"listen = %s:%d\nwebhook-secret-file = /etc/mqha/webhook.secret\n", c.HostAddr(), name, addr, WebhookPort)
+	secret, err := os.ReadFile(c.webhookSecretPath())
+	if err != nil {
+		return Node{}, err
+	}
 	files := NodeFiles{
-		"/etc/mqha/agent.conf":   {Data: []byte(conf), Mode: 0o644},
-		"/etc/mqha/tls/ca.crt":   {Data: read("ca.crt"), Mode: 0o644},
-		"/etc/mqha/tls/node.crt": {Data: read("node.crt"), Mode: 0o644},
+		"/etc/mqha/agent.conf":     {Data: []byte(conf), Mode: 0o644},
+		"/etc/mqha/webhook.secret": {Data: secret, Mode: 0o600},
+		"/etc/mqha/tls/ca.crt":     {Data: read("ca.crt"), Mode: 0o644},
+		"/etc/mqha/tls/node.crt":   {Data: read("node.crt"), Mode: 0o644},
 		// mosquitto loads its key after dropping to user mosquitto.
 		"/etc/mqha/tls/node.key": {Data: read("node.key"), Mode: 0o640, Group: "mosquitto"},
 	}
@@ -254,6 +266,21 @@ func (c Config) initRepo(ctx context.Context, p Project) error {
 	os.MkdirAll(clone, 0o755)
 	def, err := c.labDefinition(p)
 	if err != nil {
+		return err
+	}
+	// The push trigger: the served repository's post-receive hook calls
+	// every node's webhook, as a git server would.
+	secret := make([]byte, 16)
+	rand.Read(secret)
+	if err := os.WriteFile(c.webhookSecretPath(), []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	hook := fmt.Sprintf("#!/bin/sh\n# Tell every lab node a push happened.\nMQHA_LAB_DIR=%q MQHA_LAB_SUBNET=%q exec %q notify\n", c.Dir, c.Subnet, self)
+	if err := os.WriteFile(filepath.Join(bare, "hooks", "post-receive"), []byte(hook), 0o755); err != nil {
 		return err
 	}
 	readme, _ := os.ReadFile(filepath.Join(p.Root, "cluster-repo-example", "README.md"))
@@ -330,7 +357,7 @@ func (c Config) WaitConverged(ctx context.Context, timeout time.Duration) error 
 	for {
 		var behind []string
 		for _, n := range s.Nodes {
-			if st := AgentStatus(ctx, n); st != want {
+			if st := AgentStatus(ctx, n); !strings.HasPrefix(st, want) {
 				behind = append(behind, n.Name+": "+st)
 			}
 		}
@@ -367,4 +394,69 @@ func (c Config) writeEnv(p Project, s *State) error {
 		fmt.Fprintf(&b, "%s=%q\n", e[0], e[1])
 	}
 	return os.WriteFile(filepath.Join(c.Dir, "env"), []byte(b.String()), 0o644)
+}
+
+// WebhookPort is where lab agents serve /hook and /metrics.
+const WebhookPort = 9100
+
+func (c Config) webhookSecretPath() string { return filepath.Join(c.Dir, "webhook.secret") }
+
+// Notify posts a signed push notification to every node's webhook, as a git
+// server's push hook would, and returns how many nodes accepted it.
+func (c Config) Notify(ctx context.Context) (int, error) {
+	s, err := c.Load()
+	if err != nil {
+		return 0, err
+	}
+	secret, err := os.ReadFile(c.webhookSecretPath())
+	if err != nil {
+		return 0, err
+	}
+	body := []byte(`{"ref":"refs/heads/main"}`)
+	mac := hmac.New(sha256.New, bytes.TrimSpace(secret))
+	mac.Write(body)
+	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	var errs []error
+	ok := 0
+	for _, n := range s.Nodes {
+		req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s:%d/hook", n.Addr, WebhookPort), bytes.NewReader(body))
+		req.Header.Set("X-Hub-Signature-256", sig)
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			errs = append(errs, fmt.Errorf("%s: webhook answered %s", n.Name, resp.Status))
+			continue
+		}
+		ok++
+	}
+	return ok, errors.Join(errs...)
+}
+
+// StopGit and StartGit take the lab's git server away and bring it back.
+func (c Config) StopGit(ctx context.Context) error {
+	s, err := c.Load()
+	if err != nil {
+		return err
+	}
+	if s.GitDaemon != 0 {
+		syscall.Kill(s.GitDaemon, syscall.SIGTERM)
+		waitGone(s.GitDaemon, 3*time.Second)
+	}
+	s.GitDaemon = 0
+	return c.save(s)
+}
+
+func (c Config) StartGit(ctx context.Context) error {
+	s, err := c.Load()
+	if err != nil {
+		return err
+	}
+	if s.GitDaemon, err = c.gitDaemon(ctx); err != nil {
+		return err
+	}
+	return c.save(s)
 }

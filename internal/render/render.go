@@ -113,18 +113,7 @@ func Node(c *cluster.Cluster, name string) (*Output, error) {
 			d.Peers = append(d.Peers, p)
 		}
 	}
-	if n.Has(cluster.Bridge) {
-		for _, b := range d.Brokers {
-			if b.Name == n.Name {
-				continue // the bridge master's own broker needs no bridge
-			}
-			d.Bridges = append(d.Bridges, bridge{
-				Name: b.Name, Address: b.Address,
-				Connection: "mqha-" + b.Name,
-				ClientID:   c.Name + "-" + n.Name + "-to-" + b.Name,
-			})
-		}
-	}
+	d.Bridges = bridges(c, n)
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {
@@ -161,6 +150,35 @@ func Node(c *cluster.Cluster, name string) (*Output, error) {
 	}
 	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Path < out.Files[j].Path })
 	return out, nil
+}
+
+// bridges are the bridge master's connections: one per broker but itself.
+func bridges(c *cluster.Cluster, n cluster.Node) []bridge {
+	var out []bridge
+	if !n.Has(cluster.Bridge) {
+		return nil
+	}
+	for _, b := range c.WithRole(cluster.Broker) {
+		if b.Name == n.Name {
+			continue // the bridge master's own broker needs no bridge
+		}
+		out = append(out, bridge{
+			Name: b.Name, Address: b.Address,
+			Connection: "mqha-" + b.Name,
+			ClientID:   c.Name + "-" + n.Name + "-to-" + b.Name,
+		})
+	}
+	return out
+}
+
+// BridgeClientIDs are the remote client ids of node's bridges; each bridge
+// publishes its state at $SYS/broker/connection/<id>/state.
+func BridgeClientIDs(c *cluster.Cluster, n cluster.Node) []string {
+	var ids []string
+	for _, b := range bridges(c, n) {
+		ids = append(ids, b.ClientID)
+	}
+	return ids
 }
 
 func names(ns []cluster.Node) []string {

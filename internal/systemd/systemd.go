@@ -5,6 +5,7 @@ package systemd
 import (
 	"context"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
@@ -144,33 +145,34 @@ func (d *DBus) Kill(ctx context.Context, unit string, sig syscall.Signal) error 
 	return nil
 }
 
-// WatchUnits reports the name of any of units whose state changes, as
-// systemd signals it (no polling). Sends never block: a change is dropped
-// when the previous one has not been read, which is enough to wake a check.
-func (d *DBus) WatchUnits(units []string) (<-chan string, error) {
+// WatchUnits reports the name of a unit whose SubState changes (running,
+// dead, failed, ...), as systemd signals it, for the units watch returns at
+// that moment. Property changes that leave the SubState as it was (systemd
+// loading a unit to answer a query, for one) are not reported, or a check
+// that queries units would wake itself forever. Sends never block.
+func (d *DBus) WatchUnits(watch func() []string) (<-chan string, error) {
 	if err := d.conn.Subscribe(); err != nil {
 		return nil, fmt.Errorf("subscribe to systemd signals: %w", err)
 	}
 	updates := make(chan *sd.SubStateUpdate, 64)
 	errs := make(chan error, 8)
 	d.conn.SetSubStateSubscriber(updates, errs)
-	want := map[string]bool{}
-	for _, u := range units {
-		want[u] = true
-	}
 	out := make(chan string, 1)
 	go func() {
+		last := map[string]string{}
 		for {
 			select {
 			case u, ok := <-updates:
 				if !ok {
 					return
 				}
-				if want[u.UnitName] {
-					select {
-					case out <- u.UnitName:
-					default:
-					}
+				if !slices.Contains(watch(), u.UnitName) || last[u.UnitName] == u.SubState {
+					continue
+				}
+				last[u.UnitName] = u.SubState
+				select {
+				case out <- u.UnitName:
+				default:
 				}
 			case <-errs:
 			}

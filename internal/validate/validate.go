@@ -170,13 +170,25 @@ func (t Tools) mosquitto(ctx context.Context, content []byte) error {
 			return fmt.Errorf("trial mosquitto did not listen within %s:\n%s", wait, strings.TrimSpace(out.String()))
 		case <-tick.C:
 			c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", port), 100*time.Millisecond)
-			if err == nil {
-				c.Close()
+			if err != nil {
+				continue
+			}
+			c.Close()
+			// mosquitto opens a listener's socket before it loads the
+			// listener's certificate and key: listening is not yet passing.
+			// It exits within milliseconds when a file does not load.
+			select {
+			case err := <-exited:
+				return fmt.Errorf("trial mosquitto exited (%v):\n%s", err, strings.TrimSpace(out.String()))
+			case <-time.After(trialGrace):
 				return nil
 			}
 		}
 	}
 }
+
+// trialGrace is how long a trial broker must stay up once it listens.
+const trialGrace = 500 * time.Millisecond
 
 // trialMosquitto rewrites a configuration for a trial start and returns it
 // with the port of its first listener.

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/mqha/mqha/internal/control"
+)
+
+func (c *cmd) status(args []string) error {
+	fs, _ := c.flags("status")
+	out := fs.String("o", "text", "output: text or json")
+	sock := fs.String("socket", control.DefaultSocket, "the agent's control socket")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	s, err := control.NewClient(*sock).Status(c.ctx)
+	if err != nil {
+		return err
+	}
+	return c.printStatus(s, *out)
+}
+
+func (c *cmd) syncNow(args []string) error {
+	fs, _ := c.flags("sync")
+	sock := fs.String("socket", control.DefaultSocket, "the agent's control socket")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	start := time.Now()
+	s, err := control.NewClient(*sock).Sync(c.ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "synced in %s\n", time.Since(start).Round(time.Millisecond))
+	return c.printStatus(s, "text")
+}
+
+func (c *cmd) printStatus(s *control.Status, format string) error {
+	if format == "json" {
+		e := json.NewEncoder(c.stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(s)
+	}
+	if format != "text" {
+		return fmt.Errorf("-o %s: want text or json", format)
+	}
+	w := c.stdout
+	fmt.Fprintf(w, "node:     %s (%s), mqha-agent %s\n", s.Node, s.Roles, s.Version)
+	fmt.Fprintf(w, "repo:     %s (%s)\n", s.Repo, s.Branch)
+	fmt.Fprintf(w, "applied:  %s %s (%s)\n", short(s.Applied), s.AppliedSubject, ago(s.AppliedAt))
+	if s.Refused != "" && s.Refused != s.Applied {
+		fmt.Fprintf(w, "refused:  %s: %s\n", short(s.Refused), s.RefusedReason)
+	}
+	fmt.Fprintf(w, "fetched:  %s", ago(s.LastFetch))
+	if s.FetchError != "" {
+		fmt.Fprintf(w, ", error: %s", s.FetchError)
+	}
+	fmt.Fprintln(w)
+	for _, r := range s.Checks {
+		state := "ok"
+		if !r.OK {
+			state = "FAIL " + r.Error
+		}
+		fmt.Fprintf(w, "check %-11s %s (%s, %d repairs)\n", r.Name+":", state, ago(r.At), r.Repairs)
+	}
+	return nil
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}

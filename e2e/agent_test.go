@@ -1,0 +1,200 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSchemaErrorRefused (d): a commit that fails the schema is refused by
+// every node, nothing restarts, and status names the file and line.
+func TestSchemaErrorRefused(t *testing.T) {
+	before := unitStart(t, "broker1", "mosquitto")
+	head := commit(t, "e2e: a typo", map[string]string{"typo.cue": "package cluster\n\nvip: routerId: 7\n"})
+	t.Cleanup(func() { revert(t, "typo.cue") })
+	for _, n := range []string{"lb1", "lb2", "bridge", "broker1", "broker2"} {
+		waitFor(t, 15*time.Second, n+" refuses the commit", func() bool { return agentStatus(t, n).Refused == head })
+	}
+	s := agentStatus(t, "broker1")
+	if !strings.Contains(s.RefusedReason, "typo.cue:3:6") || !strings.Contains(s.RefusedReason, "field not allowed") {
+		t.Errorf("refusal does not point at the typo: %s", s.RefusedReason)
+	}
+	report(t, "refused everywhere; status says: %s", s.RefusedReason)
+	if unitStart(t, "broker1", "mosquitto") != before {
+		t.Error("mosquitto restarted for a refused commit")
+	}
+}
+
+// TestUnhealthyCommitRolledBack (f): a commit that passes validation but
+// leaves mosquitto unable to serve (its CA is the system bundle, so no
+// client certificate verifies) is rolled back by every broker.
+func TestUnhealthyCommitRolledBack(t *testing.T) {
+	conf := on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf")
+	head := commit(t, "e2e: wrong CA", map[string]string{"ca.cue": "package cluster\n\ntls: ca: \"/etc/ssl/certs/ca-certificates.crt\"\n"})
+	t.Cleanup(func() { revert(t, "ca.cue") })
+	start := time.Now()
+	for _, n := range []string{"broker1", "broker2"} {
+		waitFor(t, 90*time.Second, n+" rolls back", func() bool {
+			s := agentStatus(t, n)
+			return s.Refused == head && strings.Contains(s.RefusedReason, "rolled back")
+		})
+	}
+	report(t, "both brokers applied, found they could not serve, and rolled back within %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("broker1: %s", agentStatus(t, "broker1").RefusedReason)
+	if on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf") != conf {
+		t.Error("broker1's previous configuration is not back")
+	}
+	topic := fmt.Sprintf("e2e/rollback/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, brokerAddr("broker1"), "sub-rb", true), topic)
+	publish(t, client(t, vip(), "pub-rb", true), topic, "served again")
+	in.wait(t, "served again", 10*time.Second)
+}
+
+// TestMosquittoKilled (g): kill -9 is repaired within 3 s; a hung broker
+// (SIGSTOP) is found by the MQTT probe and restarted within 9 s.
+func TestMosquittoKilled(t *testing.T) {
+	tc := tlsConfig(t)
+	addr := brokerAddr("broker2")
+	serving := func() bool { return handshake(addr, tc) }
+	on(t, "broker2", "systemctl", "kill", "-s", "SIGKILL", "mosquitto")
+	killed := time.Now()
+	time.Sleep(50 * time.Millisecond)
+	waitFor(t, 10*time.Second, "broker2 serves after kill -9", serving)
+	report(t, "kill -9 mosquitto: serving again after %s", time.Since(killed).Round(time.Millisecond))
+	if d := time.Since(killed); d > 3*time.Second {
+		t.Errorf("took %s, want under 3 s", d)
+	}
+
+	pid := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+	on(t, "broker2", "kill", "-STOP", pid)
+	stopped := time.Now()
+	waitFor(t, 20*time.Second, "hung mosquitto replaced", func() bool {
+		now := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+		return now != pid && now != "0" && serving()
+	})
+	d := time.Since(stopped)
+	report(t, "kill -STOP mosquitto: detected by the MQTT probe, killed, restarted and serving after %s", d.Round(time.Millisecond))
+	if d > 9*time.Second {
+		t.Errorf("took %s, want under 9 s", d)
+	}
+	s := agentStatus(t, "broker2")
+	for _, c := range s.Checks {
+		if c.Name == "mosquitto" && c.Repairs == 0 {
+			t.Error("status shows no repair of mosquitto")
+		}
+	}
+}
+
+// TestNginxPreventedVIPMoves (h, l): nginx on the VIP holder is killed and
+// cannot start again; keepalived and the agent move the VIP; clients
+// reconnect and a persistent QoS1 subscriber loses nothing; once nginx can
+// run again it is repaired and the VIP stays put.
+func TestNginxPreventedVIPMoves(t *testing.T) {
+	holder := waitVIP(t, 15*time.Second)
+	other := map[string]string{"lb1": "lb2", "lb2": "lb1"}[holder]
+	s := startStream(t, "nginx-prevented")
+	time.Sleep(time.Second)
+	on(t, holder, "chmod", "-x", "/usr/sbin/nginx")
+	defer on(t, holder, "chmod", "+x", "/usr/sbin/nginx")
+	killed := time.Now()
+	on(t, holder, "systemctl", "kill", "-s", "SIGKILL", "nginx")
+	tc := tlsConfig(t)
+	waitFor(t, 20*time.Second, "VIP served by "+other, func() bool { return vipHolder(t) == other && handshake(vip(), tc) })
+	report(t, "nginx killed and unable to start on %s: VIP serving from %s after %s", holder, other, time.Since(killed).Round(time.Millisecond))
+	time.Sleep(3 * time.Second)
+	s.finish(t)
+
+	on(t, holder, "chmod", "+x", "/usr/sbin/nginx")
+	waitFor(t, 90*time.Second, "nginx repaired on "+holder, func() bool {
+		return strings.TrimSpace(onAny(t, holder, "systemctl", "is-active", "nginx")) == "active"
+	})
+	time.Sleep(3 * time.Second)
+	if h := vipHolder(t); h != other {
+		t.Errorf("the VIP moved back to %q: a second needless move", h)
+	}
+	if f := strings.TrimSpace(on(t, holder, "cat", "/run/mqha/lb-fault")); f != "0" {
+		t.Errorf("%s still reports a fault to keepalived (%q)", holder, f)
+	}
+}
+
+// TestGitServerDown (i): with the git server gone nodes keep serving and
+// say why they cannot fetch; when it is back they recover.
+func TestGitServerDown(t *testing.T) {
+	if err := cfg.StopGit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.StartGit(t.Context())
+	waitFor(t, 30*time.Second, "fetch error in status", func() bool { return agentStatus(t, "broker1").FetchError != "" })
+	report(t, "git server down: broker1 status says %q", agentStatus(t, "broker1").FetchError)
+	topic := fmt.Sprintf("e2e/gitdown/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, brokerAddr("broker2"), "sub-gd", true), topic)
+	publish(t, client(t, vip(), "pub-gd", true), topic, "still serving")
+	in.wait(t, "still serving", 10*time.Second)
+	if err := cfg.StartGit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	d := waitFor(t, 90*time.Second, "fetch recovers", func() bool { return agentStatus(t, "broker1").FetchError == "" })
+	report(t, "git server back: fetch recovered after %s (back-off at most 1 min)", d.Round(time.Millisecond))
+}
+
+// TestDrift (j): a hand edit of nginx.conf on a load balancer is reverted
+// within 3 s.
+func TestDrift(t *testing.T) {
+	want := on(t, "lb2", "cat", "/etc/nginx/nginx.conf")
+	edited := time.Now()
+	on(t, "lb2", "sh", "-c", "sed -i 's/proxy_connect_timeout 2s/proxy_connect_timeout 60s/' /etc/nginx/nginx.conf")
+	waitFor(t, 10*time.Second, "hand edit reverted", func() bool { return on(t, "lb2", "cat", "/etc/nginx/nginx.conf") == want })
+	d := time.Since(edited)
+	report(t, "hand edit of nginx.conf on lb2 reverted after %s", d.Round(time.Millisecond))
+	if d > 3*time.Second {
+		t.Errorf("reverted after %s, want under 3 s", d)
+	}
+	if !strings.Contains(on(t, "lb2", "journalctl", "-u", "mqha-agent", "--no-pager", "-n", "50"), "a managed file changed on disk") {
+		t.Error("the revert was not logged")
+	}
+}
+
+// TestSignedCommits (k): with trusted keys configured, an unsigned commit is
+// refused and a commit signed by a trusted SSH key is applied.
+func TestSignedCommits(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "ops")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	pub, _ := os.ReadFile(key + ".pub")
+	n := node(t, "broker2")
+	os.WriteFile(filepath.Join(n.Root, "etc/mqha/trusted-keys"), pub, 0o644)
+	conf := on(t, "broker2", "cat", "/etc/mqha/agent.conf")
+	on(t, "broker2", "sh", "-c", "echo 'trusted-keys = /etc/mqha/trusted-keys' >> /etc/mqha/agent.conf && systemctl restart mqha-agent")
+	defer func() {
+		os.WriteFile(filepath.Join(n.Root, "etc/mqha/agent.conf"), []byte(conf), 0o644)
+		on(t, "broker2", "systemctl", "restart", "mqha-agent")
+	}()
+
+	unsigned := commit(t, "e2e: unsigned", map[string]string{"note.cue": "package cluster\n\nmqtt: maxQueuedMessages: 1001\n"})
+	t.Cleanup(func() { revert(t, "note.cue") })
+	waitFor(t, 20*time.Second, "broker2 refuses the unsigned commit", func() bool { return agentStatus(t, "broker2").Refused == unsigned })
+	report(t, "unsigned commit refused: %s", agentStatus(t, "broker2").RefusedReason)
+	if !strings.Contains(agentStatus(t, "broker2").RefusedReason, "not signed") {
+		t.Error("refusal does not say the commit is unsigned")
+	}
+	git(t, "config", "gpg.format", "ssh")
+	git(t, "config", "user.signingkey", key)
+	defer git(t, "config", "--unset", "user.signingkey")
+	os.WriteFile(filepath.Join(cfg.Dir, "cluster", "note.cue"), []byte("package cluster\n\nmqtt: maxQueuedMessages: 1002\n"), 0o644)
+	git(t, "add", "-A")
+	git(t, "commit", "-S", "-qm", "e2e: signed")
+	git(t, "push", "-q", "origin", "main")
+	signed := git(t, "rev-parse", "HEAD")
+	waitFor(t, 20*time.Second, "broker2 applies the signed commit", func() bool { return agentStatus(t, "broker2").Applied == signed })
+	if !strings.Contains(on(t, "broker2", "cat", "/etc/mosquitto/mosquitto.conf"), "max_queued_messages 1002") {
+		t.Error("the signed commit's change is not live")
+	}
+}

@@ -1,0 +1,167 @@
+// Package rollout orders a change across the fleet without a central
+// server. Each node decides from the cluster definition and from probing its
+// peers: brokers restart one at a time (a slot per broker, and only while
+// every other broker serves), the bridge master restarts only once every
+// broker it bridges serves, and a load balancer gives up the VIP before it
+// restarts nginx.
+package rollout
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
+)
+
+// Gate waits for this node's turn before a plan is applied.
+type Gate struct {
+	Cluster *cluster.Cluster
+	Node    cluster.Node
+	TLS     *tls.Config // the node's certificate, to probe peers
+	// Fault feeds keepalived's track file: true gives up the VIP.
+	Fault func(on bool) error
+	Log   *slog.Logger
+	// Slot is the delay per position among nodes of a role; Patience how
+	// long to wait for peers before going ahead anyway (a dead peer must not
+	// block every change forever).
+	Slot, Patience time.Duration
+
+	faulted bool
+}
+
+func (g *Gate) action(p *plan.Plan, unit string) plan.Action {
+	for _, u := range p.Units {
+		if u.Name == unit {
+			return u.Action
+		}
+	}
+	return plan.None
+}
+
+// Before blocks until this node may apply p.
+func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
+	if g.action(p, render.Mosquitto) == plan.Restart {
+		if g.Node.Has(cluster.Broker) {
+			brokers := g.Cluster.WithRole(cluster.Broker)
+			if err := g.sleepSlot(ctx, brokers); err != nil {
+				return err
+			}
+			var peers []string
+			for _, b := range brokers {
+				if b.Name != g.Node.Name {
+					peers = append(peers, net.JoinHostPort(b.Address, strconv.Itoa(g.Cluster.Ports.Broker)))
+				}
+			}
+			g.waitServing(ctx, "the other brokers", peers, "")
+		}
+		if g.Node.Has(cluster.Bridge) {
+			var brokers []string
+			for _, b := range g.Cluster.WithRole(cluster.Broker) {
+				if b.Name != g.Node.Name {
+					brokers = append(brokers, net.JoinHostPort(b.Address, strconv.Itoa(g.Cluster.Ports.Bridge)))
+				}
+			}
+			g.waitServing(ctx, "every bridged broker", brokers, "")
+		}
+	}
+	if g.action(p, render.Nginx) == plan.Restart && g.Node.Has(cluster.LB) && g.Cluster.VIP != nil {
+		lbs := g.Cluster.WithRole(cluster.LB)
+		if err := g.sleepSlot(ctx, lbs); err != nil {
+			return err
+		}
+		var peers []string
+		for _, l := range lbs {
+			if l.Name != g.Node.Name {
+				peers = append(peers, net.JoinHostPort(l.Address, strconv.Itoa(g.Cluster.Ports.Client)))
+			}
+		}
+		g.waitServing(ctx, "the other load balancers", peers, g.Cluster.VIP.Address)
+		if g.Fault != nil {
+			if err := g.Fault(true); err != nil {
+				return err
+			}
+			g.faulted = true
+			g.waitVIPGone(ctx)
+		}
+	}
+	return nil
+}
+
+// Done ends the node's turn: a load balancer that gave up the VIP may take
+// part in elections again (nopreempt: it does not take the VIP back).
+func (g *Gate) Done() {
+	if g.faulted && g.Fault != nil {
+		if err := g.Fault(false); err != nil {
+			g.Log.Error("clear VRRP fault", "err", err)
+		}
+		g.faulted = false
+	}
+}
+
+func (g *Gate) sleepSlot(ctx context.Context, nodes []cluster.Node) error {
+	i := slices.IndexFunc(nodes, func(n cluster.Node) bool { return n.Name == g.Node.Name })
+	if i <= 0 {
+		return nil
+	}
+	d := time.Duration(i) * g.Slot
+	g.Log.Info("waiting for this node's slot", "slot", i, "delay", d)
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// waitServing waits until a TLS handshake with a broker works at every
+// address (through nginx for load balancers), or Patience runs out.
+func (g *Gate) waitServing(ctx context.Context, what string, addrs []string, serverName string) {
+	if len(addrs) == 0 {
+		return
+	}
+	deadline := time.Now().Add(g.Patience)
+	for {
+		var down []string
+		for _, a := range addrs {
+			tc := g.TLS.Clone()
+			tc.ServerName = serverName
+			if serverName == "" {
+				tc.ServerName, _, _ = net.SplitHostPort(a)
+			}
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			if err := health.TLSThrough(a, tc)(pctx); err != nil {
+				down = append(down, a)
+			}
+			cancel()
+		}
+		if len(down) == 0 {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			g.Log.Warn("going ahead although peers do not serve", "waited_for", what, "down", down, "patience", g.Patience)
+			return
+		}
+		g.Log.Info("waiting for peers to serve", "waiting_for", what, "down", down)
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (g *Gate) waitVIPGone(ctx context.Context) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		has, err := health.HasAddr(g.Cluster.VIP.Address)
+		if err != nil || !has {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.Log.Warn("the VIP is still here after giving it up; restarting nginx anyway")
+}
