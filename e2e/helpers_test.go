@@ -375,3 +375,18 @@ func revert(t *testing.T, name string) {
 		t.Errorf("after reverting %s: %v", name, err)
 	}
 }
+
+// appliedAfter waits until every named node applied head and returns when
+// the last one did, by the agents' own clocks (the machine's), measured from
+// since: the test's polling adds nothing to the figure.
+func appliedAfter(t *testing.T, head string, since time.Time, d time.Duration, nodes ...string) time.Duration {
+	t.Helper()
+	var last time.Time
+	for _, n := range nodes {
+		waitFor(t, d, n+" applies "+head[:12], func() bool { return agentStatus(t, n).Applied == head })
+		if at := agentStatus(t, n).AppliedAt; at.After(last) {
+			last = at
+		}
+	}
+	return last.Sub(since)
+}

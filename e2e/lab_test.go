@@ -105,9 +105,9 @@ func TestAddBroker(t *testing.T) {
 	time.Sleep(time.Second)
 
 	pushed := time.Now()
-	commit(t, "add broker3", map[string]string{"broker3.cue": fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)})
-	converged(t, 60*time.Second)
-	report(t, "all 6 nodes converged on the commit adding broker3 %s after the push (push trigger)", time.Since(pushed).Round(time.Millisecond))
+	head := commit(t, "add broker3", map[string]string{"broker3.cue": fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)})
+	d := appliedAfter(t, head, pushed, 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2", "broker3")
+	report(t, "all 6 nodes applied the commit adding broker3 %s after the push (push trigger)", d.Round(time.Millisecond))
 
 	for _, lb := range []string{"lb1", "lb2"} {
 		if !strings.Contains(on(t, lb, "cat", "/etc/nginx/nginx.conf"), "server "+addr+":8883") {
@@ -145,16 +145,13 @@ func TestAddBroker(t *testing.T) {
 // trigger every node converges within the poll interval + 5 s.
 func TestRemoveBroker(t *testing.T) {
 	var pushed time.Time
+	var head string
 	withoutPushTrigger(t, func() {
-		commit(t, "remove broker3", map[string]string{"broker3.cue": ""})
 		pushed = time.Now()
+		head = commit(t, "remove broker3", map[string]string{"broker3.cue": ""})
 	})
-	for _, n := range []string{"lb1", "lb2", "bridge", "broker1", "broker2"} {
-		head := git(t, "rev-parse", "HEAD")
-		waitFor(t, 30*time.Second, n+" applies the removal", func() bool { return agentStatus(t, n).Applied == head })
-	}
-	d := time.Since(pushed)
-	report(t, "all nodes converged on the removal %s after the push (polling every 5 s)", d.Round(time.Millisecond))
+	d := appliedAfter(t, head, pushed, 30*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	report(t, "all nodes applied the removal %s after the push (no push trigger, polling every 5 s)", d.Round(time.Millisecond))
 	if d > 10*time.Second {
 		t.Errorf("took %s, want within poll interval + 5 s", d)
 	}

@@ -58,8 +58,9 @@ type Monitor struct {
 }
 
 const (
-	minBackoff = 3 * time.Second
-	maxBackoff = time.Minute
+	verifyAttempt = time.Second
+	minBackoff    = 3 * time.Second
+	maxBackoff    = time.Minute
 )
 
 // Results returns the last result of every check, in check order.
@@ -110,20 +111,27 @@ func (m *Monitor) Once(ctx context.Context) bool {
 func (m *Monitor) Verify(ctx context.Context, deadline time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
+	// Short attempts, often: a daemon that just started answers within
+	// moments, and a change counts as applied as soon as it does.
+	attempt := &Monitor{Units: m.Units, Timeout: min(m.Timeout, verifyAttempt)}
+	pending := m.Checks
 	for {
 		var failed []string
-		for _, c := range m.Checks {
-			if err := m.probe(ctx, c); err != nil {
+		var still []Check
+		for _, c := range pending {
+			if err := attempt.probe(ctx, c); err != nil {
 				failed = append(failed, c.Name+": "+err.Error())
+				still = append(still, c)
 			}
 		}
-		if len(failed) == 0 {
+		if len(still) == 0 {
 			return nil
 		}
+		pending = still
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not healthy within %s: %v", deadline, failed)
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

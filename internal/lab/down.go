@@ -60,6 +60,10 @@ func (c Config) Down(ctx context.Context) error {
 			waitGone(pid, 3*time.Second)
 		}
 	}
+	for _, pid := range c.gitDaemonPIDs() {
+		syscall.Kill(pid, syscall.SIGTERM)
+		waitGone(pid, 3*time.Second)
+	}
 	if _, err := run(ctx, "ip", "link", "show", c.Bridge); err == nil {
 		if _, err := run(ctx, "ip", "link", "del", c.Bridge); err != nil {
 			errs = append(errs, err)
@@ -101,6 +105,19 @@ func (c Config) Leftovers(ctx context.Context) []string {
 			left = append(left, "cgroup "+filepath.Join(r, "mqha-lab"))
 		}
 	}
+	for _, pid := range c.gitDaemonPIDs() {
+		left = append(left, fmt.Sprintf("git daemon pid %d", pid))
+	}
+	if _, err := os.Stat(c.Dir); err == nil {
+		left = append(left, "directory "+c.Dir)
+	}
+	return left
+}
+
+// gitDaemonPIDs finds the lab's git daemons (the git wrapper and the
+// git-daemon it runs) by the directory they serve.
+func (c Config) gitDaemonPIDs() []int {
+	var out []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -108,12 +125,9 @@ func (c Config) Leftovers(ctx context.Context) []string {
 			continue
 		}
 		cmd := strings.ReplaceAll(mustRead(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " ")
-		if strings.Contains(cmd, "git-daemon") && strings.Contains(cmd, c.Dir) {
-			left = append(left, fmt.Sprintf("git daemon pid %d", pid))
+		if strings.Contains(cmd, "daemon") && strings.Contains(cmd, "--base-path="+filepath.Join(c.Dir, "git")) {
+			out = append(out, pid)
 		}
 	}
-	if _, err := os.Stat(c.Dir); err == nil {
-		left = append(left, "directory "+c.Dir)
-	}
-	return left
+	return out
 }

@@ -442,18 +442,22 @@ func (c Config) StopGit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.GitDaemon != 0 {
-		syscall.Kill(s.GitDaemon, syscall.SIGTERM)
-		waitGone(s.GitDaemon, 3*time.Second)
+	for _, pid := range c.gitDaemonPIDs() {
+		syscall.Kill(pid, syscall.SIGTERM)
+		waitGone(pid, 3*time.Second)
 	}
 	s.GitDaemon = 0
 	return c.save(s)
 }
 
+// StartGit starts the git server unless it runs.
 func (c Config) StartGit(ctx context.Context) error {
 	s, err := c.Load()
 	if err != nil {
 		return err
+	}
+	if len(c.gitDaemonPIDs()) > 0 {
+		return nil
 	}
 	if s.GitDaemon, err = c.gitDaemon(ctx); err != nil {
 		return err
