@@ -384,7 +384,9 @@ func appliedAfter(t *testing.T, head string, since time.Time, d time.Duration, n
 	var last time.Time
 	for _, n := range nodes {
 		waitFor(t, d, n+" applies "+head[:12], func() bool { return agentStatus(t, n).Applied == head })
-		if at := agentStatus(t, n).AppliedAt; at.After(last) {
+		at := agentStatus(t, n).AppliedAt
+		t.Logf("%s applied %s %s after the push", n, head[:12], at.Sub(since).Round(time.Millisecond))
+		if at.After(last) {
 			last = at
 		}
 	}
