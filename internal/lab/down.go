@@ -117,17 +117,7 @@ func (c Config) Leftovers(ctx context.Context) []string {
 // gitDaemonPIDs finds the lab's git daemons (the git wrapper and the
 // git-daemon it runs) by the directory they serve.
 func (c Config) gitDaemonPIDs() []int {
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmd := strings.ReplaceAll(mustRead(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " ")
-		if strings.Contains(cmd, "daemon") && strings.Contains(cmd, "--base-path="+filepath.Join(c.Dir, "git")) {
-			out = append(out, pid)
-		}
-	}
-	return out
+	return processes(func(cmdline string) bool {
+		return strings.Contains(cmdline, "daemon") && strings.Contains(cmdline, "--base-path="+filepath.Join(c.Dir, "git"))
+	})
 }

@@ -253,6 +253,14 @@ func mounted(path string) bool {
 
 // nspawnPIDs lists systemd-nspawn processes whose root is under NodesDir.
 func (c Config) nspawnPIDs() []int {
+	return processes(func(cmdline string) bool {
+		return strings.HasPrefix(cmdline, "systemd-nspawn ") && strings.Contains(cmdline, c.NodesDir+"/")
+	})
+}
+
+// processes lists the PIDs whose command line (arguments joined by spaces)
+// matches.
+func processes(match func(cmdline string) bool) []int {
 	var out []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -260,8 +268,7 @@ func (c Config) nspawnPIDs() []int {
 		if err != nil {
 			continue
 		}
-		cmdline := strings.ReplaceAll(mustRead(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " ")
-		if strings.HasPrefix(cmdline, "systemd-nspawn ") && strings.Contains(cmdline, c.NodesDir+"/") {
+		if match(strings.ReplaceAll(mustRead(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " ")) {
 			out = append(out, pid)
 		}
 	}
