@@ -4,12 +4,16 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mqha/mqha/internal/lab"
 )
 
 // TestSchemaErrorRefused (d): a commit that fails the schema is refused by
@@ -196,5 +200,42 @@ func TestSignedCommits(t *testing.T) {
 	waitFor(t, 20*time.Second, "broker2 applies the signed commit", func() bool { return agentStatus(t, "broker2").Applied == signed })
 	if !strings.Contains(on(t, "broker2", "cat", "/etc/mosquitto/mosquitto.conf"), "max_queued_messages 1002") {
 		t.Error("the signed commit's change is not live")
+	}
+}
+
+// TestRewriteRefused (6): a branch force-pushed to a commit that does not
+// descend from the applied one is refused; moving it back is accepted.
+func TestRewriteRefused(t *testing.T) {
+	applied := git(t, "rev-parse", "HEAD")
+	git(t, "checkout", "-q", "--orphan", "rewrite")
+	git(t, "commit", "-qm", "e2e: rewritten history")
+	git(t, "push", "-q", "-f", "origin", "rewrite:main")
+	rewritten := git(t, "rev-parse", "HEAD")
+	t.Cleanup(func() {
+		git(t, "checkout", "-q", "main")
+		git(t, "push", "-q", "-f", "origin", "main:main")
+		git(t, "branch", "-q", "-D", "rewrite")
+	})
+	waitFor(t, 20*time.Second, "broker1 refuses the rewrite", func() bool { return agentStatus(t, "broker1").Refused == rewritten })
+	s := agentStatus(t, "broker1")
+	report(t, "rewrite refused: %s", s.RefusedReason)
+	if s.Applied != applied || !strings.Contains(s.RefusedReason, "does not descend") {
+		t.Errorf("applied %s, reason %q", s.Applied, s.RefusedReason)
+	}
+}
+
+// TestMetrics: the agent's Prometheus endpoint reports its checks and the
+// applied commit.
+func TestMetrics(t *testing.T) {
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node(t, "lb1").Addr, lab.WebhookPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`mqha_health_check_ok{check="nginx"} 1`, `mqha_health_check_ok{check="keepalived"} 1`, "mqha_applied_commit_info{commit=", "mqha_converges_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }

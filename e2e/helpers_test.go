@@ -392,14 +392,3 @@ func appliedAfter(t *testing.T, head string, since time.Time, d time.Duration, n
 	}
 	return last.Sub(since)
 }
-
-// target says how a measured time compares with a target that the agent
-// does not meet everywhere yet (the critical path is the bridge master's
-// reconnection; see the issue notes). Hard bounds are asserted where the
-// measurement is taken; this only labels the figure.
-func target(d, want time.Duration) string {
-	if d <= want {
-		return "met"
-	}
-	return "MISSED by " + (d - want).Round(time.Millisecond).String()
-}

@@ -107,7 +107,10 @@ func TestAddBroker(t *testing.T) {
 	pushed := time.Now()
 	head := commit(t, "add broker3", map[string]string{"broker3.cue": fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)})
 	d := appliedAfter(t, head, pushed, 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2", "broker3")
-	report(t, "all 6 nodes applied the commit adding broker3 %s after the push (push trigger; target 3 s: %s)", d.Round(time.Millisecond), target(d, 3*time.Second))
+	report(t, "all 6 nodes applied the commit adding broker3 %s after the push (push trigger)", d.Round(time.Millisecond))
+	if d > 3*time.Second {
+		t.Errorf("took %s, want within 3 s with the push trigger", d)
+	}
 
 	for _, lb := range []string{"lb1", "lb2"} {
 		if !strings.Contains(on(t, lb, "cat", "/etc/nginx/nginx.conf"), "server "+addr+":8883") {
@@ -151,7 +154,10 @@ func TestRemoveBroker(t *testing.T) {
 		head = commit(t, "remove broker3", map[string]string{"broker3.cue": ""})
 	})
 	d := appliedAfter(t, head, pushed, 30*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
-	report(t, "all nodes applied the removal %s after the push (no push trigger, polling every 5 s; target poll + 5 s: %s)", d.Round(time.Millisecond), target(d, 10*time.Second))
+	report(t, "all nodes applied the removal %s after the push (no push trigger, polling every 5 s)", d.Round(time.Millisecond))
+	if d > 10*time.Second {
+		t.Errorf("took %s, want within the poll interval + 5 s", d)
+	}
 	for _, lb := range []string{"lb1", "lb2"} {
 		if strings.Contains(on(t, lb, "cat", "/etc/nginx/nginx.conf"), "# broker3") {
 			t.Errorf("%s still sends clients to broker3", lb)

@@ -1,6 +1,7 @@
 package source_test
 
 import (
+	"bytes"
 	"context"
 	"io/fs"
 	"os"
@@ -8,6 +9,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	gogit "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
 
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/schema"
@@ -183,5 +191,54 @@ func TestSignatures(t *testing.T) {
 	os.WriteFile(trusted, []byte("ssh-ed25519 garbage\n"), 0o644)
 	if _, err := source.LoadTrust(trusted); err == nil || !strings.Contains(err.Error(), "trusted-keys:1") {
 		t.Errorf("a bad key file must fail with its line: %v", err)
+	}
+}
+
+func TestPGPSignatures(t *testing.T) {
+	signer, err := openpgp.NewEntity("ops", "", "ops@mqha.invalid", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, _ := openpgp.NewEntity("stranger", "", "x@mqha.invalid", nil)
+	var armored bytes.Buffer
+	w, _ := armor.Encode(&armored, openpgp.PublicKeyType, nil)
+	signer.Serialize(w)
+	w.Close()
+	trusted := filepath.Join(t.TempDir(), "trusted-keys")
+	os.WriteFile(trusted, armored.Bytes(), 0o644)
+	trust, err := source.LoadTrust(trusted)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	up := t.TempDir()
+	repo, err := gogit.PlainInitWithOptions(up, &gogit.PlainInitOptions{InitOptions: gogit.InitOptions{DefaultBranch: plumbing.Main}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, _ := repo.Worktree()
+	r, _ := source.Open(filepath.Join(t.TempDir(), "m.git"), "file://"+up, "main", nil)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name string
+		key  *openpgp.Entity
+		want string
+	}{{"trusted key", signer, ""}, {"untrusted key", stranger, "not trusted"}} {
+		_, err := wt.Commit(tt.name, &gogit.CommitOptions{AllowEmptyCommits: true, SignKey: tt.key,
+			Author: &object.Signature{Name: "t", Email: "t@t", When: time.Now()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, _ := r.Head(ctx)
+		if err := r.Fetch(ctx, head); err != nil {
+			t.Fatal(err)
+		}
+		who, err := r.Verify(head, trust)
+		switch {
+		case tt.want == "" && (err != nil || !strings.HasPrefix(who, "pgp ")):
+			t.Errorf("%s: %q %v", tt.name, who, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: want %q, got %v", tt.name, tt.want, err)
+		}
 	}
 }

@@ -150,13 +150,18 @@ func (d *DBus) Kill(ctx context.Context, unit string, sig syscall.Signal) error 
 // that moment. Property changes that leave the SubState as it was (systemd
 // loading a unit to answer a query, for one) are not reported, or a check
 // that queries units would wake itself forever. Sends never block.
+//
+// It uses the properties subscriber: the sub-state subscriber makes a D-Bus
+// call for every signal inside go-systemd's single dispatch goroutine, which
+// then falls behind and delays the job results every start and restart
+// waits for (seen as 10 s stalls in the lab).
 func (d *DBus) WatchUnits(watch func() []string) (<-chan string, error) {
 	if err := d.conn.Subscribe(); err != nil {
 		return nil, fmt.Errorf("subscribe to systemd signals: %w", err)
 	}
-	updates := make(chan *sd.SubStateUpdate, 64)
+	updates := make(chan *sd.PropertiesUpdate, 256)
 	errs := make(chan error, 8)
-	d.conn.SetSubStateSubscriber(updates, errs)
+	d.conn.SetPropertiesSubscriber(updates, errs)
 	out := make(chan string, 1)
 	go func() {
 		last := map[string]string{}
@@ -166,10 +171,15 @@ func (d *DBus) WatchUnits(watch func() []string) (<-chan string, error) {
 				if !ok {
 					return
 				}
-				if !slices.Contains(watch(), u.UnitName) || last[u.UnitName] == u.SubState {
+				v, ok := u.Changed["SubState"]
+				if !ok {
 					continue
 				}
-				last[u.UnitName] = u.SubState
+				sub, _ := v.Value().(string)
+				if !slices.Contains(watch(), u.UnitName) || last[u.UnitName] == sub {
+					continue
+				}
+				last[u.UnitName] = sub
 				select {
 				case out <- u.UnitName:
 				default:
