@@ -11,6 +11,7 @@ import (
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
 )
 
@@ -44,20 +45,20 @@ func healthChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.
 	if n.Has(cluster.Broker) || n.Has(cluster.Bridge) {
 		// The local listener presents the node's certificate (its address).
 		checks = append(checks, health.Check{Name: "mosquitto", Unit: render.Mosquitto, HungAfter: 2,
-			Probe: health.MQTTRoundTrip(local, withName(tc, n.Address), n.Name)})
+			Probe: probe.MQTTRoundTrip(local, withName(tc, n.Address), n.Name)})
 	}
 	if ids := render.BridgeClientIDs(cl, n); len(ids) > 0 {
 		checks = append(checks, health.Check{Name: "bridge",
-			Probe: health.BridgeStates(local, withName(tc, n.Address), n.Name, ids)})
+			Probe: probe.BridgeStates(local, withName(tc, n.Address), n.Name, ids)})
 	}
 	if n.Has(cluster.LB) && cl.VIP != nil {
 		// Brokers' certificates carry the VIP: what clients verify.
 		viaVIP := withName(tc, cl.VIP.Address)
 		checks = append(checks,
 			health.Check{Name: "nginx", Unit: render.Nginx, HungAfter: 2,
-				Probe: health.TLSThrough(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), viaVIP)},
+				Probe: probe.TLSThrough(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), viaVIP)},
 			health.Check{Name: "keepalived", Unit: render.Keepalived,
-				Probe: health.VIPServes(cl.VIP.Address, cl.Ports.Client, viaVIP)})
+				Probe: probe.VIPServes(cl.VIP.Address, cl.Ports.Client, viaVIP)})
 	}
 	return checks
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/mqha/mqha/internal/drift"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/rollout"
 	"github.com/mqha/mqha/internal/source"
@@ -540,7 +541,7 @@ func (a *agent) peerLBServes() bool {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
-		err := health.TLSThrough(net.JoinHostPort(l.Address, strconv.Itoa(cl.Ports.Client)), withName(tc, cl.VIP.Address))(ctx)
+		err := probe.TLSThrough(net.JoinHostPort(l.Address, strconv.Itoa(cl.Ports.Client)), withName(tc, cl.VIP.Address))(ctx)
 		cancel()
 		if err == nil {
 			return true

@@ -1,3 +1,5 @@
+// Package health checks that a node's daemons really serve, not just run,
+// every few seconds, and repairs what it can through systemd, with backoff.
 package health
 
 import (
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/probe"
 )
 
 // Units is what repairs need of systemd.
@@ -20,9 +23,9 @@ type Units interface {
 
 // Check is one health check of a node.
 type Check struct {
-	Name  string // e.g. "mosquitto"
-	Unit  string // unit that must be active and that repairs restart; "" for none
-	Probe Probe  // nil: the unit's state alone
+	Name  string      // e.g. "mosquitto"
+	Unit  string      // unit that must be active and that repairs restart; "" for none
+	Probe probe.Probe // nil: the unit's state alone
 	// HungAfter consecutive probe failures of an active unit mean it is
 	// hung: it is killed and restarted. Zero: never restart on probe
 	// failures (a bridge's remote broker being down is not ours to fix).

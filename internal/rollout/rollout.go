@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
-	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
 )
 
@@ -137,7 +137,7 @@ func (g *Gate) waitServing(ctx context.Context, what string, addrs []string, ser
 				tc.ServerName, _, _ = net.SplitHostPort(a)
 			}
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
-			if err := health.TLSThrough(a, tc)(pctx); err != nil {
+			if err := probe.TLSThrough(a, tc)(pctx); err != nil {
 				down = append(down, a)
 			}
 			cancel()
@@ -157,7 +157,7 @@ func (g *Gate) waitServing(ctx context.Context, what string, addrs []string, ser
 func (g *Gate) waitVIPGone(ctx context.Context) {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		has, err := health.HasAddr(g.Cluster.VIP.Address)
+		has, err := probe.HasAddr(g.Cluster.VIP.Address)
 		if err != nil || !has {
 			return
 		}

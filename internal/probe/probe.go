@@ -1,8 +1,8 @@
-// Package health checks that a node's daemons really serve, not just run:
-// an MQTT round trip through the local broker, bridge connection states, a
-// TLS handshake through nginx to a broker, the VIP where keepalived put it.
-// It repairs what it can through systemd, with backoff.
-package health
+// Package probe asks the daemons whether they really serve, not just run:
+// an MQTT round trip through a broker, bridge connection states, a TLS
+// handshake through nginx to a broker, the VIP where keepalived put it. Both
+// the fleet ordering (peers) and the health checks (this node) use it.
+package probe
 
 import (
 	"context"
