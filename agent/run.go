@@ -72,15 +72,15 @@ type agent struct {
 	trust *source.Trust
 	log   *slog.Logger
 
-	applied  string           // last commit applied successfully
-	cluster  *cluster.Cluster // its definition
-	refused  string           // last commit refused; not retried until the branch moves
-	backoff  time.Duration    // while the remote is unreachable
-	nextTry  time.Time
-	monitor  *health.Monitor
-	fault    bool // what the LB fault file says
-	drift    <-chan string
-	stopDrif context.CancelFunc
+	applied   string           // last commit applied successfully
+	cluster   *cluster.Cluster // its definition
+	refused   string           // last commit refused; not retried until the branch moves
+	backoff   time.Duration    // while the remote is unreachable
+	nextTry   time.Time
+	monitor   *health.Monitor
+	fault     bool // what the LB fault file says
+	drift     <-chan string
+	stopDrift context.CancelFunc
 
 	sync chan chan error // the control socket's and the webhook's "pull now"
 	hook chan struct{}
@@ -464,8 +464,8 @@ func (a *agent) rebuild(ctx context.Context, cl *cluster.Cluster, n cluster.Node
 	a.monitor = m
 	a.mu.Unlock()
 
-	if a.stopDrif != nil {
-		a.stopDrif()
+	if a.stopDrift != nil {
+		a.stopDrift()
 	}
 	out, err := render.Node(cl, n.Name)
 	if err != nil {
@@ -484,7 +484,7 @@ func (a *agent) rebuild(ctx context.Context, cl *cluster.Cluster, n cluster.Node
 		cancel()
 		return
 	}
-	a.stopDrif = cancel
+	a.stopDrift = cancel
 }
 
 func (a *agent) checkHealth(ctx context.Context) {
