@@ -239,3 +239,47 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestRollingRestart (3): a change that restarts every broker restarts them
+// one at a time, and the bridge master only once they all serve again.
+func TestRollingRestart(t *testing.T) {
+	window := func(n string) (stopped, started int64) {
+		out := strings.Fields(on(t, n, "systemctl", "show", "-p", "InactiveEnterTimestampMonotonic", "-p", "ActiveEnterTimestampMonotonic", "--value", "mosquitto"))
+		if len(out) != 2 {
+			t.Fatalf("%s: %v", n, out)
+		}
+		// systemctl prints the properties in the order of its table:
+		// ActiveEnter before InactiveEnter.
+		fmt.Sscan(out[0], &started)
+		fmt.Sscan(out[1], &stopped)
+		return stopped, started
+	}
+	before := map[string]string{}
+	for _, n := range []string{"broker1", "broker2", "bridge"} {
+		before[n] = unitStart(t, n, "mosquitto")
+	}
+	head := commit(t, "e2e: move the bridge listener", map[string]string{"bridgeport.cue": "package cluster\n\nports: bridge: 8885\n"})
+	t.Cleanup(func() { revert(t, "bridgeport.cue") })
+	pushed := time.Now()
+	d := appliedAfter(t, head, pushed, 120*time.Second, "broker1", "broker2", "bridge", "lb1", "lb2")
+	report(t, "every broker and the bridge master restarted in turn; all applied %s after the push", d.Round(time.Millisecond))
+	w := map[string][2]int64{}
+	for _, n := range []string{"broker1", "broker2", "bridge"} {
+		if unitStart(t, n, "mosquitto") == before[n] {
+			t.Fatalf("%s's mosquitto did not restart", n)
+		}
+		s, e := window(n)
+		w[n] = [2]int64{s, e}
+		t.Logf("%s: down from %d to %d (µs, monotonic)", n, s, e)
+	}
+	b1, b2, br := w["broker1"], w["broker2"], w["bridge"]
+	if b1[0] < b2[1] && b2[0] < b1[1] {
+		t.Errorf("broker1 and broker2 were down at the same time: %v %v", b1, b2)
+	}
+	if br[0] < max(b1[1], b2[1]) {
+		t.Errorf("the bridge master restarted before every broker served again: bridge %v, brokers %v %v", br, b1, b2)
+	}
+	if !strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), ":8885") {
+		t.Error("the bridge does not use the new port")
+	}
+}
