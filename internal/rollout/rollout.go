@@ -50,40 +50,20 @@ func (g *Gate) action(p *plan.Plan, unit string) plan.Action {
 func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
 	if g.action(p, render.Mosquitto) == plan.Restart {
 		if g.Node.Has(cluster.Broker) {
-			brokers := g.Cluster.WithRole(cluster.Broker)
-			if err := g.sleepSlot(ctx, brokers); err != nil {
+			if err := g.sleepSlot(ctx, g.Cluster.WithRole(cluster.Broker)); err != nil {
 				return err
 			}
-			var peers []string
-			for _, b := range brokers {
-				if b.Name != g.Node.Name {
-					peers = append(peers, net.JoinHostPort(b.Address, strconv.Itoa(g.Cluster.Ports.Broker)))
-				}
-			}
-			g.waitServing(ctx, "the other brokers", peers, "")
+			g.waitServing(ctx, "the other brokers", g.others(cluster.Broker, g.Cluster.Ports.Broker), "")
 		}
 		if g.Node.Has(cluster.Bridge) {
-			var brokers []string
-			for _, b := range g.Cluster.WithRole(cluster.Broker) {
-				if b.Name != g.Node.Name {
-					brokers = append(brokers, net.JoinHostPort(b.Address, strconv.Itoa(g.Cluster.Ports.Bridge)))
-				}
-			}
-			g.waitServing(ctx, "every bridged broker", brokers, "")
+			g.waitServing(ctx, "every bridged broker", g.others(cluster.Broker, g.Cluster.Ports.Bridge), "")
 		}
 	}
 	if g.action(p, render.Nginx) == plan.Restart && g.Node.Has(cluster.LB) && g.Cluster.VIP != nil {
-		lbs := g.Cluster.WithRole(cluster.LB)
-		if err := g.sleepSlot(ctx, lbs); err != nil {
+		if err := g.sleepSlot(ctx, g.Cluster.WithRole(cluster.LB)); err != nil {
 			return err
 		}
-		var peers []string
-		for _, l := range lbs {
-			if l.Name != g.Node.Name {
-				peers = append(peers, net.JoinHostPort(l.Address, strconv.Itoa(g.Cluster.Ports.Client)))
-			}
-		}
-		g.waitServing(ctx, "the other load balancers", peers, g.Cluster.VIP.Address)
+		g.waitServing(ctx, "the other load balancers", g.others(cluster.LB, g.Cluster.Ports.Client), g.Cluster.VIP.Address)
 		if g.Fault != nil {
 			if err := g.Fault(true); err != nil {
 				return err
@@ -93,6 +73,17 @@ func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
 		}
 	}
 	return nil
+}
+
+// others are the addresses (at port) of the other nodes with role r.
+func (g *Gate) others(r cluster.Role, port int) []string {
+	var out []string
+	for _, n := range g.Cluster.WithRole(r) {
+		if n.Name != g.Node.Name {
+			out = append(out, net.JoinHostPort(n.Address, strconv.Itoa(port)))
+		}
+	}
+	return out
 }
 
 // Done ends the node's turn: a load balancer that gave up the VIP may take
