@@ -63,5 +63,10 @@ func healthChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.
 	return checks
 }
 
-// probeTimeout bounds one probe; the loop runs every health-interval.
-const probeTimeout = 2 * time.Second
+// probeTimeout bounds one probe; the loop runs every health-interval. A
+// loopback TLS + MQTT round trip takes milliseconds: 1.5 s means hung.
+const probeTimeout = 1500 * time.Millisecond
+
+// recheckAfter is how soon a failed check runs again, instead of waiting
+// for the next round: a hung broker is confirmed (and killed) sooner.
+const recheckAfter = time.Second

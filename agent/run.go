@@ -82,8 +82,9 @@ type agent struct {
 	drift     <-chan string
 	stopDrift context.CancelFunc
 
-	sync chan chan error // the control socket's and the webhook's "pull now"
-	hook chan struct{}
+	sync    chan chan error // the control socket's and the webhook's "pull now"
+	hook    chan struct{}
+	recheck chan struct{} // a failed check runs again soon
 
 	mu    sync.Mutex
 	st    control.Status
@@ -139,7 +140,7 @@ func (c *cmd) run(args []string) error {
 		daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+msg)
 		return c.idle()
 	}
-	a := &agent{cfg: cfg, node: cfg.Node, log: c.log, sync: make(chan chan error), hook: make(chan struct{}, 1), m: newMetrics()}
+	a := &agent{cfg: cfg, node: cfg.Node, log: c.log, sync: make(chan chan error), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
 	if a.node == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -210,6 +211,8 @@ func (c *cmd) run(args []string) error {
 			a.checkHealth(c.ctx)
 		case u := <-units:
 			a.log.Info("unit changed state; checking now", "unit", u)
+			a.checkHealth(c.ctx)
+		case <-a.recheck:
 			a.checkHealth(c.ctx)
 		case path := <-a.drift:
 			a.log.Warn("a managed file changed on disk; reverting it", "path", path)
@@ -505,6 +508,14 @@ func (a *agent) onResult(r health.Result) {
 	}
 	a.m.checkOK.WithLabelValues(r.Name).Set(ok)
 	a.m.repairs.WithLabelValues(r.Name).Set(float64(r.Repairs))
+	if !r.OK && r.Failures == 1 {
+		time.AfterFunc(recheckAfter, func() {
+			select {
+			case a.recheck <- struct{}{}:
+			default:
+			}
+		})
+	}
 	if r.Name != "nginx" {
 		return
 	}
