@@ -378,23 +378,30 @@ func (a *agent) enforce(ctx context.Context) error {
 }
 
 func (a *agent) apply(ctx context.Context, hash string) error {
-	commit, err := a.repo.Read(hash, a.cfg.Path)
-	if err != nil {
-		return err
-	}
-	cl, err := schema.Load(commit.Files, ".")
-	if err != nil {
-		return fmt.Errorf("commit %s (%s): %w", short(hash), commit.Subject, err)
+	a.mu.Lock()
+	cl, subject := a.cluster, a.st.AppliedSubject
+	a.mu.Unlock()
+	if hash != a.applied || cl == nil {
+		// A commit's content never changes: only a new one is read and
+		// loaded, not the applied one every time it is enforced.
+		commit, err := a.repo.Read(hash, a.cfg.Path)
+		if err != nil {
+			return err
+		}
+		subject = commit.Subject
+		if cl, err = schema.Load(commit.Files, "."); err != nil {
+			return fmt.Errorf("commit %s (%s): %w", short(hash), subject, err)
+		}
 	}
 	n, ok := cl.Node(a.node)
 	if !ok {
-		return fmt.Errorf("commit %s (%s): node %q is not in the cluster definition", short(hash), commit.Subject, a.node)
+		return fmt.Errorf("commit %s (%s): node %q is not in the cluster definition", short(hash), subject, a.node)
 	}
 	tc, tlsErr := nodeTLS(cl)
 	// Peers still serve with the applied configuration: probe them with its
 	// certificates, not with the candidate's (which may be the mistake).
 	peerTLS := tc
-	if a.cluster != nil {
+	if a.cluster != nil && a.cluster != cl {
 		if t, err := nodeTLS(a.cluster); err == nil {
 			peerTLS = t
 		}
@@ -413,7 +420,7 @@ func (a *agent) apply(ctx context.Context, hash string) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("commit %s (%s): %w", short(hash), commit.Subject, err)
+		return fmt.Errorf("commit %s (%s): %w", short(hash), subject, err)
 	}
 	if hash != a.applied || a.cluster == nil {
 		if hash != a.applied {
@@ -426,9 +433,9 @@ func (a *agent) apply(ctx context.Context, hash string) error {
 		a.writeState("applied", hash)
 		a.m.applied.Reset()
 		a.m.applied.WithLabelValues(hash).Set(1)
-		a.log.Info("converged", "commit", short(hash), "subject", commit.Subject)
+		a.log.Info("converged", "commit", short(hash), "subject", subject)
 		a.update(func(s *control.Status) {
-			s.Applied, s.AppliedSubject, s.AppliedAt, s.Roles = hash, commit.Subject, time.Now(), n.RoleList()
+			s.Applied, s.AppliedSubject, s.AppliedAt, s.Roles = hash, subject, time.Now(), n.RoleList()
 		})
 		a.rebuild(ctx, cl, n, tc, tlsErr)
 	}
@@ -459,7 +466,7 @@ func (a *agent) rebuild(ctx context.Context, cl *cluster.Cluster, n cluster.Node
 	if tlsErr != nil {
 		a.log.Error("no health checks: the node's TLS files do not load", "err", tlsErr)
 	}
-	m := &health.Monitor{Units: a.sd, Interval: a.cfg.HealthInterval, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult}
+	m := &health.Monitor{Units: a.sd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult}
 	if tlsErr == nil {
 		m.Checks = healthChecks(cl, n, tc)
 	}

@@ -55,7 +55,7 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 		t.Error("broker1's previous configuration is not back")
 	}
 	topic := fmt.Sprintf("e2e/rollback/%d", time.Now().UnixNano())
-	in := subscribe(t, client(t, brokerAddr("broker1"), "sub-rb", true), topic)
+	in := subscribe(t, client(t, brokerAddr(t, "broker1"), "sub-rb", true), topic)
 	publish(t, client(t, vip(), "pub-rb", true), topic, "served again")
 	in.wait(t, "served again", 10*time.Second)
 }
@@ -64,7 +64,7 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 // (SIGSTOP) is found by the MQTT probe and restarted within 9 s.
 func TestMosquittoKilled(t *testing.T) {
 	tc := tlsConfig(t)
-	addr := brokerAddr("broker2")
+	addr := brokerAddr(t, "broker2")
 	serving := func() bool { return handshake(addr, tc) }
 	on(t, "broker2", "systemctl", "kill", "-s", "SIGKILL", "mosquitto")
 	killed := time.Now()
@@ -105,7 +105,7 @@ func TestNginxPreventedVIPMoves(t *testing.T) {
 	s := startStream(t, "nginx-prevented")
 	time.Sleep(time.Second)
 	on(t, holder, "chmod", "-x", "/usr/sbin/nginx")
-	defer on(t, holder, "chmod", "+x", "/usr/sbin/nginx")
+	t.Cleanup(func() { onAny(t, holder, "chmod", "+x", "/usr/sbin/nginx") })
 	killed := time.Now()
 	on(t, holder, "systemctl", "kill", "-s", "SIGKILL", "nginx")
 	tc := tlsConfig(t)
@@ -137,7 +137,7 @@ func TestGitServerDown(t *testing.T) {
 	waitFor(t, 30*time.Second, "fetch error in status", func() bool { return agentStatus(t, "broker1").FetchError != "" })
 	report(t, "git server down: broker1 status says %q", agentStatus(t, "broker1").FetchError)
 	topic := fmt.Sprintf("e2e/gitdown/%d", time.Now().UnixNano())
-	in := subscribe(t, client(t, brokerAddr("broker2"), "sub-gd", true), topic)
+	in := subscribe(t, client(t, brokerAddr(t, "broker2"), "sub-gd", true), topic)
 	publish(t, client(t, vip(), "pub-gd", true), topic, "still serving")
 	in.wait(t, "still serving", 10*time.Second)
 	if err := cfg.StartGit(t.Context()); err != nil {

@@ -29,17 +29,15 @@ import (
 )
 
 var (
-	cfg   lab.Config
-	state *lab.State
-	root  string
+	cfg  lab.Config
+	root string
 )
 
 func TestMain(m *testing.M) {
 	var err error
 	root, _ = filepath.Abs("..")
 	if cfg, err = lab.FromEnv(root); err == nil {
-		var ok bool
-		if state, ok = cfg.Running(); !ok {
+		if _, ok := cfg.Running(); !ok {
 			err = fmt.Errorf("the lab is not running")
 		}
 	}
@@ -185,13 +183,9 @@ func publish(t *testing.T, c mqtt.Client, topic, payload string) {
 
 func vip() string { return net.JoinHostPort(cfg.VIP(), "9000") }
 
-func brokerAddr(name string) string {
-	n, _ := state.Node(name)
-	if n.Addr == "" {
-		s, _ := cfg.Load()
-		n, _ = s.Node(name)
-	}
-	return net.JoinHostPort(n.Addr, "8883")
+func brokerAddr(t *testing.T, name string) string {
+	t.Helper()
+	return net.JoinHostPort(node(t, name).Addr, "8883")
 }
 
 // git runs git in the host clone the nodes pull from.

@@ -20,7 +20,7 @@ func TestFromNothing(t *testing.T) {
 	// A subscriber on every broker and on the bridge node, each directly.
 	subs := map[string]*inbox{}
 	for _, n := range []string{"broker1", "broker2", "bridge"} {
-		subs[n] = subscribe(t, client(t, brokerAddr(n), "sub-"+n, true), topic)
+		subs[n] = subscribe(t, client(t, brokerAddr(t, n), "sub-"+n, true), topic)
 	}
 	viaVIP := subscribe(t, client(t, vip(), "sub-vip", true), topic+"/back")
 	time.Sleep(300 * time.Millisecond) // subscriptions propagate over the bridges
@@ -34,7 +34,7 @@ func TestFromNothing(t *testing.T) {
 	report(t, "QoS1 message through the VIP reached broker1, broker2 and the bridge node in %s", time.Since(start).Round(time.Millisecond))
 
 	start = time.Now()
-	publish(t, client(t, brokerAddr("broker2"), "pub-broker2", true), topic+"/back", "published on broker2")
+	publish(t, client(t, brokerAddr(t, "broker2"), "pub-broker2", true), topic+"/back", "published on broker2")
 	viaVIP.wait(t, "published on broker2", 10*time.Second)
 	report(t, "message published on broker2 reached the subscriber behind the VIP in %s", time.Since(start).Round(time.Millisecond))
 }
@@ -45,8 +45,10 @@ func TestFromNothing(t *testing.T) {
 func TestRejectedNginxConfigNeverLive(t *testing.T) {
 	const module = "/etc/nginx/modules-enabled/50-mod-stream.conf"
 	before := on(t, "lb2", "cat", "/etc/nginx/nginx.conf")
-	on(t, "lb2", "mv", module, "/root/50-mod-stream.conf.away")
-	defer on(t, "lb2", "mv", "/root/50-mod-stream.conf.away", module)
+	const away = "/root/50-mod-stream.conf.away"
+	restore := func() { onAny(t, "lb2", "sh", "-c", "test -e "+away+" && mv "+away+" "+module) }
+	on(t, "lb2", "mv", module, away)
+	t.Cleanup(restore)
 
 	head := commit(t, "e2e: shorter nginx connect timeout", map[string]string{"timeouts.cue": "package cluster\n\ntimeouts: connect: 3\n"})
 	deadline := time.Now().Add(30 * time.Second)
@@ -78,10 +80,9 @@ func TestRejectedNginxConfigNeverLive(t *testing.T) {
 		t.Fatal("lb1 did not converge on the commit")
 	}
 	// Put the module back and revert: the next commit converges everyone.
-	on(t, "lb2", "mv", "/root/50-mod-stream.conf.away", module)
+	restore()
 	commit(t, "e2e: revert the connect timeout", map[string]string{"timeouts.cue": ""})
 	report(t, "rejected on lb2 by nginx -t, never live; all nodes converged on the revert in %s", converged(t, 30*time.Second).Round(time.Millisecond))
-	on(t, "lb2", "mv", module, "/root/50-mod-stream.conf.away") // for the deferred restore
 }
 
 // TestAddBroker (b, l): one commit adds a broker; the push trigger makes
@@ -131,7 +132,7 @@ func TestAddBroker(t *testing.T) {
 	}
 
 	topic := fmt.Sprintf("e2e/add/%d", time.Now().UnixNano())
-	in := subscribe(t, client(t, brokerAddr("broker3"), "sub-broker3", true), topic)
+	in := subscribe(t, client(t, brokerAddr(t, "broker3"), "sub-broker3", true), topic)
 	deadline := time.Now().Add(20 * time.Second)
 	pub := client(t, vip(), "pub-add", true)
 	for !in.has("hello broker3") {

@@ -46,13 +46,13 @@ type Result struct {
 	backoff    time.Duration
 }
 
-// Monitor runs checks every Interval, or at once when kicked.
+// Monitor runs the checks when its owner's loop asks (Once) and verifies
+// changes (Verify).
 type Monitor struct {
-	Checks   []Check
-	Units    Units
-	Interval time.Duration
-	Timeout  time.Duration // per probe
-	Log      *slog.Logger
+	Checks  []Check
+	Units   Units
+	Timeout time.Duration // per probe
+	Log     *slog.Logger
 	// OnResult is called after every check, e.g. to feed keepalived.
 	OnResult func(Result)
 
@@ -77,22 +77,6 @@ func (m *Monitor) Results() []Result {
 		}
 	}
 	return out
-}
-
-// Run checks until ctx ends. A value on kick runs a round at once (a unit
-// changed state, a file drifted).
-func (m *Monitor) Run(ctx context.Context, kick <-chan struct{}) {
-	t := time.NewTicker(m.Interval)
-	defer t.Stop()
-	for {
-		m.Once(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-kick:
-		}
-	}
 }
 
 // Once runs every check once and repairs what fails. It returns whether all
