@@ -11,7 +11,7 @@ NFPM    := $(GO) tool -modfile=tools.mod nfpm
 DEB     := dist/mqha-agent_$(PKG_VERSION)-1_amd64.deb
 RPM     := dist/mqha-agent-$(PKG_VERSION)-1.x86_64.rpm
 
-.PHONY: build test lint bench clean packages lab lab-down lab-status lab-node e2e
+.PHONY: build test lint bench bench-lab clean packages lab lab-down lab-status lab-node e2e
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
@@ -30,6 +30,14 @@ e2e: packages bin/mqha-lab
 	bin/mqha-lab down >/dev/null
 	bin/mqha-lab up
 	$(GO) test -count=1 -tags e2e -v -timeout 20m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
+
+# Benchmarks on a fresh lab (not part of make test): the targets that the
+# e2e suite only bounds, over repeated runs, printed as p50/p95 and written as
+# JSON under .lab/. MQHA_BENCH_PUSHES sets the number of pushes (default 10).
+bench-lab: packages bin/mqha-lab
+	bin/mqha-lab down >/dev/null
+	bin/mqha-lab up
+	$(GO) test -count=1 -tags 'e2e benchlab' -run '^TestBench' -v -timeout 30m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

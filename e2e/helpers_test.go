@@ -272,6 +272,39 @@ func handshake(addr string, cfg *tls.Config) bool {
 	return true
 }
 
+// brokerVia is the broker that the load balancer at lbAddr sends this host
+// to: brokers' certificates are named after their node.
+func brokerVia(lbAddr string, tc *tls.Config) string {
+	c := tc.Clone()
+	c.ServerName = cfg.VIP()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", net.JoinHostPort(lbAddr, "9000"), c)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+}
+
+// lbsAgree waits until both load balancers send this host to the same
+// broker. A persistent session lives on one broker, so a failover loses no
+// QoS1 message only when the new VIP holder sends the client back to it.
+// nginx marks a broker down for fail_timeout after one failed connect, and a
+// broker restarted by an earlier scenario may be marked on one LB only; this
+// is the precondition the failover scenarios rely on, made explicit.
+func lbsAgree(t *testing.T) string {
+	t.Helper()
+	tc := tlsConfig(t)
+	var b1, b2 string
+	d := waitFor(t, 30*time.Second, "both load balancers send this host to one broker", func() bool {
+		b1, b2 = brokerVia(node(t, "lb1").Addr, tc), brokerVia(node(t, "lb2").Addr, tc)
+		return b1 != "" && b1 == b2
+	})
+	if d > 200*time.Millisecond {
+		t.Logf("load balancers disagreed on this host's broker for %s (nginx fail_timeout after an earlier fault)", d.Round(time.Millisecond))
+	}
+	return b1
+}
+
 func labProject() lab.Project {
 	return lab.Project{Root: root, Agent: filepath.Join(root, "bin", "mqha-agent")}
 }
