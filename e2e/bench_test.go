@@ -71,10 +71,10 @@ func TestBenchConvergence(t *testing.T) {
 	}
 
 	type row struct {
-		Node     string  `json:"node"`
-		Samples  int     `json:"samples"`
-		P50s     float64 `json:"p50_s"`
-		P95s     float64 `json:"p95_s"`
+		Node    string  `json:"node"`
+		Samples int     `json:"samples"`
+		P50s    float64 `json:"p50_s"`
+		P95s    float64 `json:"p95_s"`
 	}
 	var rows []row
 	add := func(name string, ds []time.Duration) {
