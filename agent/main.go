@@ -21,6 +21,7 @@ import (
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/systemd"
+	"github.com/mqha/mqha/internal/unit"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -215,8 +216,8 @@ func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
 }
 
 // unitStates asks systemd for the state of every managed unit.
-func unitStates(ctx context.Context, sd apply.Systemd) (map[string]plan.UnitState, error) {
-	states := map[string]plan.UnitState{}
+func unitStates(ctx context.Context, sd apply.Systemd) (map[string]unit.State, error) {
+	states := map[string]unit.State{}
 	for _, u := range render.AllUnits {
 		st, err := sd.State(ctx, u)
 		if err != nil {
@@ -242,7 +243,7 @@ func (c *cmd) diff(args []string) (int, error) {
 		return exitError, err
 	}
 	// Unit states only mean something for the live root of this machine.
-	var states map[string]plan.UnitState
+	var states map[string]unit.State
 	statesNote := "unit states not read (--root is not /): decided from files alone"
 	if filepath.Clean(*root) == "/" {
 		if sd, err := systemd.Connect(c.ctx, time.Duration(cl.Timeouts.Unit)*time.Second); err != nil {

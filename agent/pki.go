@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/pki"
 	"github.com/mqha/mqha/schema"
@@ -169,24 +170,12 @@ func (c *cmd) issue(ca *pki.CA, dir, out, base string, l pki.Leaf, now time.Time
 		data []byte
 		mode os.FileMode
 	}{{base + ".key", key, 0o600}, {base + ".crt", cert, 0o644}, {"ca.crt", ca.CertPEM(), 0o644}} {
-		if err := writeFile(filepath.Join(out, f.name), f.data, f.mode); err != nil {
+		if err := atomicfile.Write(filepath.Join(out, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(c.stdout, "%s: %s (%s)\n", l.Name, filepath.Join(out, base+".crt"), filepath.Join(out, base+".key"))
 	return nil
-}
-
-// writeFile replaces path with data at exactly mode (umask does not apply).
-func writeFile(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func writeNew(path string, data []byte, mode os.FileMode) error {

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/drift"
@@ -35,6 +36,7 @@ import (
 	"github.com/mqha/mqha/internal/rollout"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/systemd"
+	"github.com/mqha/mqha/internal/unit"
 	"github.com/mqha/mqha/internal/validate"
 	"github.com/mqha/mqha/schema"
 )
@@ -447,7 +449,7 @@ func (a *agent) apply(ctx context.Context, hash string) error {
 func (a *agent) verify(ctx context.Context, cl *cluster.Cluster, n cluster.Node, tc *tls.Config, p *plan.Plan) error {
 	touched := map[string]bool{}
 	for _, u := range p.Units {
-		if u.Action != plan.None && u.Action != plan.Stop {
+		if u.Action != unit.None && u.Action != unit.Stop {
 			touched[u.Name] = true
 		}
 	}
@@ -576,7 +578,7 @@ func (a *agent) setFault(on bool) error {
 	if err := os.MkdirAll(filepath.Dir(render.FaultFile), 0o755); err != nil {
 		return err
 	}
-	if err := writeFile(render.FaultFile, []byte(v), 0o644); err != nil {
+	if err := atomicfile.Write(render.FaultFile, []byte(v), 0o644); err != nil {
 		return err
 	}
 	a.fault = on
@@ -651,7 +653,7 @@ func (a *agent) readState(name string) string {
 }
 
 func (a *agent) writeState(name, value string) {
-	if err := writeFile(filepath.Join(a.cfg.StateDir, name), []byte(value+"\n"), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(a.cfg.StateDir, name), []byte(value+"\n"), 0o644); err != nil {
 		a.log.Error("write state", "file", name, "err", err)
 	}
 }

@@ -14,18 +14,20 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // Systemd is what apply needs of systemd; internal/systemd implements it
 // over D-Bus.
 type Systemd interface {
-	State(ctx context.Context, unit string) (plan.UnitState, error)
+	State(ctx context.Context, name string) (unit.State, error)
 	DaemonReload(ctx context.Context) error
-	Do(ctx context.Context, action plan.Action, unit string) error
-	Enable(ctx context.Context, unit string) error
-	Disable(ctx context.Context, unit string) error
+	Do(ctx context.Context, action unit.Action, name string) error
+	Enable(ctx context.Context, name string) error
+	Disable(ctx context.Context, name string) error
 }
 
 // Validator checks candidate files before they are written.
@@ -80,9 +82,9 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 	}
 
 	// What each touched unit was doing before, to restore it on failure.
-	before := map[string]plan.UnitState{}
+	before := map[string]unit.State{}
 	for _, u := range p.Units {
-		if u.Action == plan.None {
+		if u.Action == unit.None {
 			continue
 		}
 		st, err := a.Systemd.State(ctx, u.Name)
@@ -101,18 +103,18 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 	if rerr := a.rollback(ctx, p, written, before, log); rerr != nil {
 		return fmt.Errorf("%w; ROLLBACK FAILED too, the node needs attention: %v", err, rerr)
 	}
-	return fmt.Errorf("%w (rolled back to the previous files and unit states)", err)
+	return fmt.Errorf("%w (rolled back to the previous files and name states)", err)
 }
 
 func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, written *[]plan.Change) error {
 	for _, c := range p.Changes {
 		if c.Existed {
-			if err := writeAtomic(a.path(filepath.Join(a.BackupDir, c.File.Path)), c.Old, c.File.Mode); err != nil {
+			if err := atomicfile.Write(a.path(filepath.Join(a.BackupDir, c.File.Path)), c.Old, c.File.Mode); err != nil {
 				return fmt.Errorf("keep previous %s: %w", c.File.Path, err)
 			}
 		}
 		*written = append(*written, c) // before the write: a half-done write is rolled back too
-		if err := writeAtomic(a.path(c.File.Path), c.File.Content, c.File.Mode); err != nil {
+		if err := atomicfile.Write(a.path(c.File.Path), c.File.Content, c.File.Mode); err != nil {
 			return fmt.Errorf("write %s: %w", c.File.Path, err)
 		}
 		log.Info("wrote", "path", c.File.Path, "unit", c.File.Unit)
@@ -124,16 +126,16 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 	}
 	var check []string
 	for _, u := range p.Units {
-		if u.Action == plan.None {
+		if u.Action == unit.None {
 			continue
 		}
 		log.Info("unit", "unit", u.Name, "action", u.Action, "reason", u.Reason)
 		switch u.Action {
-		case plan.Start:
+		case unit.Start:
 			if err := a.Systemd.Enable(ctx, u.Name); err != nil {
 				return err
 			}
-		case plan.Stop:
+		case unit.Stop:
 			if err := a.Systemd.Disable(ctx, u.Name); err != nil {
 				return err
 			}
@@ -141,7 +143,7 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 		if err := a.Systemd.Do(ctx, u.Action, u.Name); err != nil {
 			return err
 		}
-		if u.Action != plan.Stop {
+		if u.Action != unit.Stop {
 			check = append(check, u.Name)
 		}
 	}
@@ -171,13 +173,13 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 	return nil
 }
 
-func (a *Applier) rollback(ctx context.Context, p *plan.Plan, written []plan.Change, before map[string]plan.UnitState, log *slog.Logger) error {
+func (a *Applier) rollback(ctx context.Context, p *plan.Plan, written []plan.Change, before map[string]unit.State, log *slog.Logger) error {
 	var errs []error
 	dropIn := false
 	for _, c := range written {
 		var err error
 		if c.Existed {
-			err = writeAtomic(a.path(c.File.Path), c.Old, c.File.Mode)
+			err = atomicfile.Write(a.path(c.File.Path), c.Old, c.File.Mode)
 		} else if err = os.Remove(a.path(c.File.Path)); errors.Is(err, os.ErrNotExist) {
 			err = nil
 		}
@@ -200,11 +202,11 @@ func (a *Applier) rollback(ctx context.Context, p *plan.Plan, written []plan.Cha
 		}
 		// A restart puts a unit back on its previous files whatever the
 		// failed step did to it; a unit that was down stays down.
-		action := plan.Restart
+		action := unit.Restart
 		if !st.Running() {
-			action = plan.Stop
+			action = unit.Stop
 		}
-		if u.Action == plan.Stop {
+		if u.Action == unit.Stop {
 			if err := a.Systemd.Enable(ctx, u.Name); err != nil {
 				errs = append(errs, err)
 			}
@@ -218,43 +220,3 @@ func (a *Applier) rollback(ctx context.Context, p *plan.Plan, written []plan.Cha
 }
 
 func (a *Applier) path(abs string) string { return filepath.Join(a.Root, abs) }
-
-// writeAtomic replaces path with content so that a reader sees the old or
-// the new file, never a part: a temporary file in the same directory,
-// synced, renamed over path, then the directory synced.
-func writeAtomic(path string, content []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".mqha-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after the rename
-	if _, err := f.Write(content); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}

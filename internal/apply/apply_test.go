@@ -11,6 +11,7 @@ import (
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/unit"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -22,21 +23,21 @@ type fakeSystemd struct {
 	calls  []string
 }
 
-func (f *fakeSystemd) State(_ context.Context, u string) (plan.UnitState, error) {
+func (f *fakeSystemd) State(_ context.Context, u string) (unit.State, error) {
 	s := f.states[u]
 	if s == "" {
 		s = "inactive"
 	}
-	return plan.UnitState{ActiveState: s, LoadState: "loaded"}, nil
+	return unit.State{ActiveState: s, LoadState: "loaded"}, nil
 }
 func (f *fakeSystemd) DaemonReload(context.Context) error {
 	f.calls = append(f.calls, "daemon-reload")
 	return nil
 }
-func (f *fakeSystemd) Do(_ context.Context, a plan.Action, u string) error {
+func (f *fakeSystemd) Do(_ context.Context, a unit.Action, u string) error {
 	f.calls = append(f.calls, string(a)+" "+u)
 	switch {
-	case a == plan.Stop:
+	case a == unit.Stop:
 		f.states[u] = "inactive"
 	case f.failOn[u]:
 		f.states[u] = "failed"
@@ -80,7 +81,7 @@ func setup(t *testing.T, node string, old map[string]string, states map[string]s
 		t.Fatal(err)
 	}
 	sd := &fakeSystemd{states: states, failOn: map[string]bool{}}
-	st := map[string]plan.UnitState{}
+	st := map[string]unit.State{}
 	for _, u := range render.AllUnits {
 		s, _ := sd.State(context.Background(), u)
 		st[u] = s
@@ -177,7 +178,7 @@ func TestUpToDateDoesNothing(t *testing.T) {
 	// Second round: files are in place, the unit runs: nothing to do.
 	c, _ := schema.LoadDir("../../cluster-repo-example")
 	out, _ := render.Node(c, "broker1")
-	p2, err := plan.Make(out, os.DirFS(root), map[string]plan.UnitState{render.Mosquitto: {ActiveState: "active", LoadState: "loaded"}})
+	p2, err := plan.Make(out, os.DirFS(root), map[string]unit.State{render.Mosquitto: {ActiveState: "active", LoadState: "loaded"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,15 +10,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/probe"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // Units is what repairs need of systemd.
 type Units interface {
-	State(ctx context.Context, unit string) (plan.UnitState, error)
-	Do(ctx context.Context, action plan.Action, unit string) error
-	Kill(ctx context.Context, unit string, sig syscall.Signal) error
+	State(ctx context.Context, name string) (unit.State, error)
+	Do(ctx context.Context, action unit.Action, name string) error
+	Kill(ctx context.Context, name string, sig syscall.Signal) error
 }
 
 // Check is one health check of a node.
@@ -183,7 +183,7 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	var rerr error
 	switch {
 	case !st.Running():
-		rerr = m.Units.Do(ctx, plan.Start, c.Unit)
+		rerr = m.Units.Do(ctx, unit.Start, c.Unit)
 	case c.HungAfter > 0 && snapshot.Failures >= c.HungAfter:
 		// Active but not serving: hung (a stopped process does not even
 		// take SIGTERM). Kill it outright, then start it again.
@@ -210,18 +210,18 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 // kill SIGKILLs a hung unit's main process. systemd restarts a unit with
 // Restart=on-failure by itself (queueing a restart job of our own would race
 // with it); a unit without one is started.
-func (m *Monitor) kill(ctx context.Context, unit string) error {
-	if err := m.Units.Kill(ctx, unit, syscall.SIGKILL); err != nil {
+func (m *Monitor) kill(ctx context.Context, name string) error {
+	if err := m.Units.Kill(ctx, name, syscall.SIGKILL); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		st, err := m.Units.State(ctx, unit)
+		st, err := m.Units.State(ctx, name)
 		if err != nil {
 			return err
 		}
 		if st.ActiveState == "failed" || st.ActiveState == "inactive" {
-			return m.Units.Do(ctx, plan.Start, unit)
+			return m.Units.Do(ctx, unit.Start, name)
 		}
 		if st.ActiveState == "activating" {
 			return nil // systemd is restarting it

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // fakeUnits plays systemd: a killed unit with restartOnKill comes back by
@@ -21,10 +21,10 @@ type fakeUnits struct {
 	calls         []string
 }
 
-func (f *fakeUnits) State(_ context.Context, u string) (plan.UnitState, error) {
-	return plan.UnitState{ActiveState: f.state[u], LoadState: "loaded"}, nil
+func (f *fakeUnits) State(_ context.Context, u string) (unit.State, error) {
+	return unit.State{ActiveState: f.state[u], LoadState: "loaded"}, nil
 }
-func (f *fakeUnits) Do(_ context.Context, a plan.Action, u string) error {
+func (f *fakeUnits) Do(_ context.Context, a unit.Action, u string) error {
 	f.calls = append(f.calls, string(a)+" "+u)
 	f.state[u] = "active"
 	return nil

@@ -3,6 +3,8 @@ package plan
 import (
 	"slices"
 	"strings"
+
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // mosquittoReloadable are the options mosquitto 2.0 re-reads on SIGHUP
@@ -54,28 +56,28 @@ func directive(line string) string {
 	return d
 }
 
-func mosquittoAction(old, new []byte) (Action, string) {
+func mosquittoAction(old, new []byte) (unit.Action, string) {
 	o, n := parseMosquitto(old), parseMosquitto(new)
 	switch {
 	case !slices.Equal(o.bridges, n.bridges):
-		return Restart, "bridges changed and mosquitto cannot reload bridges"
+		return unit.Restart, "bridges changed and mosquitto cannot reload bridges"
 	case !slices.Equal(o.listeners, n.listeners):
-		return Restart, "listeners changed and mosquitto cannot reload listeners"
+		return unit.Restart, "listeners changed and mosquitto cannot reload listeners"
 	}
 	var changed []string
 	for _, l := range symmetricDiff(o.global, n.global) {
 		d := directive(l)
 		if !mosquittoReloadable[d] {
-			return Restart, d + " changed and mosquitto reads it only at start"
+			return unit.Restart, d + " changed and mosquitto reads it only at start"
 		}
 		if !slices.Contains(changed, d) {
 			changed = append(changed, d)
 		}
 	}
 	if len(changed) == 0 {
-		return Reload, "only comments changed"
+		return unit.Reload, "only comments changed"
 	}
-	return Reload, strings.Join(changed, ", ") + " changed; mosquitto re-reads it on SIGHUP"
+	return unit.Reload, strings.Join(changed, ", ") + " changed; mosquitto re-reads it on SIGHUP"
 }
 
 // symmetricDiff returns the lines in only one of a and b, counting repeats.

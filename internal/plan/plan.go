@@ -13,32 +13,11 @@ import (
 	"github.com/aymanbagabas/go-udiff"
 
 	"github.com/mqha/mqha/internal/render"
-)
-
-// Action is what a unit needs.
-type Action string
-
-const (
-	None    Action = "none"
-	Start   Action = "start"
-	Reload  Action = "reload"
-	Restart Action = "restart"
-	Stop    Action = "stop"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // Marker starts every file the agent writes; a file without it was not ours.
 const Marker = "# Managed by mqha-agent"
-
-// UnitState is what systemd says of a unit.
-type UnitState struct {
-	ActiveState string // active, inactive, failed, activating, ...
-	LoadState   string // loaded, not-found, masked, ...
-}
-
-// Running reports whether the unit is up or coming up.
-func (s UnitState) Running() bool {
-	return s.ActiveState == "active" || s.ActiveState == "activating" || s.ActiveState == "reloading"
-}
 
 // Change is one file whose content on the node differs from the rendered one.
 type Change struct {
@@ -51,7 +30,7 @@ type Change struct {
 // Unit is the decision for one unit.
 type Unit struct {
 	Name   string
-	Action Action
+	Action unit.Action
 	Reason string
 }
 
@@ -70,7 +49,7 @@ func (p *Plan) Empty() bool {
 		return false
 	}
 	for _, u := range p.Units {
-		if u.Action != None {
+		if u.Action != unit.None {
 			return false
 		}
 	}
@@ -81,7 +60,7 @@ func (p *Plan) Empty() bool {
 // system with paths relative to "/" (os.DirFS("/") on a node). states may be
 // nil when unit states cannot be read (a rendered tree on a workstation);
 // the plan then decides from files alone.
-func Make(out *render.Output, root fs.FS, states map[string]UnitState) (*Plan, error) {
+func Make(out *render.Output, root fs.FS, states map[string]unit.State) (*Plan, error) {
 	p := &Plan{Node: out.Node.Name, StatesKnown: states != nil}
 	changed := map[string][]Change{}
 	for _, f := range out.Files {
@@ -119,14 +98,14 @@ func Make(out *render.Output, root fs.FS, states map[string]UnitState) (*Plan, e
 			continue
 		}
 		if reason, ok := stopReason(u, out, root, states); ok {
-			p.Units = append(p.Units, Unit{Name: u, Action: Stop, Reason: reason})
+			p.Units = append(p.Units, Unit{Name: u, Action: unit.Stop, Reason: reason})
 		}
 	}
 	return p, nil
 }
 
 // decide picks the least disruptive action that makes unit u run the new files.
-func decide(u string, changes []Change, states map[string]UnitState) (Action, string) {
+func decide(u string, changes []Change, states map[string]unit.State) (unit.Action, string) {
 	st, known := states[u]
 	var conf, dropIn *Change
 	for i := range changes {
@@ -140,35 +119,35 @@ func decide(u string, changes []Change, states map[string]UnitState) (Action, st
 	daemon := strings.TrimSuffix(u, ".service")
 	switch {
 	case known && st.LoadState != "" && st.LoadState != "loaded":
-		return Start, fmt.Sprintf("unit is %s: install %s first", st.LoadState, daemon)
+		return unit.Start, fmt.Sprintf("unit is %s: install %s first", st.LoadState, daemon)
 	case known && !st.Running():
-		return Start, fmt.Sprintf("%s is %s", daemon, st.ActiveState)
+		return unit.Start, fmt.Sprintf("%s is %s", daemon, st.ActiveState)
 	case !known && conf != nil && !conf.Existed:
-		return Start, "configuration is new"
+		return unit.Start, "configuration is new"
 	case dropIn != nil && serviceSectionChanged(dropIn):
 		what := "systemd drop-in changed"
 		if conf != nil {
 			what = "configuration and systemd drop-in changed"
 		}
-		return Restart, what + "; drop-in [Service] settings (limits, restart policy) apply only when the daemon starts"
+		return unit.Restart, what + "; drop-in [Service] settings (limits, restart policy) apply only when the daemon starts"
 	case conf != nil:
 		return configAction(daemon, conf)
 	case dropIn != nil:
-		return None, "only unit ordering changed; daemon-reload is enough"
+		return unit.None, "only unit ordering changed; daemon-reload is enough"
 	}
-	return None, "up to date"
+	return unit.None, "up to date"
 }
 
-func configAction(daemon string, c *Change) (Action, string) {
+func configAction(daemon string, c *Change) (unit.Action, string) {
 	switch daemon {
 	case "mosquitto":
 		return mosquittoAction(c.Old, c.File.Content)
 	case "nginx":
-		return Reload, "configuration changed; nginx reloads without dropping connections (old workers drain)"
+		return unit.Reload, "configuration changed; nginx reloads without dropping connections (old workers drain)"
 	case "keepalived":
-		return Reload, "configuration changed; keepalived re-reads it on SIGHUP and keeps the VIP"
+		return unit.Reload, "configuration changed; keepalived re-reads it on SIGHUP and keeps the VIP"
 	}
-	return Restart, "configuration changed"
+	return unit.Restart, "configuration changed"
 }
 
 // serviceSectionChanged reports whether a drop-in's [Service] section
@@ -193,7 +172,7 @@ func section(b []byte, name string) string {
 	return strings.Join(out, "\n")
 }
 
-func stopReason(u string, out *render.Output, root fs.FS, states map[string]UnitState) (string, bool) {
+func stopReason(u string, out *render.Output, root fs.FS, states map[string]unit.State) (string, bool) {
 	why := fmt.Sprintf("node %s (%s) does not need it", out.Node.Name, out.Node.RoleList())
 	if st, ok := states[u]; ok {
 		return why, st.Running()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/unit"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -28,18 +29,18 @@ topic # both 2
 func TestMosquittoAction(t *testing.T) {
 	tests := []struct {
 		name, old, new string
-		action         plan.Action
+		action         unit.Action
 		reason         string
 	}{
-		{"bridge added", "topic # both 2\n", "topic # both 2\nconnection mqha-broker2\naddress 10.0.0.22:8884\ntopic # both 2\n", plan.Restart, "bridges changed and mosquitto cannot reload bridges"},
-		{"bridge address", "10.0.0.21:8884", "10.0.0.29:8884", plan.Restart, "bridges changed"},
-		{"listener port", "listener 8883", "listener 8893", plan.Restart, "listeners changed and mosquitto cannot reload listeners"},
-		{"listener option", "cafile /etc/mqha/tls/ca.crt", "cafile /etc/other.crt", plan.Restart, "listeners changed"},
-		{"reloadable option", "max_queued_messages 1000", "max_queued_messages 5000", plan.Reload, "max_queued_messages changed; mosquitto re-reads it on SIGHUP"},
-		{"added reloadable option", "log_type error\n", "log_type error\nlog_type warning\n", plan.Reload, "log_type changed"},
-		{"start-only option", "user mosquitto", "user nobody", plan.Restart, "user changed and mosquitto reads it only at start"},
-		{"comment only", "# Managed by mqha-agent", "# Managed by mqha-agent, v2", plan.Reload, "only comments changed"},
-		{"whitespace only", "listener 8883", "listener   8883", plan.Reload, "only comments changed"},
+		{"bridge added", "topic # both 2\n", "topic # both 2\nconnection mqha-broker2\naddress 10.0.0.22:8884\ntopic # both 2\n", unit.Restart, "bridges changed and mosquitto cannot reload bridges"},
+		{"bridge address", "10.0.0.21:8884", "10.0.0.29:8884", unit.Restart, "bridges changed"},
+		{"listener port", "listener 8883", "listener 8893", unit.Restart, "listeners changed and mosquitto cannot reload listeners"},
+		{"listener option", "cafile /etc/mqha/tls/ca.crt", "cafile /etc/other.crt", unit.Restart, "listeners changed"},
+		{"reloadable option", "max_queued_messages 1000", "max_queued_messages 5000", unit.Reload, "max_queued_messages changed; mosquitto re-reads it on SIGHUP"},
+		{"added reloadable option", "log_type error\n", "log_type error\nlog_type warning\n", unit.Reload, "log_type changed"},
+		{"start-only option", "user mosquitto", "user nobody", unit.Restart, "user changed and mosquitto reads it only at start"},
+		{"comment only", "# Managed by mqha-agent", "# Managed by mqha-agent, v2", unit.Reload, "only comments changed"},
+		{"whitespace only", "listener 8883", "listener   8883", unit.Reload, "only comments changed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,27 +78,27 @@ func TestUnitDecisions(t *testing.T) {
 		m[path[1:]] = &fstest.MapFile{Data: []byte(content)}
 		return m
 	}
-	active := plan.UnitState{ActiveState: "active", LoadState: "loaded"}
-	running := map[string]plan.UnitState{render.Nginx: active, render.Keepalived: active}
+	active := unit.State{ActiveState: "active", LoadState: "loaded"}
+	running := map[string]unit.State{render.Nginx: active, render.Keepalived: active}
 	dropIn := string(live[render.DropInPath(render.Keepalived)[1:]].Data)
 	tests := []struct {
 		name   string
 		root   fstest.MapFS
-		states map[string]plan.UnitState
+		states map[string]unit.State
 		unit   string
-		action plan.Action
+		action unit.Action
 		reason string
 		reload bool // daemon-reload expected
 	}{
-		{"in sync", live, running, render.Nginx, plan.None, "up to date", false},
-		{"nginx config edited", with(render.NginxConf, "# hand edit\n"), running, render.Nginx, plan.Reload, "nginx reloads without dropping connections", false},
-		{"keepalived config edited", with(render.KeepalivedConf, "x"), running, render.Keepalived, plan.Reload, "keepalived re-reads it on SIGHUP", false},
-		{"limits drop-in changed", with(render.DropInPath(render.Nginx), "[Service]\nLimitNOFILE=1024\n"), running, render.Nginx, plan.Restart, "apply only when the daemon starts", true},
-		{"ordering-only drop-in change", with(render.DropInPath(render.Keepalived), strings.Replace(dropIn, "After=nginx.service", "", 1)), running, render.Keepalived, plan.None, "daemon-reload is enough", true},
-		{"unit failed", live, map[string]plan.UnitState{render.Nginx: {ActiveState: "failed", LoadState: "loaded"}, render.Keepalived: active}, render.Nginx, plan.Start, "nginx is failed", false},
-		{"unit not installed", live, map[string]plan.UnitState{render.Nginx: {ActiveState: "inactive", LoadState: "not-found"}, render.Keepalived: active}, render.Nginx, plan.Start, "install nginx first", false},
-		{"mosquitto running on an lb-only node", live, map[string]plan.UnitState{render.Nginx: active, render.Keepalived: active, render.Mosquitto: active}, render.Mosquitto, plan.Stop, "does not need it", false},
-		{"our mosquitto config left on an lb (states unknown)", with(render.MosquittoConf, plan.Marker+": old\n"), nil, render.Mosquitto, plan.Stop, "does not need it", false},
+		{"in sync", live, running, render.Nginx, unit.None, "up to date", false},
+		{"nginx config edited", with(render.NginxConf, "# hand edit\n"), running, render.Nginx, unit.Reload, "nginx reloads without dropping connections", false},
+		{"keepalived config edited", with(render.KeepalivedConf, "x"), running, render.Keepalived, unit.Reload, "keepalived re-reads it on SIGHUP", false},
+		{"limits drop-in changed", with(render.DropInPath(render.Nginx), "[Service]\nLimitNOFILE=1024\n"), running, render.Nginx, unit.Restart, "apply only when the daemon starts", true},
+		{"ordering-only drop-in change", with(render.DropInPath(render.Keepalived), strings.Replace(dropIn, "After=nginx.service", "", 1)), running, render.Keepalived, unit.None, "daemon-reload is enough", true},
+		{"unit failed", live, map[string]unit.State{render.Nginx: {ActiveState: "failed", LoadState: "loaded"}, render.Keepalived: active}, render.Nginx, unit.Start, "nginx is failed", false},
+		{"unit not installed", live, map[string]unit.State{render.Nginx: {ActiveState: "inactive", LoadState: "not-found"}, render.Keepalived: active}, render.Nginx, unit.Start, "install nginx first", false},
+		{"mosquitto running on an lb-only node", live, map[string]unit.State{render.Nginx: active, render.Keepalived: active, render.Mosquitto: active}, render.Mosquitto, unit.Stop, "does not need it", false},
+		{"our mosquitto config left on an lb (states unknown)", with(render.MosquittoConf, plan.Marker+": old\n"), nil, render.Mosquitto, unit.Stop, "does not need it", false},
 		{"foreign mosquitto config (states unknown)", with(render.MosquittoConf, "# Debian\n"), nil, render.Mosquitto, "", "", false},
 	}
 	for _, tt := range tests {

@@ -19,6 +19,7 @@ import (
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // Gate waits for this node's turn before a plan is applied.
@@ -37,18 +38,18 @@ type Gate struct {
 	faulted bool
 }
 
-func (g *Gate) action(p *plan.Plan, unit string) plan.Action {
+func (g *Gate) action(p *plan.Plan, name string) unit.Action {
 	for _, u := range p.Units {
-		if u.Name == unit {
+		if u.Name == name {
 			return u.Action
 		}
 	}
-	return plan.None
+	return unit.None
 }
 
 // Before blocks until this node may apply p.
 func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
-	if g.action(p, render.Mosquitto) == plan.Restart {
+	if g.action(p, render.Mosquitto) == unit.Restart {
 		if g.Node.Has(cluster.Broker) {
 			if err := g.sleepSlot(ctx, g.Cluster.WithRole(cluster.Broker)); err != nil {
 				return err
@@ -59,7 +60,7 @@ func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
 			g.waitServing(ctx, "every bridged broker", g.others(cluster.Broker, g.Cluster.Ports.Bridge), "")
 		}
 	}
-	if g.action(p, render.Nginx) == plan.Restart && g.Node.Has(cluster.LB) && g.Cluster.VIP != nil {
+	if g.action(p, render.Nginx) == unit.Restart && g.Node.Has(cluster.LB) && g.Cluster.VIP != nil {
 		if err := g.sleepSlot(ctx, g.Cluster.WithRole(cluster.LB)); err != nil {
 			return err
 		}

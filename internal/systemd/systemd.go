@@ -11,7 +11,7 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
 
-	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // DBus is a connection to systemd. It is not safe for concurrent use.
@@ -55,14 +55,14 @@ func Connect(ctx context.Context, timeout time.Duration) (*DBus, error) {
 func (d *DBus) Close() { d.conn.Close() }
 
 // State returns the unit's load and active state.
-func (d *DBus) State(ctx context.Context, unit string) (plan.UnitState, error) {
+func (d *DBus) State(ctx context.Context, name string) (unit.State, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	props, err := d.conn.GetUnitPropertiesContext(ctx, unit)
+	props, err := d.conn.GetUnitPropertiesContext(ctx, name)
 	if err != nil {
-		return plan.UnitState{}, fmt.Errorf("read state of %s: %w", unit, err)
+		return unit.State{}, fmt.Errorf("read state of %s: %w", name, err)
 	}
-	s := plan.UnitState{}
+	s := unit.State{}
 	s.ActiveState, _ = props["ActiveState"].(string)
 	s.LoadState, _ = props["LoadState"].(string)
 	return s, nil
@@ -79,68 +79,68 @@ func (d *DBus) DaemonReload(ctx context.Context) error {
 }
 
 // Do runs action on unit and waits for its job to finish.
-func (d *DBus) Do(ctx context.Context, action plan.Action, unit string) error {
+func (d *DBus) Do(ctx context.Context, action unit.Action, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	type jobFunc func(context.Context, string, string, chan<- string) (int, error)
 	var f jobFunc
 	switch action {
-	case plan.Start:
+	case unit.Start:
 		f = d.conn.StartUnitContext
-	case plan.Restart:
+	case unit.Restart:
 		f = d.conn.RestartUnitContext
-	case plan.Reload:
+	case unit.Reload:
 		// A unit without ExecReload cannot reload; restarting is then the
 		// only way to apply a change.
 		f = d.conn.ReloadOrRestartUnitContext
-	case plan.Stop:
+	case unit.Stop:
 		f = d.conn.StopUnitContext
-	case plan.None:
+	case unit.None:
 		return nil
 	default:
-		return fmt.Errorf("unknown action %q for %s", action, unit)
+		return fmt.Errorf("unknown action %q for %s", action, name)
 	}
 	// Buffered: go-systemd must never block delivering the result.
 	done := make(chan string, 1)
-	if _, err := f(ctx, unit, "replace", done); err != nil {
-		return fmt.Errorf("%s %s: %w", action, unit, err)
+	if _, err := f(ctx, name, "replace", done); err != nil {
+		return fmt.Errorf("%s %s: %w", action, name, err)
 	}
 	select {
 	case res := <-done:
 		if res != "done" {
-			return fmt.Errorf("%s %s: job %s (see journalctl -u %s)", action, unit, res, unit)
+			return fmt.Errorf("%s %s: job %s (see journalctl -u %s)", action, name, res, name)
 		}
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%s %s: no result within %s (see systemctl status %s)", action, unit, d.timeout, unit)
+		return fmt.Errorf("%s %s: no result within %s (see systemctl status %s)", action, name, d.timeout, name)
 	}
 }
 
 // Enable makes unit start at boot; Disable undoes it.
-func (d *DBus) Enable(ctx context.Context, unit string) error {
+func (d *DBus) Enable(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	if _, _, err := d.conn.EnableUnitFilesContext(ctx, []string{unit}, false, true); err != nil {
-		return fmt.Errorf("enable %s: %w", unit, err)
+	if _, _, err := d.conn.EnableUnitFilesContext(ctx, []string{name}, false, true); err != nil {
+		return fmt.Errorf("enable %s: %w", name, err)
 	}
 	return nil
 }
 
-func (d *DBus) Disable(ctx context.Context, unit string) error {
+func (d *DBus) Disable(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	if _, err := d.conn.DisableUnitFilesContext(ctx, []string{unit}, false); err != nil {
-		return fmt.Errorf("disable %s: %w", unit, err)
+	if _, err := d.conn.DisableUnitFilesContext(ctx, []string{name}, false); err != nil {
+		return fmt.Errorf("disable %s: %w", name, err)
 	}
 	return nil
 }
 
 // Kill sends sig to the unit's main process.
-func (d *DBus) Kill(ctx context.Context, unit string, sig syscall.Signal) error {
+func (d *DBus) Kill(ctx context.Context, name string, sig syscall.Signal) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	if err := d.conn.KillUnitWithTarget(ctx, unit, sd.Main, int32(sig)); err != nil {
-		return fmt.Errorf("kill %s: %w", unit, err)
+	if err := d.conn.KillUnitWithTarget(ctx, name, sd.Main, int32(sig)); err != nil {
+		return fmt.Errorf("kill %s: %w", name, err)
 	}
 	return nil
 }
