@@ -4,15 +4,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/health"
-	"github.com/mqha/mqha/internal/probe"
-	"github.com/mqha/mqha/internal/render"
 )
 
 // nodeTLS is the node's own certificate as a client, trusting the cluster CA.
@@ -32,33 +29,13 @@ func nodeTLS(cl *cluster.Cluster) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
-func withName(tc *tls.Config, name string) *tls.Config {
-	c := tc.Clone()
-	c.ServerName = name
-	return c
-}
+func withName(tc *tls.Config, name string) *tls.Config { return daemon.WithName(tc, name) }
 
-// healthChecks are the checks of node n's roles.
+// healthChecks are the checks of the daemons node n runs.
 func healthChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
 	var checks []health.Check
-	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker))
-	if n.Has(cluster.Broker) || n.Has(cluster.Bridge) {
-		// The local listener presents the node's certificate (its address).
-		checks = append(checks, health.Check{Name: "mosquitto", Unit: render.Mosquitto, HungAfter: 2,
-			Probe: probe.MQTTRoundTrip(local, withName(tc, n.Address), n.Name)})
-	}
-	if ids := render.BridgeClientIDs(cl, n); len(ids) > 0 {
-		checks = append(checks, health.Check{Name: "bridge",
-			Probe: probe.BridgeStates(local, withName(tc, n.Address), n.Name, ids)})
-	}
-	if n.Has(cluster.LB) && cl.VIP != nil {
-		// Brokers' certificates carry the VIP: what clients verify.
-		viaVIP := withName(tc, cl.VIP.Address)
-		checks = append(checks,
-			health.Check{Name: "nginx", Unit: render.Nginx, HungAfter: 2,
-				Probe: probe.TLSThrough(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), viaVIP)},
-			health.Check{Name: "keepalived", Unit: render.Keepalived,
-				Probe: probe.VIPServes(cl.VIP.Address, cl.Ports.Client, viaVIP)})
+	for _, d := range daemon.For(n) {
+		checks = append(checks, d.Checks(cl, n, tc)...)
 	}
 	return checks
 }

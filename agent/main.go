@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/systemd"
@@ -218,7 +219,7 @@ func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
 // unitStates asks systemd for the state of every managed unit.
 func unitStates(ctx context.Context, sd apply.Systemd) (map[string]unit.State, error) {
 	states := map[string]unit.State{}
-	for _, u := range render.AllUnits {
+	for _, u := range daemon.Units() {
 		st, err := sd.State(ctx, u)
 		if err != nil {
 			return nil, err

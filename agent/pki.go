@@ -11,6 +11,7 @@ import (
 
 	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/pki"
 	"github.com/mqha/mqha/schema"
 )
@@ -111,7 +112,7 @@ func (c *cmd) pki(args []string) error {
 // the VIP verifies the broker's certificate.
 func nodeLeaf(cl *cluster.Cluster, n cluster.Node) pki.Leaf {
 	l := pki.Leaf{Name: n.Name, DNS: []string{n.Name}, IPs: []net.IP{net.ParseIP(n.Address)}, Server: true, Client: true}
-	if n.Has(cluster.Broker) && cl.VIP != nil {
+	if daemon.BehindVIP(n) && cl.VIP != nil {
 		l.IPs = append(l.IPs, net.ParseIP(cl.VIP.Address))
 		l.DNS = append(l.DNS, cl.VIP.DNSNames...)
 	}

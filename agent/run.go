@@ -20,7 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -28,6 +28,7 @@ import (
 	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/drift"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
@@ -37,7 +38,6 @@ import (
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/systemd"
 	"github.com/mqha/mqha/internal/unit"
-	"github.com/mqha/mqha/internal/validate"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -56,7 +56,7 @@ func converge(ctx context.Context, cl *cluster.Cluster, node string, sd apply.Sy
 		return nil, err
 	}
 	a := &apply.Applier{Root: "/", BackupDir: filepath.Join(stateDir, "backup"),
-		Systemd: sd, Validator: validate.Tools{}, Settle: settle, Log: log}
+		Systemd: sd, Validator: daemon.Validator{}, Settle: settle, Log: log}
 	for _, h := range hooks {
 		h(a)
 	}
@@ -139,7 +139,7 @@ func (c *cmd) run(args []string) error {
 		// failing in a restart loop.
 		msg := "not configured: set repo in " + *conf + ", then systemctl restart mqha-agent"
 		c.log.Warn(msg)
-		daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+msg)
+		sdnotify.SdNotify(false, sdnotify.SdNotifyReady+"\nSTATUS="+msg)
 		return c.idle()
 	}
 	a := &agent{cfg: cfg, node: cfg.Node, log: c.log, sync: make(chan chan error), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
@@ -193,7 +193,7 @@ func (c *cmd) run(args []string) error {
 
 	a.beat.Store(time.Now().UnixNano())
 	a.tick(c.ctx, true)
-	daemon.SdNotify(false, daemon.SdNotifyReady)
+	sdnotify.SdNotify(false, sdnotify.SdNotifyReady)
 	poll := time.NewTicker(cfg.Poll)
 	defer poll.Stop()
 	checks := time.NewTicker(cfg.HealthInterval)
@@ -201,7 +201,7 @@ func (c *cmd) run(args []string) error {
 	for {
 		select {
 		case <-c.ctx.Done():
-			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			sdnotify.SdNotify(false, sdnotify.SdNotifyStopping)
 			return nil
 		case <-poll.C:
 			a.tick(c.ctx, false)
@@ -242,7 +242,7 @@ func (a *agent) watchdog(ctx context.Context) {
 		case <-t.C:
 			last := time.Unix(0, a.beat.Load())
 			if time.Since(last) < maxOperation {
-				daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+				sdnotify.SdNotify(false, sdnotify.SdNotifyWatchdog)
 			} else {
 				a.log.Error("the agent loop has not finished a round for too long; letting the watchdog restart it", "since", last)
 			}
@@ -265,7 +265,7 @@ func (c *cmd) idle() error {
 		case <-c.ctx.Done():
 			return nil
 		case <-t.C:
-			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			sdnotify.SdNotify(false, sdnotify.SdNotifyWatchdog)
 		}
 	}
 }
@@ -455,7 +455,7 @@ func (a *agent) verify(ctx context.Context, cl *cluster.Cluster, n cluster.Node,
 	}
 	var checks []health.Check
 	for _, c := range healthChecks(cl, n, tc) {
-		if touched[c.Unit] || (c.Name == "bridge" && touched[render.Mosquitto]) {
+		if touched[c.Unit] || (c.Name == "bridge" && touched[daemon.Mosquitto.Unit]) {
 			checks = append(checks, c)
 		}
 	}
@@ -575,10 +575,10 @@ func (a *agent) setFault(on bool) error {
 	if on {
 		v = "1\n"
 	}
-	if err := os.MkdirAll(filepath.Dir(render.FaultFile), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(daemon.FaultFile), 0o755); err != nil {
 		return err
 	}
-	if err := atomicfile.Write(render.FaultFile, []byte(v), 0o644); err != nil {
+	if err := atomicfile.Write(daemon.FaultFile, []byte(v), 0o644); err != nil {
 		return err
 	}
 	a.fault = on
@@ -594,7 +594,7 @@ func (a *agent) notify() {
 	if s.FetchError != "" {
 		msg += "; fetch error: " + s.FetchError
 	}
-	daemon.SdNotify(false, "STATUS="+msg)
+	sdnotify.SdNotify(false, "STATUS="+msg)
 }
 
 // serveHTTP serves Prometheus metrics and the push webhook.

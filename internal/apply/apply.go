@@ -30,9 +30,9 @@ type Systemd interface {
 	Disable(ctx context.Context, name string) error
 }
 
-// Validator checks candidate files before they are written.
+// Validator checks a candidate configuration file before it is written.
 type Validator interface {
-	Files(ctx context.Context, files []render.File) error
+	Config(ctx context.Context, path string, content []byte) error
 }
 
 // Applier applies plans to one node.
@@ -67,11 +67,16 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 		log.Debug("nothing to do", "node", p.Node)
 		return nil
 	}
-	var candidates []render.File
+	var invalid []error
 	for _, c := range p.Changes {
-		candidates = append(candidates, c.File)
+		if c.File.Kind != render.Config {
+			continue // drop-ins are systemd's, no daemon checks them
+		}
+		if err := a.Validator.Config(ctx, c.File.Path, c.File.Content); err != nil {
+			invalid = append(invalid, fmt.Errorf("candidate %s rejected: %w", c.File.Path, err))
+		}
 	}
-	if err := a.Validator.Files(ctx, candidates); err != nil {
+	if err := errors.Join(invalid...); err != nil {
 		return fmt.Errorf("%w:\n%v", ErrInvalid, err)
 	}
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/unit"
@@ -58,7 +59,7 @@ func (f *fakeSystemd) Disable(_ context.Context, u string) error {
 
 type fakeValidator struct{ err error }
 
-func (v fakeValidator) Files(context.Context, []render.File) error { return v.err }
+func (v fakeValidator) Config(context.Context, string, []byte) error { return v.err }
 
 // setup renders node of the example into a plan against root, with the
 // files in old already on disk.
@@ -82,7 +83,7 @@ func setup(t *testing.T, node string, old map[string]string, states map[string]s
 	}
 	sd := &fakeSystemd{states: states, failOn: map[string]bool{}}
 	st := map[string]unit.State{}
-	for _, u := range render.AllUnits {
+	for _, u := range daemon.Units() {
 		s, _ := sd.State(context.Background(), u)
 		st[u] = s
 	}
@@ -103,16 +104,16 @@ func read(t *testing.T, root, p string) string {
 }
 
 func TestApplyWritesAndRestarts(t *testing.T) {
-	old := map[string]string{render.MosquittoConf: "# Debian default\n"}
-	root, p, sd := setup(t, "broker1", old, map[string]string{render.Mosquitto: "active"})
+	old := map[string]string{daemon.Mosquitto.Conf: "# Debian default\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
 	a := &apply.Applier{Root: root, BackupDir: "/var/lib/mqha/backup", Systemd: sd, Validator: fakeValidator{}}
 	if err := a.Apply(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, root, render.MosquittoConf); !strings.HasPrefix(got, plan.Marker) {
+	if got := read(t, root, daemon.Mosquitto.Conf); !strings.HasPrefix(got, plan.Marker) {
 		t.Errorf("mosquitto.conf not written: %q", got)
 	}
-	if got := read(t, root, "/var/lib/mqha/backup"+render.MosquittoConf); got != old[render.MosquittoConf] {
+	if got := read(t, root, "/var/lib/mqha/backup"+daemon.Mosquitto.Conf); got != old[daemon.Mosquitto.Conf] {
 		t.Errorf("previous file not kept: %q", got)
 	}
 	want := "daemon-reload|restart mosquitto.service"
@@ -127,17 +128,17 @@ func TestApplyWritesAndRestarts(t *testing.T) {
 }
 
 func TestInvalidCandidateWritesNothing(t *testing.T) {
-	old := map[string]string{render.NginxConf: "# old nginx\n"}
-	root, p, sd := setup(t, "lb1", old, map[string]string{render.Nginx: "active", render.Keepalived: "active"})
+	old := map[string]string{daemon.Nginx.Conf: "# old nginx\n"}
+	root, p, sd := setup(t, "lb1", old, map[string]string{daemon.Nginx.Unit: "active", daemon.Keepalived.Unit: "active"})
 	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{errors.New("nginx -t: unknown directive")}}
 	err := a.Apply(context.Background(), p)
 	if !errors.Is(err, apply.ErrInvalid) {
 		t.Fatalf("want ErrInvalid, got %v", err)
 	}
-	if got := read(t, root, render.NginxConf); got != old[render.NginxConf] {
+	if got := read(t, root, daemon.Nginx.Conf); got != old[daemon.Nginx.Conf] {
 		t.Errorf("nginx.conf changed to %q", got)
 	}
-	if read(t, root, render.KeepalivedConf) != "<missing>" {
+	if read(t, root, daemon.Keepalived.Conf) != "<missing>" {
 		t.Error("keepalived.conf written although validation failed")
 	}
 	if len(sd.calls) != 0 {
@@ -146,31 +147,31 @@ func TestInvalidCandidateWritesNothing(t *testing.T) {
 }
 
 func TestFailedUnitIsRolledBack(t *testing.T) {
-	old := map[string]string{render.MosquittoConf: "# previous good config\n"}
-	root, p, sd := setup(t, "broker1", old, map[string]string{render.Mosquitto: "active"})
-	sd.failOn[render.Mosquitto] = true
+	old := map[string]string{daemon.Mosquitto.Conf: "# previous good config\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
+	sd.failOn[daemon.Mosquitto.Unit] = true
 	a := &apply.Applier{Root: root, BackupDir: "/backup", Systemd: sd, Validator: fakeValidator{}}
 	err := a.Apply(context.Background(), p)
 	if err == nil || !strings.Contains(err.Error(), "rolled back") {
 		t.Fatalf("want a rolled-back error, got %v", err)
 	}
-	if got := read(t, root, render.MosquittoConf); got != old[render.MosquittoConf] {
+	if got := read(t, root, daemon.Mosquitto.Conf); got != old[daemon.Mosquitto.Conf] {
 		t.Errorf("mosquitto.conf not restored: %q", got)
 	}
-	if got := read(t, root, render.DropInPath(render.Mosquitto)); got != "<missing>" {
+	if got := read(t, root, daemon.Mosquitto.DropIn()); got != "<missing>" {
 		t.Errorf("new drop-in not removed: %q", got)
 	}
 	want := "daemon-reload|restart mosquitto.service|daemon-reload|restart mosquitto.service"
 	if got := strings.Join(sd.calls, "|"); got != want {
 		t.Errorf("calls %s, want %s", got, want)
 	}
-	if sd.states[render.Mosquitto] != "active" {
-		t.Errorf("mosquitto is %s after rollback", sd.states[render.Mosquitto])
+	if sd.states[daemon.Mosquitto.Unit] != "active" {
+		t.Errorf("mosquitto is %s after rollback", sd.states[daemon.Mosquitto.Unit])
 	}
 }
 
 func TestUpToDateDoesNothing(t *testing.T) {
-	root, p, sd := setup(t, "broker1", nil, map[string]string{render.Mosquitto: "active"})
+	root, p, sd := setup(t, "broker1", nil, map[string]string{daemon.Mosquitto.Unit: "active"})
 	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{}}
 	if err := a.Apply(context.Background(), p); err != nil {
 		t.Fatal(err)
@@ -178,7 +179,7 @@ func TestUpToDateDoesNothing(t *testing.T) {
 	// Second round: files are in place, the unit runs: nothing to do.
 	c, _ := schema.LoadDir("../../cluster-repo-example")
 	out, _ := render.Node(c, "broker1")
-	p2, err := plan.Make(out, os.DirFS(root), map[string]unit.State{render.Mosquitto: {ActiveState: "active", LoadState: "loaded"}})
+	p2, err := plan.Make(out, os.DirFS(root), map[string]unit.State{daemon.Mosquitto.Unit: {ActiveState: "active", LoadState: "loaded"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +194,7 @@ func TestUpToDateDoesNothing(t *testing.T) {
 
 func TestStartsStoppedUnitsAndStopsDroppedRoles(t *testing.T) {
 	// broker1 runs nginx although the definition gives it no lb role.
-	root, p, sd := setup(t, "broker1", nil, map[string]string{render.Nginx: "active"})
+	root, p, sd := setup(t, "broker1", nil, map[string]string{daemon.Nginx.Unit: "active"})
 	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{}}
 	if err := a.Apply(context.Background(), p); err != nil {
 		t.Fatal(err)
@@ -205,8 +206,8 @@ func TestStartsStoppedUnitsAndStopsDroppedRoles(t *testing.T) {
 }
 
 func TestUnhealthyAfterApplyIsRolledBack(t *testing.T) {
-	old := map[string]string{render.MosquittoConf: "# previous good config\n"}
-	root, p, sd := setup(t, "broker1", old, map[string]string{render.Mosquitto: "active"})
+	old := map[string]string{daemon.Mosquitto.Conf: "# previous good config\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
 	gated := false
 	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{},
 		Gate:   func(context.Context, *plan.Plan) error { gated = true; return nil },
@@ -218,19 +219,19 @@ func TestUnhealthyAfterApplyIsRolledBack(t *testing.T) {
 	if !gated {
 		t.Error("the gate was not consulted")
 	}
-	if got := read(t, root, render.MosquittoConf); got != old[render.MosquittoConf] {
+	if got := read(t, root, daemon.Mosquitto.Conf); got != old[daemon.Mosquitto.Conf] {
 		t.Errorf("not restored: %q", got)
 	}
 }
 
 func TestGateRefusalWritesNothing(t *testing.T) {
-	root, p, sd := setup(t, "broker1", nil, map[string]string{render.Mosquitto: "active"})
+	root, p, sd := setup(t, "broker1", nil, map[string]string{daemon.Mosquitto.Unit: "active"})
 	a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{},
 		Gate: func(context.Context, *plan.Plan) error { return errors.New("broker2 is not serving") }}
 	if err := a.Apply(context.Background(), p); err == nil || !strings.Contains(err.Error(), "nothing was written") {
 		t.Fatalf("got %v", err)
 	}
-	if read(t, root, render.MosquittoConf) != "<missing>" || len(sd.calls) != 0 {
+	if read(t, root, daemon.Mosquitto.Conf) != "<missing>" || len(sd.calls) != 0 {
 		t.Errorf("gate refusal still changed things: %v", sd.calls)
 	}
 }

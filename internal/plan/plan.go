@@ -12,6 +12,7 @@ import (
 
 	"github.com/aymanbagabas/go-udiff"
 
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/unit"
 )
@@ -93,7 +94,7 @@ func Make(out *render.Output, root fs.FS, states map[string]unit.State) (*Plan, 
 		}
 		p.Units = append(p.Units, Unit{Name: u, Action: action, Reason: reason})
 	}
-	for _, u := range render.AllUnits {
+	for _, u := range daemon.Units() {
 		if wanted[u] {
 			continue
 		}
@@ -116,12 +117,12 @@ func decide(u string, changes []Change, states map[string]unit.State) (unit.Acti
 			dropIn = &changes[i]
 		}
 	}
-	daemon := strings.TrimSuffix(u, ".service")
+	name := strings.TrimSuffix(u, ".service")
 	switch {
 	case known && st.LoadState != "" && st.LoadState != "loaded":
-		return unit.Start, fmt.Sprintf("unit is %s: install %s first", st.LoadState, daemon)
+		return unit.Start, fmt.Sprintf("unit is %s: install %s first", st.LoadState, name)
 	case known && !st.Running():
-		return unit.Start, fmt.Sprintf("%s is %s", daemon, st.ActiveState)
+		return unit.Start, fmt.Sprintf("%s is %s", name, st.ActiveState)
 	case !known && conf != nil && !conf.Existed:
 		return unit.Start, "configuration is new"
 	case dropIn != nil && serviceSectionChanged(dropIn):
@@ -131,23 +132,14 @@ func decide(u string, changes []Change, states map[string]unit.State) (unit.Acti
 		}
 		return unit.Restart, what + "; drop-in [Service] settings (limits, restart policy) apply only when the daemon starts"
 	case conf != nil:
-		return configAction(daemon, conf)
+		if d, ok := daemon.ByUnit(u); ok {
+			return d.OnChange(conf.Old, conf.File.Content)
+		}
+		return unit.Restart, "configuration changed"
 	case dropIn != nil:
 		return unit.None, "only unit ordering changed; daemon-reload is enough"
 	}
 	return unit.None, "up to date"
-}
-
-func configAction(daemon string, c *Change) (unit.Action, string) {
-	switch daemon {
-	case "mosquitto":
-		return mosquittoAction(c.Old, c.File.Content)
-	case "nginx":
-		return unit.Reload, "configuration changed; nginx reloads without dropping connections (old workers drain)"
-	case "keepalived":
-		return unit.Reload, "configuration changed; keepalived re-reads it on SIGHUP and keeps the VIP"
-	}
-	return unit.Restart, "configuration changed"
 }
 
 // serviceSectionChanged reports whether a drop-in's [Service] section
@@ -178,24 +170,10 @@ func stopReason(u string, out *render.Output, root fs.FS, states map[string]unit
 		return why, st.Running()
 	}
 	// Without unit states, a configuration we once wrote means we ran it.
-	for _, f := range []string{render.MosquittoConf, render.NginxConf, render.KeepalivedConf} {
-		if unitOf(f) != u {
-			continue
-		}
-		b, err := fs.ReadFile(root, strings.TrimPrefix(f, "/"))
-		return why, err == nil && bytes.HasPrefix(b, []byte(Marker))
+	d, ok := daemon.ByUnit(u)
+	if !ok {
+		return "", false
 	}
-	return "", false
-}
-
-func unitOf(path string) string {
-	switch path {
-	case render.MosquittoConf:
-		return render.Mosquitto
-	case render.NginxConf:
-		return render.Nginx
-	case render.KeepalivedConf:
-		return render.Keepalived
-	}
-	return ""
+	b, err := fs.ReadFile(root, strings.TrimPrefix(d.Conf, "/"))
+	return why, err == nil && bytes.HasPrefix(b, []byte(Marker))
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/unit"
@@ -44,8 +45,8 @@ func TestMosquittoAction(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out := &render.Output{Units: []string{render.Mosquitto},
-				Files: []render.File{{Path: render.MosquittoConf, Unit: render.Mosquitto, Kind: render.Config,
+			out := &render.Output{Units: []string{daemon.Mosquitto.Unit},
+				Files: []render.File{{Path: daemon.Mosquitto.Conf, Unit: daemon.Mosquitto.Unit, Kind: render.Config,
 					Content: []byte(strings.Replace(mosq, tt.old, tt.new, 1))}}}
 			root := fstest.MapFS{"etc/mosquitto/mosquitto.conf": {Data: []byte(mosq)}}
 			p, err := plan.Make(out, root, nil)
@@ -79,8 +80,8 @@ func TestUnitDecisions(t *testing.T) {
 		return m
 	}
 	active := unit.State{ActiveState: "active", LoadState: "loaded"}
-	running := map[string]unit.State{render.Nginx: active, render.Keepalived: active}
-	dropIn := string(live[render.DropInPath(render.Keepalived)[1:]].Data)
+	running := map[string]unit.State{daemon.Nginx.Unit: active, daemon.Keepalived.Unit: active}
+	dropIn := string(live[daemon.Keepalived.DropIn()[1:]].Data)
 	tests := []struct {
 		name   string
 		root   fstest.MapFS
@@ -90,16 +91,16 @@ func TestUnitDecisions(t *testing.T) {
 		reason string
 		reload bool // daemon-reload expected
 	}{
-		{"in sync", live, running, render.Nginx, unit.None, "up to date", false},
-		{"nginx config edited", with(render.NginxConf, "# hand edit\n"), running, render.Nginx, unit.Reload, "nginx reloads without dropping connections", false},
-		{"keepalived config edited", with(render.KeepalivedConf, "x"), running, render.Keepalived, unit.Reload, "keepalived re-reads it on SIGHUP", false},
-		{"limits drop-in changed", with(render.DropInPath(render.Nginx), "[Service]\nLimitNOFILE=1024\n"), running, render.Nginx, unit.Restart, "apply only when the daemon starts", true},
-		{"ordering-only drop-in change", with(render.DropInPath(render.Keepalived), strings.Replace(dropIn, "After=nginx.service", "", 1)), running, render.Keepalived, unit.None, "daemon-reload is enough", true},
-		{"unit failed", live, map[string]unit.State{render.Nginx: {ActiveState: "failed", LoadState: "loaded"}, render.Keepalived: active}, render.Nginx, unit.Start, "nginx is failed", false},
-		{"unit not installed", live, map[string]unit.State{render.Nginx: {ActiveState: "inactive", LoadState: "not-found"}, render.Keepalived: active}, render.Nginx, unit.Start, "install nginx first", false},
-		{"mosquitto running on an lb-only node", live, map[string]unit.State{render.Nginx: active, render.Keepalived: active, render.Mosquitto: active}, render.Mosquitto, unit.Stop, "does not need it", false},
-		{"our mosquitto config left on an lb (states unknown)", with(render.MosquittoConf, plan.Marker+": old\n"), nil, render.Mosquitto, unit.Stop, "does not need it", false},
-		{"foreign mosquitto config (states unknown)", with(render.MosquittoConf, "# Debian\n"), nil, render.Mosquitto, "", "", false},
+		{"in sync", live, running, daemon.Nginx.Unit, unit.None, "up to date", false},
+		{"nginx config edited", with(daemon.Nginx.Conf, "# hand edit\n"), running, daemon.Nginx.Unit, unit.Reload, "nginx reloads without dropping connections", false},
+		{"keepalived config edited", with(daemon.Keepalived.Conf, "x"), running, daemon.Keepalived.Unit, unit.Reload, "keepalived re-reads it on SIGHUP", false},
+		{"limits drop-in changed", with(daemon.Nginx.DropIn(), "[Service]\nLimitNOFILE=1024\n"), running, daemon.Nginx.Unit, unit.Restart, "apply only when the daemon starts", true},
+		{"ordering-only drop-in change", with(daemon.Keepalived.DropIn(), strings.Replace(dropIn, "After=nginx.service", "", 1)), running, daemon.Keepalived.Unit, unit.None, "daemon-reload is enough", true},
+		{"unit failed", live, map[string]unit.State{daemon.Nginx.Unit: {ActiveState: "failed", LoadState: "loaded"}, daemon.Keepalived.Unit: active}, daemon.Nginx.Unit, unit.Start, "nginx is failed", false},
+		{"unit not installed", live, map[string]unit.State{daemon.Nginx.Unit: {ActiveState: "inactive", LoadState: "not-found"}, daemon.Keepalived.Unit: active}, daemon.Nginx.Unit, unit.Start, "install nginx first", false},
+		{"mosquitto running on an lb-only node", live, map[string]unit.State{daemon.Nginx.Unit: active, daemon.Keepalived.Unit: active, daemon.Mosquitto.Unit: active}, daemon.Mosquitto.Unit, unit.Stop, "does not need it", false},
+		{"our mosquitto config left on an lb (states unknown)", with(daemon.Mosquitto.Conf, plan.Marker+": old\n"), nil, daemon.Mosquitto.Unit, unit.Stop, "does not need it", false},
+		{"foreign mosquitto config (states unknown)", with(daemon.Mosquitto.Conf, "# Debian\n"), nil, daemon.Mosquitto.Unit, "", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"text/template"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 )
 
 // Kind says how a daemon takes a change to a file.
@@ -32,30 +33,10 @@ type File struct {
 	Content []byte
 }
 
-// Units the agent manages, in the order they are started: nginx before
-// keepalived (keepalived tracks nginx), brokers before the bridge master.
 const (
-	Mosquitto  = "mosquitto.service"
-	Nginx      = "nginx.service"
-	Keepalived = "keepalived.service"
-)
-
-var AllUnits = []string{Mosquitto, Nginx, Keepalived}
-
-// Paths of the files the agent owns on a node.
-const (
-	MosquittoConf   = "/etc/mosquitto/mosquitto.conf"
-	NginxConf       = "/etc/nginx/nginx.conf"
-	KeepalivedConf  = "/etc/keepalived/keepalived.conf"
-	dropInDir       = "/etc/systemd/system"
-	FaultFile       = "/run/mqha/lb-fault"
-	dropInName      = "mqha.conf"
 	fdHeadroom      = 1024
 	proxyTimeoutPct = 200 // nginx idle timeout, in % of the longest MQTT keepalive
 )
-
-// DropInPath is where the agent's drop-in for unit lives.
-func DropInPath(unit string) string { return path.Join(dropInDir, unit+".d", dropInName) }
 
 // Output is what one node runs and the files it needs.
 type Output struct {
@@ -75,19 +56,15 @@ type data struct {
 	Cluster           *cluster.Cluster
 	Node              cluster.Node
 	VIP               *cluster.VIP
-	Brokers           []cluster.Node // every broker, for the nginx upstream
-	Peers             []cluster.Node // the other load balancers
-	Bridges           []bridge       // connections of the bridge master
+	Brokers           []cluster.Node  // every broker, for the nginx upstream
+	Peers             []cluster.Node  // the other load balancers
+	Bridges           []daemon.Bridge // connections of the bridge master
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
 	ProxyTimeout      int
 	FaultFile         string
 	FaultDir          string
-}
-
-type bridge struct {
-	Name, Address, Connection, ClientID string
 }
 
 // Node renders the files of the node called name.
@@ -105,15 +82,15 @@ func Node(c *cluster.Cluster, name string) (*Output, error) {
 		WorkerConnections: 2*c.Limits.Clients + fdHeadroom,
 		MosquittoNoFile:   c.Limits.Clients + fdHeadroom,
 		ProxyTimeout:      c.MQTT.MaxKeepalive * proxyTimeoutPct / 100,
-		FaultFile:         FaultFile,
-		FaultDir:          path.Dir(FaultFile),
+		FaultFile:         daemon.FaultFile,
+		FaultDir:          path.Dir(daemon.FaultFile),
 	}
 	for _, p := range c.WithRole(cluster.LB) {
 		if p.Name != n.Name {
 			d.Peers = append(d.Peers, p)
 		}
 	}
-	d.Bridges = bridges(c, n)
+	d.Bridges = daemon.Bridges(c, n)
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {
@@ -124,61 +101,17 @@ func Node(c *cluster.Cluster, name string) (*Output, error) {
 		out.Files = append(out.Files, File{Path: p, Mode: mode, Unit: unit, Kind: kind, Content: buf.Bytes()})
 		return nil
 	}
-	type spec struct {
-		unit, path, tmpl string
-		kind             Kind
-	}
-	var specs []spec
-	if n.Has(cluster.Broker) || n.Has(cluster.Bridge) {
-		out.Units = append(out.Units, Mosquitto)
-		specs = append(specs,
-			spec{Mosquitto, MosquittoConf, "mosquitto.conf.tmpl", Config},
-			spec{Mosquitto, DropInPath(Mosquitto), "mosquitto.dropin.tmpl", DropIn})
-	}
-	if n.Has(cluster.LB) {
-		out.Units = append(out.Units, Nginx, Keepalived)
-		specs = append(specs,
-			spec{Nginx, NginxConf, "nginx.conf.tmpl", Config},
-			spec{Nginx, DropInPath(Nginx), "nginx.dropin.tmpl", DropIn},
-			spec{Keepalived, KeepalivedConf, "keepalived.conf.tmpl", Config},
-			spec{Keepalived, DropInPath(Keepalived), "keepalived.dropin.tmpl", DropIn})
-	}
-	for _, s := range specs {
-		if err := add(s.unit, s.path, s.tmpl, s.kind, 0o644); err != nil {
+	for _, dm := range daemon.For(n) {
+		out.Units = append(out.Units, dm.Unit)
+		if err := add(dm.Unit, dm.Conf, dm.ConfTemplate, Config, 0o644); err != nil {
+			return nil, err
+		}
+		if err := add(dm.Unit, dm.DropIn(), dm.DropInTemplate, DropIn, 0o644); err != nil {
 			return nil, err
 		}
 	}
 	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Path < out.Files[j].Path })
 	return out, nil
-}
-
-// bridges are the bridge master's connections: one per broker but itself.
-func bridges(c *cluster.Cluster, n cluster.Node) []bridge {
-	var out []bridge
-	if !n.Has(cluster.Bridge) {
-		return nil
-	}
-	for _, b := range c.WithRole(cluster.Broker) {
-		if b.Name == n.Name {
-			continue // the bridge master's own broker needs no bridge
-		}
-		out = append(out, bridge{
-			Name: b.Name, Address: b.Address,
-			Connection: "mqha-" + b.Name,
-			ClientID:   c.Name + "-" + n.Name + "-to-" + b.Name,
-		})
-	}
-	return out
-}
-
-// BridgeClientIDs are the remote client ids of node's bridges; each bridge
-// publishes its state at $SYS/broker/connection/<id>/state.
-func BridgeClientIDs(c *cluster.Cluster, n cluster.Node) []string {
-	var ids []string
-	for _, b := range bridges(c, n) {
-		ids = append(ids, b.ClientID)
-	}
-	return ids
 }
 
 func names(ns []cluster.Node) []string {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/schema"
 )
@@ -80,8 +81,8 @@ func TestUnitsPerRole(t *testing.T) {
 		units []string
 		files int
 	}{
-		{"a", []string{render.Mosquitto, render.Nginx, render.Keepalived}, 6},
-		{"c", []string{render.Mosquitto}, 2},
+		{"a", []string{daemon.Mosquitto.Unit, daemon.Nginx.Unit, daemon.Keepalived.Unit}, 6},
+		{"c", []string{daemon.Mosquitto.Unit}, 2},
 	}
 	for _, tt := range tests {
 		out, err := render.Node(c, tt.node)

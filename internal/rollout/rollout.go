@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/probe"
-	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/unit"
 )
 
@@ -49,7 +49,7 @@ func (g *Gate) action(p *plan.Plan, name string) unit.Action {
 
 // Before blocks until this node may apply p.
 func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
-	if g.action(p, render.Mosquitto) == unit.Restart {
+	if g.action(p, daemon.Mosquitto.Unit) == unit.Restart {
 		if g.Node.Has(cluster.Broker) {
 			if err := g.sleepSlot(ctx, g.Cluster.WithRole(cluster.Broker)); err != nil {
 				return err
@@ -60,7 +60,7 @@ func (g *Gate) Before(ctx context.Context, p *plan.Plan) error {
 			g.waitServing(ctx, "every bridged broker", g.others(cluster.Broker, g.Cluster.Ports.Bridge), "")
 		}
 	}
-	if g.action(p, render.Nginx) == unit.Restart && g.Node.Has(cluster.LB) && g.Cluster.VIP != nil {
+	if g.action(p, daemon.Nginx.Unit) == unit.Restart && g.Node.Has(cluster.LB) && g.Cluster.VIP != nil {
 		if err := g.sleepSlot(ctx, g.Cluster.WithRole(cluster.LB)); err != nil {
 			return err
 		}

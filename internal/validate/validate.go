@@ -14,41 +14,13 @@ import (
 	"os/exec"
 	"strings"
 	"time"
-
-	"github.com/mqha/mqha/internal/render"
 )
 
 // Tools runs the real daemons' checks. The zero value uses the binaries on PATH.
 type Tools struct {
-	Nginx, Keepalived, Mosquitto string // binaries; empty means the usual name on PATH
+	NginxBin, KeepalivedBin, MosquittoBin string // binaries; empty means the usual name on PATH
 	// MosquittoWait bounds the trial start; zero means 10 s.
 	MosquittoWait time.Duration
-}
-
-// Files checks every configuration file among files; drop-ins are systemd's
-// and need no daemon check.
-func (t Tools) Files(ctx context.Context, files []render.File) error {
-	var errs []error
-	for _, f := range files {
-		if f.Kind != render.Config {
-			continue
-		}
-		var err error
-		switch f.Path {
-		case render.NginxConf:
-			err = t.nginx(ctx, f.Content)
-		case render.KeepalivedConf:
-			err = t.keepalived(ctx, f.Content)
-		case render.MosquittoConf:
-			err = t.mosquitto(ctx, f.Content)
-		default:
-			err = errors.New("no validator for this file")
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("candidate %s rejected: %w", f.Path, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func or(s, def string) string {
@@ -104,16 +76,18 @@ func run(ctx context.Context, name string, args ...string) error {
 	return nil
 }
 
-func (t Tools) nginx(ctx context.Context, content []byte) error {
+// Nginx checks a candidate nginx.conf with nginx -t.
+func (t Tools) Nginx(ctx context.Context, content []byte) error {
 	p, done, err := candidate("mqha-nginx-*.conf", content)
 	if err != nil {
 		return err
 	}
 	defer done()
-	return run(ctx, or(t.Nginx, "nginx"), "-t", "-q", "-c", p)
+	return run(ctx, or(t.NginxBin, "nginx"), "-t", "-q", "-c", p)
 }
 
-func (t Tools) keepalived(ctx context.Context, content []byte) error {
+// Keepalived checks a candidate keepalived.conf with keepalived --config-test.
+func (t Tools) Keepalived(ctx context.Context, content []byte) error {
 	p, done, err := candidate("mqha-keepalived-*.conf", content)
 	if err != nil {
 		return err
@@ -121,15 +95,15 @@ func (t Tools) keepalived(ctx context.Context, content []byte) error {
 	defer done()
 	// --config-test exits non-zero on any problem it reports, including an
 	// interface this host does not have.
-	return run(ctx, or(t.Keepalived, "keepalived"), "--config-test", "-f", p)
+	return run(ctx, or(t.KeepalivedBin, "keepalived"), "--config-test", "-f", p)
 }
 
-// mosquitto starts the candidate as a throwaway broker: same options, TLS
+// Mosquitto starts the candidate as a throwaway broker: same options, TLS
 // files and user, but its listeners on free loopback ports, no pid file or
 // persistence, and its bridges pointed at a closed loopback port so that no
 // traffic leaves this host. It passes when the broker accepts a TCP
 // connection on its first listener.
-func (t Tools) mosquitto(ctx context.Context, content []byte) error {
+func (t Tools) Mosquitto(ctx context.Context, content []byte) error {
 	trial, port, err := trialMosquitto(content)
 	if err != nil {
 		return err
@@ -146,7 +120,7 @@ func (t Tools) mosquitto(ctx context.Context, content []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	var out bytes.Buffer
-	cmd := exec.Command(or(t.Mosquitto, "mosquitto"), "-c", p)
+	cmd := exec.Command(or(t.MosquittoBin, "mosquitto"), "-c", p)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.Env = toolEnv()
 	if err := cmd.Start(); err != nil {

@@ -3,11 +3,14 @@ package validate_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/testtools"
 	"github.com/mqha/mqha/internal/validate"
@@ -41,6 +44,19 @@ func renderForHost(t *testing.T, c *cluster.Cluster, tls map[string]cluster.TLS,
 	return out.Files
 }
 
+// check validates the configuration files among files as the agent does.
+func check(files []render.File) error {
+	var errs []error
+	for _, f := range files {
+		if f.Kind == render.Config {
+			if err := (daemon.Validator{Tools: validate.Tools{}}).Config(context.Background(), f.Path, f.Content); err != nil {
+				errs = append(errs, fmt.Errorf("candidate %s rejected: %w", f.Path, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // TestRenderedConfigsPassRealTools runs every rendered configuration of every
 // layout through nginx -t, keepalived --config-test and a real mosquitto start.
 func TestRenderedConfigsPassRealTools(t *testing.T) {
@@ -54,7 +70,7 @@ func TestRenderedConfigsPassRealTools(t *testing.T) {
 		tls := testtools.TLS(t, c)
 		for _, n := range c.Nodes {
 			t.Run(c.Name+"/"+n.Name, func(t *testing.T) {
-				if err := (validate.Tools{}).Files(context.Background(), renderForHost(t, c, tls, n.Name)); err != nil {
+				if err := check(renderForHost(t, c, tls, n.Name)); err != nil {
 					t.Fatal(err)
 				}
 			})
@@ -78,13 +94,13 @@ func TestBrokenCandidatesAreRejected(t *testing.T) {
 	tests := []struct {
 		name, node, path, old, new, want string
 	}{
-		{"nginx typo", "lb1", render.NginxConf, "proxy_timeout", "proxy_timeot", "unknown directive"},
-		{"nginx upstream without servers", "lb1", render.NginxConf, "server 10.20.0.2", "#", "no servers"},
-		{"keepalived bad keyword", "lb1", render.KeepalivedConf, "advert_int", "advert_intx", "Unknown keyword"},
-		{"keepalived priority out of range", "lb1", render.KeepalivedConf, "priority 150", "priority 300", "outside range"},
-		{"mosquitto missing certificate", "broker1", render.MosquittoConf, "certfile " + tls["broker1"].Cert, "certfile /nonexistent/x.crt", "Unable to load server certificate"},
-		{"mosquitto key unreadable by its user", "broker1", render.MosquittoConf, "keyfile " + tls["broker1"].Key, "keyfile " + unreadable, "Unable to load server key"},
-		{"mosquitto unknown option", "bridge", render.MosquittoConf, "try_private true", "try_privat true", "try_privat"},
+		{"nginx typo", "lb1", daemon.Nginx.Conf, "proxy_timeout", "proxy_timeot", "unknown directive"},
+		{"nginx upstream without servers", "lb1", daemon.Nginx.Conf, "server 10.20.0.2", "#", "no servers"},
+		{"keepalived bad keyword", "lb1", daemon.Keepalived.Conf, "advert_int", "advert_intx", "Unknown keyword"},
+		{"keepalived priority out of range", "lb1", daemon.Keepalived.Conf, "priority 150", "priority 300", "outside range"},
+		{"mosquitto missing certificate", "broker1", daemon.Mosquitto.Conf, "certfile " + tls["broker1"].Cert, "certfile /nonexistent/x.crt", "Unable to load server certificate"},
+		{"mosquitto key unreadable by its user", "broker1", daemon.Mosquitto.Conf, "keyfile " + tls["broker1"].Key, "keyfile " + unreadable, "Unable to load server key"},
+		{"mosquitto unknown option", "bridge", daemon.Mosquitto.Conf, "try_private true", "try_privat true", "try_privat"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,7 +114,7 @@ func TestBrokenCandidatesAreRejected(t *testing.T) {
 				t.Fatalf("%s of %s has no %q", tt.path, tt.node, tt.old)
 			}
 			f.Content = bytes.ReplaceAll(f.Content, []byte(tt.old), []byte(tt.new))
-			err := (validate.Tools{}).Files(context.Background(), []render.File{f})
+			err := check([]render.File{f})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("want an error mentioning %q, got %v", tt.want, err)
 			}

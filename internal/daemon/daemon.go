@@ -1,0 +1,217 @@
+// Package daemon is the one table of what mqha knows about the daemons it
+// runs: which roles run each one, its unit, configuration file, drop-in and
+// templates, what a change of its configuration needs (reload or restart),
+// how a candidate configuration is validated, and how it is health-checked.
+// Rendering, planning, validation, rollout, health and pki read the table
+// instead of deciding per role themselves. With three daemons it is a table,
+// not a plugin system.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"path"
+	"slices"
+	"strconv"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/probe"
+	"github.com/mqha/mqha/internal/unit"
+	"github.com/mqha/mqha/internal/validate"
+)
+
+// Daemon is everything the agent knows of one daemon.
+type Daemon struct {
+	Name           string         // mosquitto
+	Unit           string         // mosquitto.service
+	Conf           string         // its configuration file, written by the agent
+	ConfTemplate   string         // render's template for Conf
+	DropInTemplate string         // render's template for its systemd drop-in
+	Roles          []cluster.Role // a node with any of these runs it
+	// OnChange decides what a change of Conf from old to new needs.
+	OnChange func(old, new []byte) (unit.Action, string)
+	// Validate checks a candidate Conf with the daemon's own tool.
+	Validate func(t validate.Tools, ctx context.Context, content []byte) error
+	// Checks are the health checks of the daemon on node n of cl; tc is the
+	// node's own certificate as a client, trusting the cluster CA.
+	Checks func(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check
+}
+
+// Unit names, also used by the checks below (which the table refers to).
+const (
+	mosquittoUnit  = "mosquitto.service"
+	nginxUnit      = "nginx.service"
+	keepalivedUnit = "keepalived.service"
+)
+
+var (
+	Mosquitto = Daemon{
+		Name: "mosquitto", Unit: mosquittoUnit, Conf: "/etc/mosquitto/mosquitto.conf",
+		ConfTemplate: "mosquitto.conf.tmpl", DropInTemplate: "mosquitto.dropin.tmpl",
+		Roles:    []cluster.Role{cluster.Broker, cluster.Bridge},
+		OnChange: mosquittoAction,
+		Validate: validate.Tools.Mosquitto,
+		Checks:   mosquittoChecks,
+	}
+	Nginx = Daemon{
+		Name: "nginx", Unit: nginxUnit, Conf: "/etc/nginx/nginx.conf",
+		ConfTemplate: "nginx.conf.tmpl", DropInTemplate: "nginx.dropin.tmpl",
+		Roles: []cluster.Role{cluster.LB},
+		OnChange: func(_, _ []byte) (unit.Action, string) {
+			return unit.Reload, "configuration changed; nginx reloads without dropping connections (old workers drain)"
+		},
+		Validate: validate.Tools.Nginx,
+		Checks:   nginxChecks,
+	}
+	Keepalived = Daemon{
+		Name: "keepalived", Unit: keepalivedUnit, Conf: "/etc/keepalived/keepalived.conf",
+		ConfTemplate: "keepalived.conf.tmpl", DropInTemplate: "keepalived.dropin.tmpl",
+		Roles: []cluster.Role{cluster.LB},
+		OnChange: func(_, _ []byte) (unit.Action, string) {
+			return unit.Reload, "configuration changed; keepalived re-reads it on SIGHUP and keeps the VIP"
+		},
+		Validate: validate.Tools.Keepalived,
+		Checks:   keepalivedChecks,
+	}
+)
+
+// All is every daemon in start order: nginx before keepalived (keepalived
+// tracks nginx); on a node with both, mosquitto first.
+var All = []Daemon{Mosquitto, Nginx, Keepalived}
+
+// FaultFile is keepalived's track file: the agent writes 0 while this load
+// balancer serves, anything else puts its VRRP instance in FAULT.
+const FaultFile = "/run/mqha/lb-fault"
+
+const dropInDir, dropInName = "/etc/systemd/system", "mqha.conf"
+
+// DropIn is where the agent's systemd drop-in for the daemon lives.
+func (d Daemon) DropIn() string { return path.Join(dropInDir, d.Unit+".d", dropInName) }
+
+// RunsOn reports whether node n runs the daemon.
+func (d Daemon) RunsOn(n cluster.Node) bool {
+	return slices.ContainsFunc(d.Roles, n.Has)
+}
+
+// For is the daemons node n runs, in start order.
+func For(n cluster.Node) []Daemon {
+	var out []Daemon
+	for _, d := range All {
+		if d.RunsOn(n) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Units is every managed unit, in start order.
+func Units() []string {
+	out := make([]string, len(All))
+	for i, d := range All {
+		out[i] = d.Unit
+	}
+	return out
+}
+
+// ByUnit and ByConf find a daemon by its unit or configuration file.
+func ByUnit(u string) (Daemon, bool) {
+	i := slices.IndexFunc(All, func(d Daemon) bool { return d.Unit == u })
+	if i < 0 {
+		return Daemon{}, false
+	}
+	return All[i], true
+}
+
+func ByConf(p string) (Daemon, bool) {
+	i := slices.IndexFunc(All, func(d Daemon) bool { return d.Conf == p })
+	if i < 0 {
+		return Daemon{}, false
+	}
+	return All[i], true
+}
+
+// BehindVIP reports whether clients reach node n through the VIP (its
+// certificate must then carry the VIP and its names): brokers do.
+func BehindVIP(n cluster.Node) bool { return n.Has(cluster.Broker) }
+
+// Bridge is one connection of a bridge master to a broker.
+type Bridge struct {
+	Name, Address string // the broker
+	Connection    string // mosquitto's connection name
+	ClientID      string // the bridge's client id on the broker
+}
+
+// Bridges are node n's bridge connections: one per broker but itself, when
+// n is the bridge master.
+func Bridges(c *cluster.Cluster, n cluster.Node) []Bridge {
+	if !n.Has(cluster.Bridge) {
+		return nil
+	}
+	var out []Bridge
+	for _, b := range c.WithRole(cluster.Broker) {
+		if b.Name == n.Name {
+			continue // the bridge master's own broker needs no bridge
+		}
+		out = append(out, Bridge{Name: b.Name, Address: b.Address,
+			Connection: "mqha-" + b.Name, ClientID: c.Name + "-" + n.Name + "-to-" + b.Name})
+	}
+	return out
+}
+
+// Validator checks candidate configuration files with the daemons' own
+// tools (the apply stage's validator).
+type Validator struct{ Tools validate.Tools }
+
+// Config checks the candidate content of the configuration file at path.
+func (v Validator) Config(ctx context.Context, path string, content []byte) error {
+	d, ok := ByConf(path)
+	if !ok {
+		return fmt.Errorf("no validator for %s: not a daemon's configuration file", path)
+	}
+	return d.Validate(v.Tools, ctx, content)
+}
+
+// WithName is tc presenting name as the server name to verify.
+func WithName(tc *tls.Config, name string) *tls.Config {
+	c := tc.Clone()
+	c.ServerName = name
+	return c
+}
+
+func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
+	// The local listener presents the node's certificate (its address).
+	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker))
+	checks := []health.Check{{Name: "mosquitto", Unit: mosquittoUnit, HungAfter: 2,
+		Probe: probe.MQTTRoundTrip(local, WithName(tc, n.Address), n.Name)}}
+	var ids []string
+	for _, b := range Bridges(cl, n) {
+		ids = append(ids, b.ClientID)
+	}
+	if len(ids) > 0 {
+		// No unit: a remote broker being down is not the local mosquitto's
+		// fault, so a failing bridge is reported, never repaired by restart.
+		checks = append(checks, health.Check{Name: "bridge",
+			Probe: probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)})
+	}
+	return checks
+}
+
+func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
+	if cl.VIP == nil {
+		return nil
+	}
+	// Brokers' certificates carry the VIP: what clients verify.
+	return []health.Check{{Name: "nginx", Unit: nginxUnit, HungAfter: 2,
+		Probe: probe.TLSThrough(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), WithName(tc, cl.VIP.Address))}}
+}
+
+func keepalivedChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
+	if cl.VIP == nil {
+		return nil
+	}
+	return []health.Check{{Name: "keepalived", Unit: keepalivedUnit,
+		Probe: probe.VIPServes(cl.VIP.Address, cl.Ports.Client, WithName(tc, cl.VIP.Address))}}
+}

@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"crypto/tls"
+	"slices"
+	"testing"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/unit"
+)
+
+func names(ds []Daemon) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.Name)
+	}
+	return out
+}
+
+func TestFor(t *testing.T) {
+	for _, tt := range []struct {
+		roles []cluster.Role
+		want  []string
+	}{
+		{[]cluster.Role{cluster.LB}, []string{"nginx", "keepalived"}},
+		{[]cluster.Role{cluster.Broker}, []string{"mosquitto"}},
+		{[]cluster.Role{cluster.Bridge}, []string{"mosquitto"}},
+		{[]cluster.Role{cluster.Broker, cluster.Bridge}, []string{"mosquitto"}},
+		{[]cluster.Role{cluster.LB, cluster.Broker}, []string{"mosquitto", "nginx", "keepalived"}},
+		{nil, nil},
+	} {
+		if got := names(For(cluster.Node{Roles: tt.roles})); !slices.Equal(got, tt.want) {
+			t.Errorf("roles %v: daemons %v, want %v", tt.roles, got, tt.want)
+		}
+	}
+}
+
+func TestLookups(t *testing.T) {
+	for _, d := range All {
+		if got, ok := ByUnit(d.Unit); !ok || got.Name != d.Name {
+			t.Errorf("ByUnit(%s) = %s, %v", d.Unit, got.Name, ok)
+		}
+		if got, ok := ByConf(d.Conf); !ok || got.Name != d.Name {
+			t.Errorf("ByConf(%s) = %s, %v", d.Conf, got.Name, ok)
+		}
+		if d.OnChange == nil || d.Validate == nil || d.Checks == nil {
+			t.Errorf("%s: the table lacks a change rule, validator or checks", d.Name)
+		}
+	}
+	if _, ok := ByConf("/etc/passwd"); ok {
+		t.Error("ByConf found a daemon for /etc/passwd")
+	}
+	if Mosquitto.DropIn() != "/etc/systemd/system/mosquitto.service.d/mqha.conf" {
+		t.Errorf("drop-in path %s", Mosquitto.DropIn())
+	}
+}
+
+func TestOnChange(t *testing.T) {
+	a, _ := Nginx.OnChange([]byte("a"), []byte("b"))
+	b, _ := Keepalived.OnChange([]byte("a"), []byte("b"))
+	c, _ := Mosquitto.OnChange([]byte("listener 8883\n"), []byte("listener 8884\n"))
+	d, _ := Mosquitto.OnChange([]byte("max_queued_messages 1\n"), []byte("max_queued_messages 2\n"))
+	if a != unit.Reload || b != unit.Reload || c != unit.Restart || d != unit.Reload {
+		t.Errorf("nginx %s, keepalived %s, mosquitto listener %s, queue %s", a, b, c, d)
+	}
+}
+
+func TestChecksAndBridges(t *testing.T) {
+	cl := &cluster.Cluster{Name: "c", VIP: &cluster.VIP{Address: "10.0.0.100"}, Ports: cluster.Ports{Client: 9000, Broker: 8883, Bridge: 8884},
+		Nodes: []cluster.Node{
+			{Name: "b1", Address: "10.0.0.21", Roles: []cluster.Role{cluster.Broker}},
+			{Name: "b2", Address: "10.0.0.22", Roles: []cluster.Role{cluster.Broker, cluster.Bridge}},
+			{Name: "lb1", Address: "10.0.0.11", Roles: []cluster.Role{cluster.LB}},
+		}}
+	checks := func(name string) []string {
+		n, _ := cl.Node(name)
+		var out []string
+		for _, d := range For(n) {
+			for _, c := range d.Checks(cl, n, &tls.Config{}) {
+				out = append(out, c.Name+"@"+c.Unit)
+			}
+		}
+		return out
+	}
+	for node, want := range map[string][]string{
+		"b1":  {"mosquitto@mosquitto.service"},
+		"b2":  {"mosquitto@mosquitto.service", "bridge@"},
+		"lb1": {"nginx@nginx.service", "keepalived@keepalived.service"},
+	} {
+		if got := checks(node); !slices.Equal(got, want) {
+			t.Errorf("%s: checks %v, want %v", node, got, want)
+		}
+	}
+	b2, _ := cl.Node("b2")
+	br := Bridges(cl, b2)
+	if len(br) != 1 || br[0].Name != "b1" || br[0].ClientID != "c-b2-to-b1" || br[0].Connection != "mqha-b1" {
+		t.Errorf("bridges of b2: %+v (a bridge master on a broker bridges the others only)", br)
+	}
+}
