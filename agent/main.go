@@ -16,9 +16,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/agent"
 	"github.com/mqha/mqha/internal/cluster"
-	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/systemd"
@@ -201,12 +200,9 @@ func (c *cmd) render(args []string) error {
 
 // load reads the definition and renders the node (default: this host).
 func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
-	if node == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return nil, nil, fmt.Errorf("no --node and no hostname: %w", err)
-		}
-		node, _, _ = strings.Cut(h, ".")
+	node, err := agent.NodeName(node)
+	if err != nil {
+		return nil, nil, fmt.Errorf("no --node: %w", err)
 	}
 	cl, err := schema.LoadDir(repo)
 	if err != nil {
@@ -214,19 +210,6 @@ func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
 	}
 	out, err := render.Node(cl, node)
 	return cl, out, err
-}
-
-// unitStates asks systemd for the state of every managed unit.
-func unitStates(ctx context.Context, sd apply.Systemd) (map[string]unit.State, error) {
-	states := map[string]unit.State{}
-	for _, u := range daemon.Units() {
-		st, err := sd.State(ctx, u)
-		if err != nil {
-			return nil, err
-		}
-		states[u] = st
-	}
-	return states, nil
 }
 
 func (c *cmd) diff(args []string) (int, error) {
@@ -251,7 +234,7 @@ func (c *cmd) diff(args []string) (int, error) {
 			statesNote = "unit states unknown (" + err.Error() + "): decided from files alone"
 		} else {
 			defer sd.Close()
-			if states, err = unitStates(c.ctx, sd); err != nil {
+			if states, err = agent.UnitStates(c.ctx, sd); err != nil {
 				return exitError, err
 			}
 		}
@@ -300,7 +283,7 @@ func (c *cmd) apply(args []string) error {
 		return err
 	}
 	defer sd.Close()
-	p, err := converge(c.ctx, cl, out.Node.Name, sd, *stateDir, *settle, c.log)
+	p, err := agent.ConvergeOutput(c.ctx, out, sd, *stateDir, *settle, c.log, agent.Hooks{})
 	if p != nil {
 		writePlan(c.stdout, p)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/source"
 )
 
 func (c *cmd) status(args []string) error {
@@ -49,9 +50,9 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 	w := c.stdout
 	fmt.Fprintf(w, "node:     %s (%s), mqha-agent %s\n", s.Node, s.Roles, s.Version)
 	fmt.Fprintf(w, "repo:     %s (%s)\n", s.Repo, s.Branch)
-	fmt.Fprintf(w, "applied:  %s %s (%s)\n", short(s.Applied), s.AppliedSubject, ago(s.AppliedAt))
+	fmt.Fprintf(w, "applied:  %s %s (%s)\n", source.Short(s.Applied), s.AppliedSubject, ago(s.AppliedAt))
 	if s.Refused != "" && s.Refused != s.Applied {
-		fmt.Fprintf(w, "refused:  %s: %s\n", short(s.Refused), s.RefusedReason)
+		fmt.Fprintf(w, "refused:  %s: %s\n", source.Short(s.Refused), s.RefusedReason)
 	}
 	fmt.Fprintf(w, "fetched:  %s", ago(s.LastFetch))
 	if s.FetchError != "" {

@@ -83,7 +83,7 @@ func (r *Repo) Fetch(ctx context.Context, hash string) error {
 		return err
 	}
 	if _, err := r.repo.CommitObject(plumbing.NewHash(hash)); err != nil {
-		return fmt.Errorf("commit %s not found after fetching %s (the branch moved again?): %w", short(hash), r.Branch, err)
+		return fmt.Errorf("commit %s not found after fetching %s (the branch moved again?): %w", Short(hash), r.Branch, err)
 	}
 	return nil
 }
@@ -115,7 +115,7 @@ func (r *Repo) Read(hash, dir string) (*Commit, error) {
 	defer r.mu.Unlock()
 	c, err := r.repo.CommitObject(plumbing.NewHash(hash))
 	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", short(hash), err)
+		return nil, fmt.Errorf("commit %s: %w", Short(hash), err)
 	}
 	tree, err := c.Tree()
 	if err != nil {
@@ -124,7 +124,7 @@ func (r *Repo) Read(hash, dir string) (*Commit, error) {
 	dir = strings.Trim(path.Clean("/"+dir), "/")
 	if dir != "" {
 		if tree, err = tree.Tree(dir); err != nil {
-			return nil, fmt.Errorf("commit %s has no directory %q: %w", short(hash), dir, err)
+			return nil, fmt.Errorf("commit %s has no directory %q: %w", Short(hash), dir, err)
 		}
 	}
 	files := fstest.MapFS{}
@@ -145,13 +145,14 @@ func (r *Repo) Read(hash, dir string) (*Commit, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read commit %s: %w", short(hash), err)
+		return nil, fmt.Errorf("read commit %s: %w", Short(hash), err)
 	}
 	subject, _, _ := strings.Cut(c.Message, "\n")
 	return &Commit{Hash: hash, Subject: subject, Author: c.Author.Name, Files: files}, nil
 }
 
-func short(h string) string {
+// Short is the abbreviated commit hash used in logs and messages.
+func Short(h string) string {
 	if len(h) > 12 {
 		return h[:12]
 	}

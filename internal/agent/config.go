@@ -1,11 +1,13 @@
-package main
+package agent
 
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,8 +19,8 @@ import (
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
 )
 
-// agentConfig is /etc/mqha/agent.conf: "key = value" lines, # comments.
-type agentConfig struct {
+// Config is /etc/mqha/agent.conf: "key = value" lines, # comments.
+type Config struct {
 	Repo       string        // git URL: file://, git://, https://, ssh://
 	Branch     string        // default main
 	Path       string        // directory of the cluster package in the repo
@@ -39,13 +41,57 @@ type agentConfig struct {
 	WebhookSecretFile string        // shared secret for /hook
 }
 
-func defaultConfig() agentConfig {
-	return agentConfig{Branch: "main", Path: ".", Poll: 5 * time.Second, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
+func defaultConfig() Config {
+	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
 		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket}
 }
 
-// parseConfig reads the agent's configuration; every problem names its line.
-func parseConfig(name string, data []byte) (agentConfig, error) {
+type key struct {
+	name string
+	set  func(c *Config, v string) error
+}
+
+// keys is every key of agent.conf and how it sets its field: the one list
+// the parser, its error messages and the documentation tests read.
+var keys = []key{
+	{"repo", str(func(c *Config) *string { return &c.Repo })},
+	{"branch", str(func(c *Config) *string { return &c.Branch })},
+	{"path", str(func(c *Config) *string { return &c.Path })},
+	{"node", str(func(c *Config) *string { return &c.Node })},
+	{"poll", dur(func(c *Config) *time.Duration { return &c.Poll }, time.Second)},
+	{"settle", dur(func(c *Config) *time.Duration { return &c.Settle }, 0)},
+	{"state-dir", str(func(c *Config) *string { return &c.StateDir })},
+	{"token-file", str(func(c *Config) *string { return &c.TokenFile })},
+	{"ssh-key", str(func(c *Config) *string { return &c.SSHKey })},
+	{"known-hosts", str(func(c *Config) *string { return &c.KnownHosts })},
+	{"health-interval", dur(func(c *Config) *time.Duration { return &c.HealthInterval }, 500*time.Millisecond)},
+	{"verify-timeout", dur(func(c *Config) *time.Duration { return &c.VerifyTimeout }, time.Second)},
+	{"trusted-keys", str(func(c *Config) *string { return &c.TrustedKeys })},
+	{"allow-rewind", func(c *Config, v string) (err error) { c.AllowRewind, err = strconv.ParseBool(v); return err }},
+	{"socket", str(func(c *Config) *string { return &c.Socket })},
+	{"listen", str(func(c *Config) *string { return &c.Listen })},
+	{"webhook-secret-file", str(func(c *Config) *string { return &c.WebhookSecretFile })},
+}
+
+func str(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *field(c) = v; return nil }
+}
+
+func dur(field func(*Config) *time.Duration, min time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) (err error) { *field(c), err = duration(v, min); return err }
+}
+
+// Keys are the names agent.conf accepts.
+func Keys() []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.name
+	}
+	return out
+}
+
+// ParseConfig reads the agent's configuration; every problem names its line.
+func ParseConfig(name string, data []byte) (Config, error) {
 	c := defaultConfig()
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
@@ -58,44 +104,12 @@ func parseConfig(name string, data []byte) (agentConfig, error) {
 			return c, fmt.Errorf("%s:%d: want \"key = value\", got %q", name, n, line)
 		}
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		i := slices.IndexFunc(keys, func(x key) bool { return x.name == k })
 		var err error
-		switch k {
-		case "repo":
-			c.Repo = v
-		case "branch":
-			c.Branch = v
-		case "path":
-			c.Path = v
-		case "node":
-			c.Node = v
-		case "poll":
-			c.Poll, err = duration(v, time.Second)
-		case "settle":
-			c.Settle, err = duration(v, 0)
-		case "state-dir":
-			c.StateDir = v
-		case "token-file":
-			c.TokenFile = v
-		case "ssh-key":
-			c.SSHKey = v
-		case "known-hosts":
-			c.KnownHosts = v
-		case "health-interval":
-			c.HealthInterval, err = duration(v, 500*time.Millisecond)
-		case "verify-timeout":
-			c.VerifyTimeout, err = duration(v, time.Second)
-		case "trusted-keys":
-			c.TrustedKeys = v
-		case "allow-rewind":
-			c.AllowRewind, err = strconv.ParseBool(v)
-		case "socket":
-			c.Socket = v
-		case "listen":
-			c.Listen = v
-		case "webhook-secret-file":
-			c.WebhookSecretFile = v
-		default:
-			err = fmt.Errorf("unknown key %q (keys: repo, branch, path, node, poll, settle, state-dir, token-file, ssh-key, known-hosts, health-interval, verify-timeout, trusted-keys, allow-rewind, socket, listen, webhook-secret-file)", k)
+		if i < 0 {
+			err = fmt.Errorf("unknown key %q (keys: %s)", k, strings.Join(Keys(), ", "))
+		} else {
+			err = keys[i].set(&c, v)
 		}
 		if err != nil {
 			return c, fmt.Errorf("%s:%d: %w", name, n, err)
@@ -133,8 +147,8 @@ func duration(v string, min time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// auth builds the transport credentials the configuration names.
-func (c agentConfig) auth() (transport.AuthMethod, error) {
+// Auth builds the transport credentials the configuration names.
+func (c Config) Auth() (transport.AuthMethod, error) {
 	switch {
 	case c.TokenFile != "":
 		tok, err := os.ReadFile(c.TokenFile)
@@ -163,4 +177,21 @@ func (c agentConfig) auth() (transport.AuthMethod, error) {
 		return keys, nil
 	}
 	return nil, nil
+}
+
+// NodeName is the node this agent runs: configured, else the host name up
+// to its first dot.
+func NodeName(configured string) (string, error) {
+	if configured != "" {
+		return configured, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("no node name configured and no host name: %w", err)
+	}
+	name, _, _ := strings.Cut(h, ".")
+	if name == "" {
+		return "", errors.New("no node name configured and the host name is empty")
+	}
+	return name, nil
 }

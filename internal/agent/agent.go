@@ -1,0 +1,264 @@
+// Package agent is the mqha daemon: it pulls the cluster repository,
+// converges this node on each new commit, keeps the applied one enforced,
+// checks and repairs the daemons every few seconds, and reports what it did.
+//
+// One goroutine (Run's loop) does all the work, so converging and repairing
+// never race; the control socket and the webhook only read a snapshot or ask
+// the loop. Each job has a file: the loop here, the pull policy in pull.go,
+// the per-commit view in view.go, converging in converge.go, the VIP policy
+// in vip.go with the keepalived fault file in fault.go, state changes in
+// state.go, and metrics, sd_notify and the webhook in observe.go. The world
+// (git, systemd, peers, the clock) comes in through Deps, so the policies
+// are tested with fakes.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/source"
+)
+
+// Source is the cluster repository as the agent uses it.
+type Source interface {
+	// Head asks the remote where the branch points.
+	Head(ctx context.Context) (string, error)
+	// Fetch makes hash available locally.
+	Fetch(ctx context.Context, hash string) error
+	// Descends reports whether hash has ancestor in its history.
+	Descends(ctx context.Context, hash, ancestor string) (bool, error)
+	// Read returns the files under dir of commit hash.
+	Read(hash, dir string) (*source.Commit, error)
+}
+
+// Verifier checks a commit's signature and names its signer.
+type Verifier interface {
+	Verify(hash string) (signer string, err error)
+}
+
+// Systemd is what the agent needs of systemd: apply's unit actions and the
+// health monitor's kill of a hung daemon.
+type Systemd interface {
+	apply.Systemd
+	Kill(ctx context.Context, unit string, sig syscall.Signal) error
+}
+
+// Hooks are what converging asks of the fleet: Gate waits for this node's
+// turn before anything is written, Verify checks the daemons serve after.
+type Hooks struct {
+	Gate   func(ctx context.Context, p *plan.Plan) error
+	Verify func(ctx context.Context, p *plan.Plan) error
+}
+
+// Converger carries a view out on the node: plan against the live system,
+// validate, wait for the gate, write, drive the units, verify; rolling back
+// on failure. Converge (converge.go) is the real one.
+type Converger func(ctx context.Context, v *View, h Hooks) (*plan.Plan, error)
+
+// Deps are the agent's seams to the world. New fills what is nil with the
+// real thing where there is one.
+type Deps struct {
+	Source   Source
+	Verifier Verifier // nil: signatures are not required
+	Systemd  Systemd
+	Converge Converger
+	// LoadTLS reads the node's certificate as a client of the cluster CA.
+	LoadTLS func(tls TLSFiles) (*tls.Config, error)
+	// ProbeLB checks that a load balancer passes TLS through to a broker.
+	ProbeLB func(ctx context.Context, addr string, tc *tls.Config) error
+	// WatchUnits reports units whose state changes (nil: none reported).
+	WatchUnits func(watch func() []string) (<-chan string, error)
+	// WatchFiles reports managed files changed by hand (nil: not watched).
+	WatchFiles func(ctx context.Context, files []string) (<-chan string, error)
+	// Notify sends sd_notify lines (nil: dropped).
+	Notify func(state string)
+	// Now is the clock of the pull policy (nil: time.Now).
+	Now func() time.Time
+	// FaultFile is keepalived's track file (empty: daemon.FaultFile).
+	FaultFile string
+	Log       *slog.Logger
+	Version   string
+}
+
+// Agent is the running daemon of one node.
+type Agent struct {
+	cfg  Config
+	node string
+	d    Deps
+	log  *slog.Logger
+
+	applied string // the last commit applied successfully
+	view    *View  // applied, loaded once (nil until first needed)
+	refused string // last commit refused; not retried until the branch moves
+	backoff time.Duration
+	nextTry time.Time
+
+	monitor   *health.Monitor
+	fault     *Fault
+	drift     <-chan string
+	stopDrift context.CancelFunc
+
+	sync    chan chan error // the control socket's and the webhook's "pull now"
+	hook    chan struct{}
+	recheck chan struct{} // a failed check runs again soon
+
+	mu    sync.Mutex
+	st    control.Status
+	said  string       // the last STATUS line sent
+	units []string     // units the node runs (for the unit watcher)
+	beat  atomic.Int64 // last finished loop round, unix ns
+
+	m metrics
+}
+
+// New prepares the agent of node cfg.Node (already defaulted) from its
+// recorded state; Run starts it.
+func New(cfg Config, node string, d Deps) *Agent {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Notify == nil {
+		d.Notify = func(string) {}
+	}
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	if d.Converge == nil {
+		d.Converge = Converge(d.Systemd, cfg.StateDir, cfg.Settle, d.Log)
+	}
+	if d.LoadTLS == nil {
+		d.LoadTLS = LoadTLS
+	}
+	if d.ProbeLB == nil {
+		d.ProbeLB = probeTLSThrough
+	}
+	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
+		sync: make(chan chan error), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
+	a.fault = newFault(d.FaultFile, a.log)
+	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
+	a.restoreState()
+	return a
+}
+
+// maxOperation bounds one round of the loop: waiting for this node's turn
+// (patience 1 min), applying, verifying (verify-timeout). A loop silent for
+// longer is hung, and the watchdog lets systemd restart the agent.
+const maxOperation = 3 * time.Minute
+
+// Run converges once, says READY, and then loops until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	var units <-chan string
+	if a.d.WatchUnits != nil {
+		var err error
+		if units, err = a.d.WatchUnits(a.runs); err != nil {
+			return err
+		}
+	}
+	go a.watchdog(ctx)
+	a.log.Info("agent started", "node", a.node, "repo", a.cfg.Repo, "branch", a.cfg.Branch, "applied", source.Short(a.applied),
+		"signatures", a.d.Verifier != nil, "version", a.d.Version)
+
+	a.beat.Store(time.Now().UnixNano())
+	a.tick(ctx, true)
+	a.d.Notify("READY=1")
+	poll := time.NewTicker(a.cfg.Poll)
+	defer poll.Stop()
+	checks := time.NewTicker(a.cfg.HealthInterval)
+	defer checks.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.d.Notify("STOPPING=1")
+			return nil
+		case <-poll.C:
+			a.tick(ctx, false)
+		case reply := <-a.sync:
+			reply <- a.tick(ctx, true)
+		case <-a.hook:
+			a.tick(ctx, true)
+		case <-checks.C:
+			a.checkHealth(ctx)
+		case u := <-units:
+			a.log.Info("unit changed state; checking now", "unit", u)
+			a.checkHealth(ctx)
+		case <-a.recheck:
+			a.checkHealth(ctx)
+		case path := <-a.drift:
+			a.log.Warn("a managed file changed on disk; reverting it", "path", path)
+			a.m.drift.Inc()
+			a.enforce(ctx)
+		}
+		a.beat.Store(time.Now().UnixNano())
+	}
+}
+
+// watchdog pings systemd while the loop is alive: it finished a round
+// recently, or the round it is in has not run past maxOperation.
+func (a *Agent) watchdog(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			last := time.Unix(0, a.beat.Load())
+			if time.Since(last) < maxOperation {
+				a.d.Notify("WATCHDOG=1")
+			} else {
+				a.log.Error("the agent loop has not finished a round for too long; letting the watchdog restart it", "since", last)
+			}
+		}
+	}
+}
+
+// runs is the set of units this node runs under the applied commit.
+func (a *Agent) runs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.units
+}
+
+// Status and Sync serve the control socket.
+func (a *Agent) Status() control.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.st
+	if a.monitor != nil {
+		s.Checks = a.monitor.Results()
+	}
+	return s
+}
+
+func (a *Agent) Sync(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case a.sync <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *Agent) checkHealth(ctx context.Context) {
+	a.mu.Lock()
+	m := a.monitor
+	a.mu.Unlock()
+	if m != nil {
+		m.Once(ctx)
+	}
+}

@@ -1,0 +1,409 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/internal/unit"
+)
+
+// fakeSource is a repository whose commits are cluster definitions held in
+// memory; head is where the branch points, headErr makes the remote
+// unreachable.
+type fakeSource struct {
+	mu       sync.Mutex
+	head     string
+	headErr  error
+	commits  map[string]fstest.MapFS
+	descends func(hash, ancestor string) bool
+	heads    int // calls of Head
+	reads    []string
+}
+
+func (f *fakeSource) Head(context.Context) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.heads++
+	return f.head, f.headErr
+}
+func (f *fakeSource) Fetch(_ context.Context, hash string) error {
+	if _, ok := f.commits[hash]; !ok {
+		return fmt.Errorf("commit %s not found", hash)
+	}
+	return nil
+}
+func (f *fakeSource) Descends(_ context.Context, hash, ancestor string) (bool, error) {
+	if f.descends != nil {
+		return f.descends(hash, ancestor), nil
+	}
+	return true, nil
+}
+func (f *fakeSource) Read(hash, _ string) (*source.Commit, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads = append(f.reads, hash)
+	files, ok := f.commits[hash]
+	if !ok {
+		return nil, fmt.Errorf("commit %s not found", hash)
+	}
+	return &source.Commit{Hash: hash, Subject: "subject of " + hash, Files: files}, nil
+}
+
+// definition is the example cluster with one setting varied per commit.
+func definition(t *testing.T, extra string) fstest.MapFS {
+	t.Helper()
+	b, err := os.ReadFile("../../cluster-repo-example/cluster.cue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fstest.MapFS{"cluster.cue": {Data: b}, "extra.cue": {Data: []byte("package cluster\n\n" + extra + "\n")}}
+}
+
+// fakeConverger records what it was asked to converge and fails on demand.
+type fakeConverger struct {
+	calls []string // commits, in order
+	fail  map[string]error
+}
+
+func (f *fakeConverger) converge(_ context.Context, v *View, _ Hooks) (*plan.Plan, error) {
+	f.calls = append(f.calls, v.Commit)
+	return &plan.Plan{Node: v.Node.Name}, f.fail[v.Commit]
+}
+
+type fakeSystemd struct{}
+
+func (fakeSystemd) State(context.Context, string) (unit.State, error) {
+	return unit.State{ActiveState: "active", LoadState: "loaded"}, nil
+}
+func (fakeSystemd) DaemonReload(context.Context) error                 { return nil }
+func (fakeSystemd) Do(context.Context, unit.Action, string) error      { return nil }
+func (fakeSystemd) Enable(context.Context, string) error               { return nil }
+func (fakeSystemd) Disable(context.Context, string) error              { return nil }
+func (fakeSystemd) Kill(context.Context, string, syscall.Signal) error { return nil }
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+type harness struct {
+	a      *Agent
+	src    *fakeSource
+	conv   *fakeConverger
+	clock  *clock
+	notes  []string
+	dir    string
+	probes int
+	peerOK bool
+}
+
+// newHarness is an agent of node broker1 (lb1 with lb set) of the example
+// cluster, with every seam faked; stateDir may hold a previous run's state.
+func newHarness(t *testing.T, node string, stateDir string, commits map[string]string) *harness {
+	t.Helper()
+	h := &harness{src: &fakeSource{commits: map[string]fstest.MapFS{}}, conv: &fakeConverger{fail: map[string]error{}},
+		clock: &clock{t: time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)}, dir: stateDir}
+	for hash, extra := range commits {
+		h.src.commits[hash] = definition(t, extra)
+	}
+	if h.dir == "" {
+		h.dir = t.TempDir()
+	}
+	cfg := defaultConfig()
+	cfg.Repo, cfg.StateDir = "git://example/cluster.git", h.dir
+	h.a = New(cfg, node, Deps{Source: h.src, Systemd: fakeSystemd{}, Converge: h.conv.converge,
+		LoadTLS: func(TLSFiles) (*tls.Config, error) { return &tls.Config{}, nil },
+		ProbeLB: func(context.Context, string, *tls.Config) error {
+			h.probes++
+			if h.peerOK {
+				return nil
+			}
+			return errors.New("refused")
+		},
+		Notify:    func(s string) { h.notes = append(h.notes, s) },
+		Now:       h.clock.now,
+		FaultFile: filepath.Join(h.dir, "lb-fault"),
+		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	return h
+}
+
+func (h *harness) tick(t *testing.T, force bool) error {
+	t.Helper()
+	return h.a.tick(context.Background(), force)
+}
+
+func TestNewCommitAppliedAndRecorded(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	if err := h.tick(t, false); err != nil {
+		t.Fatal(err)
+	}
+	s := h.a.Status()
+	if s.Applied != "c1" || s.AppliedSubject != "subject of c1" || s.Roles != "broker" || !s.AppliedAt.Equal(h.clock.t) {
+		t.Errorf("status %+v", s)
+	}
+	if b, _ := os.ReadFile(filepath.Join(h.dir, "applied")); strings.TrimSpace(string(b)) != "c1" {
+		t.Errorf("state file says %q", b)
+	}
+	if len(h.notes) == 0 || h.notes[len(h.notes)-1] != "STATUS=applied c1" {
+		t.Errorf("sd_notify lines %q", h.notes)
+	}
+	if len(h.a.Status().Checks) != 0 || h.a.monitor == nil || len(h.a.monitor.Checks) != 1 {
+		t.Errorf("the health monitor of a broker should have its mosquitto check: %+v", h.a.monitor)
+	}
+}
+
+// The applied commit is enforced on every poll from the view loaded once:
+// it is read once, however often it is enforced.
+func TestEnforceReusesTheView(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	for range 5 {
+		h.clock.advance(5 * time.Second)
+		if err := h.tick(t, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(h.src.reads) != 1 {
+		t.Errorf("read the commit %d times, want once", len(h.src.reads))
+	}
+	if strings.Join(h.conv.calls, " ") != "c1 c1 c1 c1 c1" {
+		t.Errorf("converged %v, want c1 applied then enforced on every tick", h.conv.calls)
+	}
+}
+
+func TestBackoffWhileTheRemoteIsDown(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	h.tick(t, false)
+	h.src.headErr = errors.New("connection refused")
+	var waits []time.Duration
+	for range 6 {
+		before := h.src.heads
+		h.tick(t, false)
+		if h.src.heads != before+1 {
+			t.Fatal("the remote was not asked although the back-off had passed")
+		}
+		waits = append(waits, h.a.backoff)
+		// Not asked again before the back-off passes...
+		h.clock.advance(h.a.backoff - time.Millisecond)
+		h.tick(t, false)
+		if h.src.heads != before+1 {
+			t.Fatalf("asked the remote again within the back-off %s", h.a.backoff)
+		}
+		h.clock.advance(2 * time.Millisecond)
+	}
+	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, time.Minute, time.Minute}
+	if fmt.Sprint(waits) != fmt.Sprint(want) {
+		t.Errorf("back-off %v, want %v", waits, want)
+	}
+	if s := h.a.Status(); s.FetchError != "connection refused" || s.Applied != "c1" {
+		t.Errorf("status %+v", s)
+	}
+	// ...unless forced (a push trigger, sync).
+	before := h.src.heads
+	h.tick(t, true)
+	if h.src.heads != before+1 {
+		t.Error("a forced tick did not ask the remote")
+	}
+	// Every tick, reachable or not, kept enforcing the applied commit.
+	if n := len(h.conv.calls); n != 14 {
+		t.Errorf("converged %d times, want 14 (every tick enforces)", n)
+	}
+	h.src.headErr = nil
+	h.tick(t, true)
+	if s := h.a.Status(); s.FetchError != "" || h.a.backoff != 0 {
+		t.Errorf("recovered: status %+v, back-off %s", s, h.a.backoff)
+	}
+}
+
+func TestRefusedCommitNotRetriedUntilTheBranchMoves(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000", "c3": "mqtt: maxQueuedMessages: 3000"})
+	h.src.head = "c1"
+	h.tick(t, false)
+	h.conv.fail["c2"] = errors.New("health check after apply: not healthy (rolled back to the previous files and unit states)")
+	h.src.head = "c2"
+	if err := h.tick(t, false); err == nil {
+		t.Fatal("want the converge error")
+	}
+	s := h.a.Status()
+	if s.Applied != "c1" || s.Refused != "c2" || !strings.Contains(s.RefusedReason, "rolled back") {
+		t.Fatalf("status %+v", s)
+	}
+	if b, _ := os.ReadFile(filepath.Join(h.dir, "refused")); !strings.HasPrefix(string(b), "c2 commit c2 (subject of c2): health check") {
+		t.Errorf("refused state %q", b)
+	}
+	if !strings.Contains(h.notes[len(h.notes)-1], "refused c2: commit c2") {
+		t.Errorf("STATUS line does not say the refusal: %q", h.notes[len(h.notes)-1])
+	}
+	// After the refusal the previous commit is enforced again at once.
+	if got := strings.Join(h.conv.calls, " "); got != "c1 c2 c1" {
+		t.Errorf("converged %s, want c1 c2 c1", got)
+	}
+	h.conv.calls = nil
+	for range 3 {
+		h.clock.advance(5 * time.Second)
+		h.tick(t, false)
+	}
+	if got := strings.Join(h.conv.calls, " "); got != "c1 c1 c1" {
+		t.Errorf("converged %s: the refused commit was retried", got)
+	}
+	h.src.head = "c3"
+	h.tick(t, false)
+	if s := h.a.Status(); s.Applied != "c3" || s.Refused != "" {
+		t.Errorf("after the branch moved on: status %+v", s)
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "refused")); !os.IsNotExist(err) {
+		t.Error("the refused state file outlived a newer applied commit")
+	}
+}
+
+// A restart tries a refused commit once more (what refused it may have been
+// fixed on the node) and starts from the recorded applied commit.
+func TestRestartRetriesARefusedCommitOnce(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "applied"), []byte("c1\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "refused"), []byte("c2 it failed\n"), 0o644)
+	h := newHarness(t, "broker1", dir, map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+	if s := h.a.Status(); s.Applied != "c1" || s.Refused != "c2" || s.RefusedReason != "it failed" {
+		t.Fatalf("restored status %+v", s)
+	}
+	h.src.head = "c2"
+	h.tick(t, false)
+	if s := h.a.Status(); s.Applied != "c2" || s.Refused != "" {
+		t.Errorf("status %+v: the refused commit was not tried again after the restart", s)
+	}
+}
+
+func TestChecksBeforeAnythingIsRead(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		setup    func(h *harness)
+		want     string
+		readsNew bool
+	}{
+		{"unsigned", func(h *harness) { h.a.d.Verifier = verifier{errors.New("commit is not signed")} }, "commit c2: untrusted: commit is not signed", false},
+		{"rewritten history", func(h *harness) { h.src.descends = func(string, string) bool { return false } }, "does not descend from the applied c1", false},
+		{"rewind allowed", func(h *harness) {
+			h.src.descends = func(string, string) bool { return false }
+			h.a.cfg.AllowRewind = true
+		}, "", true},
+		{"schema error", func(h *harness) {
+			h.src.commits["c2"]["extra.cue"].Data = []byte("package cluster\n\nvip: routerId: 7\n")
+		}, "field not allowed", true},
+		{"node removed", func(h *harness) { h.a.node = "broker9" }, `node "broker9" is not in the cluster definition`, true},
+		{"certificate does not load", func(h *harness) {
+			h.a.d.LoadTLS = func(TLSFiles) (*tls.Config, error) {
+				return nil, errors.New("open /etc/mqha/tls/node.key: permission denied")
+			}
+		}, "certificate does not load", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+			h.src.head = "c1"
+			h.tick(t, false)
+			h.conv.calls, h.src.reads = nil, nil
+			tt.setup(h)
+			h.src.head = "c2"
+			h.tick(t, false)
+			s := h.a.Status()
+			if tt.want == "" {
+				if s.Applied != "c2" {
+					t.Fatalf("status %+v, want c2 applied", s)
+				}
+				return
+			}
+			if s.Refused != "c2" || !strings.Contains(s.RefusedReason, tt.want) {
+				t.Fatalf("status %+v, want c2 refused with %q", s, tt.want)
+			}
+			for _, c := range h.conv.calls {
+				if c == "c2" {
+					t.Error("a refused commit reached the node")
+				}
+			}
+			readNew := strings.Contains(strings.Join(h.src.reads, " "), "c2")
+			if readNew != tt.readsNew {
+				t.Errorf("read c2: %v, want %v (signature and history are checked before anything is read)", readNew, tt.readsNew)
+			}
+		})
+	}
+}
+
+type verifier struct{ err error }
+
+func (v verifier) Verify(string) (string, error) { return "ops", v.err }
+
+func faultFile(t *testing.T, h *harness) string {
+	t.Helper()
+	b, err := os.ReadFile(h.a.fault.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// The fault file has one owner; the gate's reason and health's reason are
+// held separately, so one cannot clear the other's.
+func TestFaultReasons(t *testing.T) {
+	h := newHarness(t, "lb1", "", nil)
+	f := h.a.fault
+	f.gate(true)
+	f.Set(faultHealth)
+	f.gate(false)
+	if got := faultFile(t, h); got != "1" {
+		t.Fatalf("the gate cleared health's fault: file says %s", got)
+	}
+	f.Clear(faultHealth)
+	if got := faultFile(t, h); got != "0" {
+		t.Fatalf("no reason left, file says %s", got)
+	}
+}
+
+// The VIP policy: nginx failing twice gives up the VIP, but only to a peer
+// that serves; a healthy nginx takes part again.
+func TestVIPPolicy(t *testing.T) {
+	h := newHarness(t, "lb1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	h.tick(t, false)
+	fail := func(n int) health.Result {
+		return health.Result{Name: "nginx", OK: false, Failures: n, Error: "refused"}
+	}
+
+	h.a.onResult(fail(1))
+	if h.a.fault.Holds(faultHealth) {
+		t.Fatal("one failure gave up the VIP")
+	}
+	h.a.onResult(fail(2))
+	if h.a.fault.Holds(faultHealth) || h.probes == 0 {
+		t.Fatal("gave up the VIP without a serving peer (or never asked the peer)")
+	}
+	h.peerOK = true
+	h.a.onResult(fail(3))
+	if !h.a.fault.Holds(faultHealth) || faultFile(t, h) != "1" {
+		t.Fatal("kept the VIP although nginx failed and the peer serves")
+	}
+	h.a.onResult(health.Result{Name: "mosquitto", OK: true})
+	if !h.a.fault.Holds(faultHealth) {
+		t.Fatal("another check's result cleared nginx's fault")
+	}
+	h.a.onResult(health.Result{Name: "nginx", OK: true})
+	if h.a.fault.Holds(faultHealth) || faultFile(t, h) != "0" {
+		t.Fatal("a serving nginx is still out of VRRP")
+	}
+}

@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name, in, err string
+		check         func(Config) bool
+	}{
+		{"defaults", "repo = git://10.0.0.1/c.git\n", "", func(c Config) bool {
+			return c.Branch == "main" && c.Poll == 5*time.Second && c.StateDir == "/var/lib/mqha" && c.Path == "."
+		}},
+		{"everything", "# comment\nrepo = https://git.example/c.git\nbranch = prod\npath = clusters/eu\nnode = lb1\npoll = 2s\ntoken-file = /etc/mqha/token\n", "", func(c Config) bool {
+			return c.Branch == "prod" && c.Path == "clusters/eu" && c.Node == "lb1" && c.Poll == 2*time.Second && c.TokenFile == "/etc/mqha/token"
+		}},
+		{"empty is unconfigured", "", "", func(c Config) bool { return c.Repo == "" }},
+		{"unknown key", "repo = git://h/c\nrepository = x\n", "agent.conf:2: unknown key \"repository\"", nil},
+		{"no equals", "repo git://h/c\n", "agent.conf:1: want \"key = value\"", nil},
+		{"bad poll", "poll = often\n", "agent.conf:1: \"often\" is not a duration", nil},
+		{"poll too short", "poll = 10ms\n", "below the minimum", nil},
+		{"bad scheme", "repo = ftp://h/c\n", "want a file://, git://", nil},
+		{"token on ssh", "repo = ssh://git@h/c\ntoken-file = /t\n", "token-file only applies to https", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseConfig("agent.conf", []byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("want error %q, got %v", tt.err, err)
+				}
+				return
+			}
+			if err != nil || !tt.check(c) {
+				t.Fatalf("got %+v, %v", c, err)
+			}
+		})
+	}
+}
+
+// TestEveryKeyParses sets each key of the table once, so that a key added
+// to the table without a working setter fails here.
+func TestEveryKeyParses(t *testing.T) {
+	values := map[string]string{"poll": "2s", "settle": "1s", "health-interval": "1s", "verify-timeout": "5s", "allow-rewind": "true"}
+	for _, k := range Keys() {
+		v, ok := values[k]
+		if !ok {
+			v = "x"
+		}
+		if k == "repo" {
+			v = "git://h/c"
+		}
+		in := "repo = git://h/c\n" + k + " = " + v + "\n"
+		if k == "token-file" || k == "ssh-key" || k == "known-hosts" || k == "webhook-secret-file" {
+			continue // need companions, covered above
+		}
+		if _, err := ParseConfig("agent.conf", []byte(in)); err != nil {
+			t.Errorf("%s = %s: %v", k, v, err)
+		}
+	}
+	if _, err := ParseConfig("agent.conf", []byte("nope = 1\n")); err == nil || !strings.Contains(err.Error(), strings.Join(Keys(), ", ")) {
+		t.Errorf("the unknown-key error does not list the keys: %v", err)
+	}
+}

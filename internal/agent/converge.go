@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/rollout"
+	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/internal/unit"
+	"github.com/mqha/mqha/internal/validate"
+)
+
+// probeTimeout bounds one probe; the loop runs every health-interval. A
+// loopback TLS + MQTT round trip takes milliseconds: 1.5 s means hung.
+const probeTimeout = 1500 * time.Millisecond
+
+// Fleet order: the delay per position among nodes of a role, and how long a
+// node waits for its peers before going ahead anyway.
+const (
+	rolloutSlot     = 3 * time.Second
+	rolloutPatience = time.Minute
+)
+
+// Converge is the real Converger: the view's rendered files, planned
+// against this machine's files and units, applied through systemd.
+func Converge(sd apply.Systemd, stateDir string, settle time.Duration, log *slog.Logger) Converger {
+	return func(ctx context.Context, v *View, h Hooks) (*plan.Plan, error) {
+		return ConvergeOutput(ctx, v.Output, sd, stateDir, settle, log, h)
+	}
+}
+
+// ConvergeOutput plans out against the live system and applies it; also
+// what `mqha-agent apply` runs.
+func ConvergeOutput(ctx context.Context, out *render.Output, sd apply.Systemd, stateDir string, settle time.Duration, log *slog.Logger, h Hooks) (*plan.Plan, error) {
+	states, err := UnitStates(ctx, sd)
+	if err != nil {
+		return nil, err
+	}
+	p, err := plan.Make(out, os.DirFS("/"), states)
+	if err != nil {
+		return nil, err
+	}
+	a := &apply.Applier{Root: "/", BackupDir: filepath.Join(stateDir, "backup"), Systemd: sd,
+		Validator: daemon.Validator{Tools: validate.Tools{}}, Settle: settle, Log: log, Gate: h.Gate, Verify: h.Verify}
+	return p, a.Apply(ctx, p)
+}
+
+// UnitStates asks systemd for the state of every managed unit.
+func UnitStates(ctx context.Context, sd interface {
+	State(context.Context, string) (unit.State, error)
+}) (map[string]unit.State, error) {
+	states := map[string]unit.State{}
+	for _, u := range daemon.Units() {
+		st, err := sd.State(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		states[u] = st
+	}
+	return states, nil
+}
+
+// apply converges the node on v in its turn of the fleet, verifies the
+// daemons serve, and records v as applied when it is new.
+func (a *Agent) apply(ctx context.Context, v *View) error {
+	// Peers still serve with the applied configuration: probe them with its
+	// certificates, not with the candidate's (which may be the mistake).
+	peerTLS := v.TLS
+	if a.view != nil {
+		peerTLS = a.view.TLS
+	}
+	gate := &rollout.Gate{Cluster: v.Cluster, Node: v.Node, TLS: peerTLS, Fault: a.fault.gate, Log: a.log,
+		Slot: rolloutSlot, Patience: rolloutPatience}
+	defer gate.Done()
+	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verify(ctx, v, p) }})
+	if p != nil && !p.Empty() {
+		for _, ch := range p.Changes {
+			a.log.Info("diff", "path", ch.File.Path, "diff", ch.Diff)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("commit %s (%s): %w", source.Short(v.Commit), v.Subject, err)
+	}
+	if v != a.view {
+		a.applyDone(v)
+		a.rebuild(ctx, v)
+	}
+	return nil
+}
+
+// verify runs the health checks of the daemons a plan touched until they pass.
+func (a *Agent) verify(ctx context.Context, v *View, p *plan.Plan) error {
+	var checks []health.Check
+	for _, u := range p.Units {
+		if u.Action != unit.None && u.Action != unit.Stop {
+			checks = append(checks, v.checksOf[u.Name]...)
+		}
+	}
+	m := &health.Monitor{Checks: checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}
+	return m.Verify(ctx, a.cfg.VerifyTimeout)
+}
+
+// rebuild points the health monitor, the unit watcher and the drift watcher
+// at what v says.
+func (a *Agent) rebuild(ctx context.Context, v *View) {
+	m := &health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult}
+	a.mu.Lock()
+	a.monitor = m
+	a.units = v.Output.Units
+	a.mu.Unlock()
+
+	if a.stopDrift != nil {
+		a.stopDrift()
+		a.stopDrift, a.drift = nil, nil
+	}
+	if a.d.WatchFiles == nil {
+		return
+	}
+	var files []string
+	for _, f := range v.Output.Files {
+		files = append(files, f.Path)
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	ch, err := a.d.WatchFiles(dctx, files)
+	if err != nil {
+		a.log.Error("drift watcher", "err", err)
+		cancel()
+		return
+	}
+	a.drift, a.stopDrift = ch, cancel
+}

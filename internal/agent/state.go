@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/mqha/mqha/internal/atomicfile"
+	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/source"
+)
+
+// The recorder: every change of what the agent applied, refused or could
+// not fetch goes through applyDone, refuse or fetched, which update the
+// field, the state file, the status, the metrics and the sd_notify STATUS
+// line together.
+
+// restoreState reads what a previous run recorded.
+func (a *Agent) restoreState() {
+	a.applied = a.readState("applied")
+	a.st.Applied = a.applied
+	if a.applied != "" {
+		a.m.setApplied(a.applied)
+	}
+	// A commit refused before a restart is shown, and tried once more: what
+	// made it fail (trusted keys, a missing package) may have been fixed.
+	a.st.Refused, a.st.RefusedReason, _ = strings.Cut(a.readState("refused"), " ")
+}
+
+// applyDone records v as the applied commit.
+func (a *Agent) applyDone(v *View) {
+	newCommit := v.Commit != a.applied
+	if newCommit {
+		// A newer commit applied: any refusal is history.
+		a.refused = ""
+		os.Remove(filepath.Join(a.cfg.StateDir, "refused"))
+	}
+	a.applied, a.view = v.Commit, v
+	a.writeState("applied", v.Commit)
+	a.m.setApplied(v.Commit)
+	a.log.Info("converged", "commit", source.Short(v.Commit), "subject", v.Subject)
+	a.update(func(s *control.Status) {
+		if newCommit {
+			s.Refused, s.RefusedReason = "", ""
+		}
+		s.Applied, s.AppliedSubject, s.AppliedAt, s.Roles = v.Commit, v.Subject, a.d.Now(), v.Node.RoleList()
+	})
+}
+
+// refuse records that commit hash will not be applied, and why.
+func (a *Agent) refuse(hash string, err error) {
+	a.m.converges.WithLabelValues("refused").Inc()
+	a.refused = hash
+	why := oneLine(err.Error())
+	a.writeState("refused", hash+" "+why)
+	a.log.Error("commit refused", "commit", source.Short(hash), "err", err)
+	a.update(func(s *control.Status) { s.Refused, s.RefusedReason = hash, why })
+}
+
+// fetched records the outcome of asking the remote for the branch head.
+func (a *Agent) fetched(err error) {
+	msg := ""
+	if err != nil {
+		a.m.fetchErrors.Inc()
+		msg = err.Error()
+	}
+	now := a.d.Now()
+	a.update(func(s *control.Status) { s.LastFetch, s.FetchError = now, msg })
+}
+
+// update changes the status and says it on the STATUS line.
+func (a *Agent) update(f func(*control.Status)) {
+	a.mu.Lock()
+	f(&a.st)
+	line := statusLine(a.st)
+	changed := line != a.said
+	a.said = line
+	a.mu.Unlock()
+	if changed {
+		a.d.Notify("STATUS=" + line)
+	}
+}
+
+// statusLine is what `systemctl status mqha-agent` shows.
+func statusLine(s control.Status) string {
+	msg := "applied " + source.Short(s.Applied)
+	if s.Refused != "" && s.Refused != s.Applied {
+		msg += "; refused " + source.Short(s.Refused) + ": " + s.RefusedReason
+	}
+	if s.FetchError != "" {
+		msg += "; fetch error: " + s.FetchError
+	}
+	return msg
+}
+
+func (a *Agent) readState(name string) string {
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, name))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		a.log.Warn("read state", "file", name, "err", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (a *Agent) writeState(name, value string) {
+	if err := atomicfile.Write(filepath.Join(a.cfg.StateDir, name), []byte(value+"\n"), 0o644); err != nil {
+		a.log.Error("write state", "file", name, "err", err)
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/schema"
+)
+
+// View is one commit as this node sees it, computed once when the commit
+// loads and reused by enforce, verify, the health monitor, drift and the
+// peer probes: a commit's content never changes.
+type View struct {
+	Commit, Subject string
+	Cluster         *cluster.Cluster
+	Node            cluster.Node
+	Output          *render.Output // the node's rendered files and units
+	TLS             *tls.Config    // the node's certificate as a client of the cluster CA
+	Checks          []health.Check // every check of the node's daemons
+	checksOf        map[string][]health.Check
+}
+
+// TLSFiles name the node's certificate files (the definition's tls).
+type TLSFiles = cluster.TLS
+
+// load reads, checks and renders commit hash for this node. Every failure
+// refuses the commit with what failed and where; a node whose certificate
+// does not load is refused too, so that the fleet gate and the post-apply
+// verification (which need it) never silently turn off.
+func (a *Agent) load(hash string) (*View, error) {
+	commit, err := a.d.Source.Read(hash, a.cfg.Path)
+	if err != nil {
+		return nil, err
+	}
+	v := &View{Commit: hash, Subject: commit.Subject, checksOf: map[string][]health.Check{}}
+	wrap := func(err error) error { return fmt.Errorf("commit %s (%s): %w", source.Short(hash), v.Subject, err) }
+	if v.Cluster, err = schema.Load(commit.Files, "."); err != nil {
+		return nil, wrap(err)
+	}
+	var ok bool
+	if v.Node, ok = v.Cluster.Node(a.node); !ok {
+		return nil, wrap(fmt.Errorf("node %q is not in the cluster definition", a.node))
+	}
+	if v.Output, err = render.Node(v.Cluster, a.node); err != nil {
+		return nil, wrap(err)
+	}
+	if v.TLS, err = a.d.LoadTLS(v.Cluster.TLS); err != nil {
+		return nil, wrap(fmt.Errorf("this node's certificate does not load, so its health cannot be checked: %w (check tls.ca, tls.cert and tls.key of the definition against the files on this node)", err))
+	}
+	for _, d := range daemon.For(v.Node) {
+		cs := d.Checks(v.Cluster, v.Node, v.TLS)
+		v.checksOf[d.Unit] = cs
+		v.Checks = append(v.Checks, cs...)
+	}
+	return v, nil
+}
+
+// LoadTLS reads the node's certificate and key, trusting the cluster CA.
+func LoadTLS(f TLSFiles) (*tls.Config, error) {
+	ca, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("%s holds no certificate", f.CA)
+	}
+	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}

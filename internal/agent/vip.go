@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/probe"
+)
+
+// recheckAfter is how soon a failed check runs again, instead of waiting
+// for the next round: a hung broker is confirmed (and killed) sooner.
+const recheckAfter = time.Second
+
+// onResult feeds metrics and, on a load balancer, keepalived: an nginx the
+// agent cannot repair gives up the VIP, but only to a peer that serves; a
+// healthy one takes part again.
+func (a *Agent) onResult(r health.Result) {
+	a.m.checked(r)
+	if !r.OK && r.Failures == 1 {
+		time.AfterFunc(recheckAfter, func() {
+			select {
+			case a.recheck <- struct{}{}:
+			default:
+			}
+		})
+	}
+	if r.Name != "nginx" {
+		return
+	}
+	held := a.fault.Holds(faultHealth)
+	switch {
+	case !r.OK && r.Failures >= 2 && !held:
+		// Only hand the VIP to a peer that serves: with every load balancer
+		// failing alike (a bad certificate, all brokers down) moving it
+		// helps nobody, and two faults leave no VIP at all.
+		if !a.peerLBServes() {
+			a.log.Warn("nginx does not serve, but neither does any other load balancer: keeping the VIP", "err", r.Error)
+			return
+		}
+		a.log.Warn("nginx does not serve and was not repaired: giving up the VIP", "err", r.Error)
+		if err := a.fault.Set(faultHealth); err != nil {
+			a.log.Error("report the fault to keepalived", "err", err)
+		}
+	case r.OK && held:
+		a.log.Info("nginx serves again: taking part in VRRP again")
+		if err := a.fault.Clear(faultHealth); err != nil {
+			a.log.Error("clear the fault reported to keepalived", "err", err)
+		}
+	}
+}
+
+// peerLBServes reports whether another load balancer passes TLS through to
+// a broker, probed with the applied commit's certificates.
+func (a *Agent) peerLBServes() bool {
+	v := a.view
+	if v == nil || v.Cluster.VIP == nil {
+		return false
+	}
+	cl := v.Cluster
+	for _, l := range cl.WithRole(cluster.LB) {
+		if l.Name == a.node {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		err := a.d.ProbeLB(ctx, net.JoinHostPort(l.Address, strconv.Itoa(cl.Ports.Client)), daemon.WithName(v.TLS, cl.VIP.Address))
+		cancel()
+		if err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func probeTLSThrough(ctx context.Context, addr string, tc *tls.Config) error {
+	return probe.TLSThrough(addr, tc)(ctx)
+}
