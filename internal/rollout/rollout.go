@@ -35,7 +35,51 @@ type Gate struct {
 	// block every change forever).
 	Slot, Patience time.Duration
 
+	// Seams, for tests; nil means the real thing.
+	// Probe checks that a TLS handshake with a broker works at addr.
+	Probe func(ctx context.Context, addr string, tc *tls.Config) error
+	// HasVIP reports whether this node still holds the VIP.
+	HasVIP func() (bool, error)
+	// Now and Sleep are the clock; Sleep returns early with ctx's error.
+	Now   func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
+
 	faulted bool
+}
+
+func (g *Gate) probe(ctx context.Context, addr string, tc *tls.Config) error {
+	if g.Probe != nil {
+		return g.Probe(ctx, addr, tc)
+	}
+	return probe.TLSThrough(addr, tc)(ctx)
+}
+
+func (g *Gate) hasVIP() (bool, error) {
+	if g.HasVIP != nil {
+		return g.HasVIP()
+	}
+	return probe.HasAddr(g.Cluster.VIP.Address)
+}
+
+func (g *Gate) now() time.Time {
+	if g.Now != nil {
+		return g.Now()
+	}
+	return time.Now()
+}
+
+func (g *Gate) sleep(ctx context.Context, d time.Duration) error {
+	if g.Sleep != nil {
+		return g.Sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (g *Gate) action(p *plan.Plan, name string) unit.Action {
@@ -105,12 +149,7 @@ func (g *Gate) sleepSlot(ctx context.Context, nodes []cluster.Node) error {
 	}
 	d := time.Duration(i) * g.Slot
 	g.Log.Info("waiting for this node's slot", "slot", i, "delay", d)
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return g.sleep(ctx, d)
 }
 
 // waitServing waits until a TLS handshake with a broker works at every
@@ -119,7 +158,7 @@ func (g *Gate) waitServing(ctx context.Context, what string, addrs []string, ser
 	if len(addrs) == 0 {
 		return
 	}
-	deadline := time.Now().Add(g.Patience)
+	deadline := g.now().Add(g.Patience)
 	for {
 		var down []string
 		for _, a := range addrs {
@@ -129,7 +168,7 @@ func (g *Gate) waitServing(ctx context.Context, what string, addrs []string, ser
 				tc.ServerName, _, _ = net.SplitHostPort(a)
 			}
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
-			if err := probe.TLSThrough(a, tc)(pctx); err != nil {
+			if err := g.probe(pctx, a, tc); err != nil {
 				down = append(down, a)
 			}
 			cancel()
@@ -137,23 +176,23 @@ func (g *Gate) waitServing(ctx context.Context, what string, addrs []string, ser
 		if len(down) == 0 {
 			return
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if g.now().After(deadline) || ctx.Err() != nil {
 			g.Log.Warn("going ahead although peers do not serve", "waited_for", what, "down", down, "patience", g.Patience)
 			return
 		}
 		g.Log.Info("waiting for peers to serve", "waiting_for", what, "down", down)
-		time.Sleep(500 * time.Millisecond)
+		g.sleep(ctx, 500*time.Millisecond)
 	}
 }
 
 func (g *Gate) waitVIPGone(ctx context.Context) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		has, err := probe.HasAddr(g.Cluster.VIP.Address)
+	deadline := g.now().Add(10 * time.Second)
+	for g.now().Before(deadline) && ctx.Err() == nil {
+		has, err := g.hasVIP()
 		if err != nil || !has {
 			return
 		}
-		time.Sleep(100 * time.Millisecond)
+		g.sleep(ctx, 100*time.Millisecond)
 	}
 	g.Log.Warn("the VIP is still here after giving it up; restarting nginx anyway")
 }
