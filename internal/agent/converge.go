@@ -16,7 +16,6 @@ import (
 	"github.com/mqha/mqha/internal/rollout"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/unit"
-	"github.com/mqha/mqha/internal/validate"
 )
 
 // probeTimeout bounds one probe; the loop runs every health-interval. A
@@ -50,7 +49,7 @@ func ConvergeOutput(ctx context.Context, out *render.Output, sd apply.Systemd, s
 		return nil, err
 	}
 	a := &apply.Applier{Root: "/", BackupDir: filepath.Join(stateDir, "backup"), Systemd: sd,
-		Validator: daemon.Validator{Tools: validate.Tools{}}, Settle: settle, Log: log, Gate: h.Gate, Verify: h.Verify}
+		Validator: daemon.Validator{}, Settle: settle, Log: log, Gate: h.Gate, Verify: h.Verify}
 	return p, a.Apply(ctx, p)
 }
 
