@@ -93,10 +93,10 @@ func TestAddBrokerChangesOnlyBridgeAndUpstream(t *testing.T) {
 			"bridge_keyfile /etc/mqha/tls/node.key", "bridge_insecure false", "topic # both 2", ""},
 			"mosquitto: restart, bridges changed and mosquitto cannot reload bridges"},
 		{"lb1", 1, []string{"/etc/nginx/nginx.conf"}, []string{
-			"        server 10.20.0.23:8883 max_fails=1 fail_timeout=10s; # broker3"},
+			"        server 10.20.0.23:8883 max_fails=0; # broker3"},
 			"nginx: reload, configuration changed"},
 		{"lb2", 1, []string{"/etc/nginx/nginx.conf"}, []string{
-			"        server 10.20.0.23:8883 max_fails=1 fail_timeout=10s; # broker3"},
+			"        server 10.20.0.23:8883 max_fails=0; # broker3"},
 			"nginx: reload, configuration changed"},
 		{"broker1", 0, nil, nil, "mosquitto: none, up to date"},
 		{"broker2", 0, nil, nil, "mosquitto: none, up to date"},

@@ -288,9 +288,9 @@ func brokerVia(lbAddr string, tc *tls.Config) string {
 // lbsAgree waits until both load balancers send this host to the same
 // broker. A persistent session lives on one broker, so a failover loses no
 // QoS1 message only when the new VIP holder sends the client back to it.
-// nginx marks a broker down for fail_timeout after one failed connect, and a
-// broker restarted by an earlier scenario may be marked on one LB only; this
-// is the precondition the failover scenarios rely on, made explicit.
+// This is the precondition the failover scenarios rely on, made explicit
+// (nginx used to mark a broker restarted by an earlier scenario down on one
+// LB only, for fail_timeout; upstreams now have max_fails=0).
 func lbsAgree(t *testing.T) string {
 	t.Helper()
 	tc := tlsConfig(t)

@@ -46,10 +46,11 @@ type Verifier interface {
 }
 
 // Systemd is what the agent needs of systemd: apply's unit actions and the
-// health monitor's kill of a hung daemon.
+// health monitor's view of the daemons' processes and kill of a hung one.
 type Systemd interface {
 	apply.Systemd
 	Kill(ctx context.Context, unit string, sig syscall.Signal) error
+	MainPID(ctx context.Context, unit string) (int, error)
 }
 
 // Hooks are what converging asks of the fleet: Gate waits for this node's

@@ -95,6 +95,7 @@ func (fakeSystemd) Do(context.Context, unit.Action, string) error      { return 
 func (fakeSystemd) Enable(context.Context, string) error               { return nil }
 func (fakeSystemd) Disable(context.Context, string) error              { return nil }
 func (fakeSystemd) Kill(context.Context, string, syscall.Signal) error { return nil }
+func (fakeSystemd) MainPID(context.Context, string) (int, error)       { return 42, nil }
 
 type clock struct{ t time.Time }
 

@@ -108,7 +108,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 	if rerr := a.rollback(ctx, p, written, before, log); rerr != nil {
 		return fmt.Errorf("%w; ROLLBACK FAILED too, the node needs attention: %v", err, rerr)
 	}
-	return fmt.Errorf("%w (rolled back to the previous files and name states)", err)
+	return fmt.Errorf("%w (rolled back to the previous files and unit states)", err)
 }
 
 func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, written *[]plan.Change) error {

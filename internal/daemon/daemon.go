@@ -15,6 +15,8 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/health"
@@ -181,11 +183,54 @@ func WithName(tc *tls.Config, name string) *tls.Config {
 	return c
 }
 
+// hungAfter is how long a daemon may go without answering and without CPU
+// progress before it counts as hung: a stopped or deadlocked process shows
+// no progress at all, a busy one always does.
+const hungAfter = 2 * time.Second
+
+// peers are the addresses (at port) of the other nodes with role r.
+func peers(cl *cluster.Cluster, n cluster.Node, r cluster.Role, port int) []string {
+	var out []string
+	for _, p := range cl.WithRole(r) {
+		if p.Name != n.Name {
+			out = append(out, net.JoinHostPort(p.Address, strconv.Itoa(port)))
+		}
+	}
+	return out
+}
+
+// peersServe checks that a TLS handshake works with every address; the
+// server name is serverName, or each address's host when empty.
+func peersServe(addrs []string, tc *tls.Config, serverName string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		var down []string
+		for _, a := range addrs {
+			name := serverName
+			if name == "" {
+				name, _, _ = net.SplitHostPort(a)
+			}
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			if err := probe.TLSThrough(a, WithName(tc, name))(pctx); err != nil {
+				down = append(down, a)
+			}
+			cancel()
+		}
+		if len(down) > 0 {
+			return fmt.Errorf("%s not serving", strings.Join(down, ", "))
+		}
+		return nil
+	}
+}
+
 func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
 	// The local listener presents the node's certificate (its address).
 	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker))
-	checks := []health.Check{{Name: "mosquitto", Unit: mosquittoUnit, HungAfter: 2,
-		Probe: probe.MQTTRoundTrip(local, WithName(tc, n.Address), n.Name)}}
+	mq := health.Check{Name: "mosquitto", Unit: mosquittoUnit, HungAfter: hungAfter,
+		Probe: probe.MQTTRoundTrip(local, WithName(tc, n.Address), n.Name)}
+	if n.Has(cluster.Broker) {
+		mq.PeersServe = peersServe(peers(cl, n, cluster.Broker, cl.Ports.Broker), tc, "")
+	}
+	checks := []health.Check{mq}
 	var ids []string
 	for _, b := range Bridges(cl, n) {
 		ids = append(ids, b.ClientID)
@@ -203,9 +248,14 @@ func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.C
 	if cl.VIP == nil {
 		return nil
 	}
-	// Brokers' certificates carry the VIP: what clients verify.
-	return []health.Check{{Name: "nginx", Unit: nginxUnit, HungAfter: 2,
-		Probe: probe.TLSThrough(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), WithName(tc, cl.VIP.Address))}}
+	// Brokers' certificates carry the VIP: what clients verify. When no
+	// broker answers, directly either, nginx is not at fault: reported, never
+	// a reason to kill it.
+	viaVIP := WithName(tc, cl.VIP.Address)
+	brokers := peers(cl, n, cluster.Broker, cl.Ports.Broker)
+	return []health.Check{{Name: "nginx", Unit: nginxUnit, HungAfter: hungAfter,
+		Probe:      probe.ThroughLB(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), brokers, viaVIP),
+		PeersServe: peersServe(peers(cl, n, cluster.LB, cl.Ports.Client), tc, cl.VIP.Address)}}
 }
 
 func keepalivedChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {

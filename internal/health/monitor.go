@@ -19,6 +19,8 @@ type Units interface {
 	State(ctx context.Context, name string) (unit.State, error)
 	Do(ctx context.Context, action unit.Action, name string) error
 	Kill(ctx context.Context, name string, sig syscall.Signal) error
+	// MainPID is the unit's main process (0 when it has none).
+	MainPID(ctx context.Context, name string) (int, error)
 }
 
 // Check is one health check of a node.
@@ -26,11 +28,23 @@ type Check struct {
 	Name  string      // e.g. "mosquitto"
 	Unit  string      // unit that must be active and that repairs restart; "" for none
 	Probe probe.Probe // nil: the unit's state alone
-	// HungAfter consecutive probe failures of an active unit mean it is
-	// hung: it is killed and restarted. Zero: never restart on probe
-	// failures (a bridge's remote broker being down is not ours to fix).
-	HungAfter int
+	// HungAfter is how long an active unit may go without answering its
+	// probe and without any progress of its processes (CPU time) before it
+	// counts as hung: it is then killed and restarted. A unit that does not
+	// answer but makes progress is busy (a reconnect storm), never killed.
+	// Zero: never restart on probe failures (a bridge's remote broker being
+	// down is not ours to fix).
+	HungAfter time.Duration
+	// PeersServe, if set, reports whether the other nodes running this
+	// daemon serve. A hung unit is not killed while one does not (it may be
+	// being replaced): at most one kill per role across the fleet at a
+	// time, for up to PeerPatience.
+	PeersServe func(ctx context.Context) error
 }
+
+// PeerPatience bounds how long a hung unit is left alone because a peer of
+// its role does not serve either: a dead peer must not stop every repair.
+const PeerPatience = 30 * time.Second
 
 // Result is the last outcome of a check.
 type Result struct {
@@ -44,6 +58,11 @@ type Result struct {
 
 	nextRepair time.Time
 	backoff    time.Duration
+	// While the probe gets no answer: when that started, and the last
+	// sample of the unit's processes that showed progress (or the first).
+	silentSince time.Time
+	ref         Sample
+	refAt       time.Time
 }
 
 // Monitor runs the checks when its owner's loop asks (Once) and verifies
@@ -55,6 +74,10 @@ type Monitor struct {
 	Log     *slog.Logger
 	// OnResult is called after every check, e.g. to feed keepalived.
 	OnResult func(Result)
+	// Procs samples a unit's processes (nil: from /proc through MainPID).
+	Procs func(ctx context.Context, unit string) (Sample, error)
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
 
 	mu      sync.Mutex
 	results map[string]*Result
@@ -141,6 +164,13 @@ func (m *Monitor) probe(ctx context.Context, c Check) error {
 	return c.Probe(pctx)
 }
 
+func (m *Monitor) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
 func (m *Monitor) check(ctx context.Context, c Check) Result {
 	m.mu.Lock()
 	if m.results == nil {
@@ -154,18 +184,28 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	m.mu.Unlock()
 
 	err := m.probe(ctx, c)
+	now := m.now()
 	m.mu.Lock()
-	r.At = time.Now()
+	r.At = now
 	r.OK = err == nil
 	r.Error = ""
-	if err != nil {
-		r.Error = err.Error()
-		r.Failures++
-	} else {
+	switch {
+	case err == nil:
 		if r.Failures > 0 {
 			m.Log.Info("healthy again", "check", c.Name, "after_failures", r.Failures)
 		}
 		r.Failures, r.backoff, r.nextRepair = 0, 0, time.Time{}
+		r.silentSince, r.refAt = time.Time{}, time.Time{}
+	case probe.NoAnswer(err):
+		r.Error = err.Error()
+		r.Failures++
+		if r.silentSince.IsZero() {
+			r.silentSince = now
+		}
+	default: // an answer, if a bad one: not a hang
+		r.Error = err.Error()
+		r.Failures++
+		r.silentSince, r.refAt = time.Time{}, time.Time{}
 	}
 	snapshot := *r
 	m.mu.Unlock()
@@ -173,7 +213,7 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 		return snapshot
 	}
 	m.Log.Warn("health check failed", "check", c.Name, "err", err, "consecutive", snapshot.Failures)
-	if c.Unit == "" || time.Now().Before(snapshot.nextRepair) {
+	if c.Unit == "" {
 		return snapshot
 	}
 	st, serr := m.Units.State(ctx, c.Unit)
@@ -183,20 +223,36 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	var rerr error
 	switch {
 	case !st.Running():
+		if now.Before(snapshot.nextRepair) {
+			return snapshot
+		}
 		rerr = m.Units.Do(ctx, unit.Start, c.Unit)
-	case c.HungAfter > 0 && snapshot.Failures >= c.HungAfter:
-		// Active but not serving: hung (a stopped process does not even
-		// take SIGTERM). Kill it outright, then start it again.
-		m.Log.Warn("unit is active but not serving: killing it", "unit", c.Unit)
+	case c.HungAfter > 0 && !snapshot.silentSince.IsZero():
+		hung, why := m.hung(ctx, c, r, now)
+		m.mu.Lock()
+		r.Error += " (" + why + ")"
+		snapshot = *r
+		m.mu.Unlock()
+		if !hung {
+			m.Log.Warn("no answer, not killed", "unit", c.Unit, "evidence", why)
+			return snapshot
+		}
+		if now.Before(snapshot.nextRepair) {
+			return snapshot
+		}
+		// Active but not serving, and not progressing: hung (a stopped
+		// process does not even take SIGTERM). Kill it, then start it again.
+		m.Log.Warn("unit is active but hung: killing it", "unit", c.Unit, "evidence", why)
 		rerr = m.kill(ctx, c.Unit)
 	default:
 		return snapshot
 	}
 	m.mu.Lock()
 	r.Repairs++
-	r.LastRepair = time.Now()
+	r.LastRepair = now
 	r.backoff = min(max(2*r.backoff, minBackoff), maxBackoff)
-	r.nextRepair = time.Now().Add(r.backoff)
+	r.nextRepair = now.Add(r.backoff)
+	r.silentSince, r.refAt = time.Time{}, time.Time{}
 	snapshot = *r
 	m.mu.Unlock()
 	if rerr != nil {
@@ -205,6 +261,52 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 		m.Log.Info("repaired", "unit", c.Unit, "repairs", snapshot.Repairs)
 	}
 	return snapshot
+}
+
+// hung decides, from the unit's processes, whether a unit that does not
+// answer is hung (true) or busy, and says why. Without evidence it never
+// says hung: killing a busy daemon turns overload into an outage.
+func (m *Monitor) hung(ctx context.Context, c Check, r *Result, now time.Time) (bool, string) {
+	sample := m.Procs
+	if sample == nil {
+		sample = m.sampleProc
+	}
+	s, err := sample(ctx, c.Unit)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		return false, "cannot read its processes to tell hung from busy, so it is not killed: " + err.Error()
+	}
+	if r.refAt.IsZero() {
+		r.ref, r.refAt = s, now
+		return false, "no answer; watching its processes for progress"
+	}
+	switch {
+	case s.State == 'D':
+		r.ref, r.refAt = s, now
+		return false, "busy, not hung: waiting on I/O"
+	case s.PID != r.ref.PID:
+		r.ref, r.refAt = s, now
+		return false, "restarted since; watching the new process"
+	case s.CPU > r.ref.CPU:
+		used, over := s.CPU-r.ref.CPU, now.Sub(r.refAt)
+		r.ref, r.refAt = s, now
+		return false, fmt.Sprintf("overloaded, not hung: no answer, but its processes used %s of CPU in %s", used, over.Round(time.Millisecond))
+	}
+	stuck := now.Sub(r.refAt)
+	if stuck < c.HungAfter {
+		return false, fmt.Sprintf("no answer and no progress for %s (hung after %s)", stuck.Round(time.Millisecond), c.HungAfter)
+	}
+	why := fmt.Sprintf("hung: no answer and no CPU progress for %s (process state %c)", stuck.Round(time.Millisecond), s.State)
+	if c.PeersServe != nil && stuck < c.HungAfter+PeerPatience {
+		m.mu.Unlock()
+		perr := c.PeersServe(ctx)
+		m.mu.Lock()
+		if perr != nil {
+			return false, why + ", but not killed while another node of its role does not serve either (" + perr.Error() + ")"
+		}
+	}
+	return true, why
 }
 
 // kill SIGKILLs a hung unit's main process. systemd restarts a unit with

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	probepkg "github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/unit"
 )
 
@@ -29,6 +31,8 @@ func (f *fakeUnits) Do(_ context.Context, a unit.Action, u string) error {
 	f.state[u] = "active"
 	return nil
 }
+func (f *fakeUnits) MainPID(context.Context, string) (int, error) { return 42, nil }
+
 func (f *fakeUnits) Kill(_ context.Context, u string, sig syscall.Signal) error {
 	f.calls = append(f.calls, "kill "+u)
 	if f.restartOnKill {
@@ -39,43 +43,90 @@ func (f *fakeUnits) Kill(_ context.Context, u string, sig syscall.Signal) error 
 	return nil
 }
 
+// round is one health round of a scripted test: the clock moves by after,
+// and the unit's processes look like proc (nil: unreadable).
+type round struct {
+	after time.Duration
+	proc  *Sample
+}
+
+func rounds(n int, every time.Duration, f func(i int) *Sample) []round {
+	out := make([]round, n)
+	for i := range out {
+		out[i] = round{every, f(i)}
+	}
+	return out
+}
+
+func stopped(int) *Sample  { return &Sample{PID: 7, State: 'T', CPU: time.Second} }
+func sleeping(int) *Sample { return &Sample{PID: 7, State: 'S', CPU: time.Second} }
+func busy(i int) *Sample {
+	return &Sample{PID: 7, State: 'R', CPU: time.Duration(i) * 300 * time.Millisecond}
+}
+func ioWait(int) *Sample { return &Sample{PID: 7, State: 'D', CPU: time.Second} }
+
 func TestRepairs(t *testing.T) {
-	hung := errors.New("no MQTT CONNACK")
+	noAnswer := fmt.Errorf("%w: no MQTT CONNACK from 127.0.0.1:8883 within 1.5s", probepkg.ErrNoAnswer)
+	refused := errors.New("TLS through 127.0.0.1:9000: connection refused")
+	peersDown := func(context.Context) error { return errors.New("10.0.0.22:8883 not serving") }
 	tests := []struct {
 		name          string
 		state         string
 		probe         error
-		hungAfter     int
+		hungAfter     time.Duration
+		peers         func(context.Context) error
 		restartOnKill bool
-		rounds        int
+		rounds        []round
 		want          string // calls, joined by |
-		ok            bool
 		repairs       int
+		errHas        string // in the last result's error
 	}{
-		{"healthy", "active", nil, 2, false, 3, "", true, 0},
-		{"stopped unit is started", "failed", nil, 2, false, 1, "start u", false, 1},
-		{"one failed probe is not yet hung", "active", hung, 2, false, 1, "", false, 0},
-		{"hung unit is killed; systemd restarts it", "active", hung, 2, true, 2, "kill u", false, 1},
-		{"hung unit without a restart policy is started", "active", hung, 2, false, 2, "kill u|start u", false, 1},
-		{"probe failures never restart when HungAfter is 0", "active", hung, 0, false, 5, "", false, 0},
+		{"healthy", "active", nil, 2 * time.Second, nil, false, rounds(3, time.Second, busy), "", 0, ""},
+		{"stopped unit is started", "failed", nil, 2 * time.Second, nil, false, rounds(1, time.Second, stopped), "start u", 1, ""},
+		{"no answer, not yet hung", "active", noAnswer, 2 * time.Second, nil, false, rounds(2, time.Second, stopped), "", 0, "hung after 2s"},
+		{"stopped process killed after 2 s; systemd restarts it", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, stopped), "kill u", 1, "hung: no answer and no CPU progress"},
+		{"deadlocked process (sleeping, no CPU) is hung too", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, sleeping), "kill u", 1, "process state S"},
+		{"hung unit without a restart policy is started", "active", noAnswer, 2 * time.Second, nil, false, rounds(3, 1100*time.Millisecond, stopped), "kill u|start u", 1, ""},
+		{"busy (CPU moving) is never killed", "active", noAnswer, 2 * time.Second, nil, false, rounds(20, time.Second, busy), "", 0, "overloaded, not hung"},
+		{"waiting on I/O is busy", "active", noAnswer, 2 * time.Second, nil, false, rounds(10, time.Second, ioWait), "", 0, "waiting on I/O"},
+		{"busy, then stuck: killed 2 s after progress stopped", "active", noAnswer, 2 * time.Second, nil, true,
+			rounds(8, time.Second, func(i int) *Sample { return busy(min(i, 4)) }), "kill u", 1, ""},
+		{"no evidence, no kill", "active", noAnswer, 2 * time.Second, nil, false, rounds(10, time.Second, func(int) *Sample { return nil }), "", 0, "cannot read its processes"},
+		{"an answer, if a bad one, is not a hang", "active", refused, 2 * time.Second, nil, false, rounds(10, time.Second, stopped), "", 0, "connection refused"},
+		{"probe failures never restart when HungAfter is 0", "active", noAnswer, 0, nil, false, rounds(10, time.Second, stopped), "", 0, ""},
+		{"not killed while a peer of its role does not serve", "active", noAnswer, 2 * time.Second, peersDown, true, rounds(20, time.Second, stopped), "", 0, "another node of its role does not serve"},
+		{"a dead peer delays a kill by the patience only", "active", noAnswer, 2 * time.Second, peersDown, true, rounds(40, time.Second, stopped), "kill u", 1, ""},
 		// After a repair the next one waits for the back-off (3 s).
-		{"back-off between repairs", "active", hung, 1, false, 3, "kill u|start u", false, 1},
+		{"back-off between repairs", "active", noAnswer, time.Second, nil, false, rounds(5, 700*time.Millisecond, stopped), "kill u|start u", 1, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			u := &fakeUnits{state: map[string]string{"u": tt.state}, restartOnKill: tt.restartOnKill}
-			probe := func(context.Context) error { return tt.probe }
-			m := &Monitor{Checks: []Check{{Name: "c", Unit: "u", Probe: probe, HungAfter: tt.hungAfter}},
-				Units: u, Timeout: time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-			ok := false
-			for range tt.rounds {
-				ok = m.Once(context.Background())
+			now := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+			var cur *Sample
+			m := &Monitor{Checks: []Check{{Name: "c", Unit: "u", Probe: func(context.Context) error { return tt.probe }, HungAfter: tt.hungAfter, PeersServe: tt.peers}},
+				Units: u, Timeout: time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Now: func() time.Time { return now },
+				Procs: func(context.Context, string) (Sample, error) {
+					if cur == nil {
+						return Sample{}, errors.New("permission denied")
+					}
+					return *cur, nil
+				}}
+			for _, r := range tt.rounds {
+				now = now.Add(r.after)
+				cur = r.proc
+				m.Once(context.Background())
+				if u.state["u"] == "activating" {
+					u.state["u"] = "active" // systemd restarted it; it hangs again
+				}
 			}
-			if got := strings.Join(u.calls, "|"); got != tt.want || ok != tt.ok {
-				t.Errorf("calls %q ok %v; want %q ok %v", got, ok, tt.want, tt.ok)
+			if got := strings.Join(u.calls, "|"); got != tt.want {
+				t.Errorf("calls %q, want %q", got, tt.want)
 			}
-			if r := m.Results(); len(r) != 1 || r[0].Repairs != tt.repairs {
-				t.Errorf("results %+v, want %d repairs", r, tt.repairs)
+			res := m.Results()
+			if len(res) != 1 || res[0].Repairs != tt.repairs || !strings.Contains(res[0].Error, tt.errHas) {
+				t.Errorf("results %+v, want %d repairs and an error with %q", res, tt.repairs, tt.errHas)
 			}
 		})
 	}

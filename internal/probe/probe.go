@@ -22,6 +22,24 @@ import (
 // Probe checks one thing once; nil means healthy.
 type Probe func(ctx context.Context) error
 
+// ErrNoAnswer marks a probe that got no answer in time: the daemon may be
+// hung, or only busy. Only such failures count towards a hang; a refusal or
+// a TLS error is an answer.
+var ErrNoAnswer = errors.New("no answer")
+
+// ErrUpstream marks a load balancer check that failed because no broker
+// answers, directly either: not the load balancer's fault.
+var ErrUpstream = errors.New("no broker answers")
+
+// NoAnswer reports whether err says the daemon did not answer in time.
+func NoAnswer(err error) bool {
+	if err == nil || errors.Is(err, ErrUpstream) {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
 func nonce() string {
 	b := make([]byte, 6)
 	rand.Read(b)
@@ -42,7 +60,7 @@ func connect(ctx context.Context, addr string, tc *tls.Config, id string) (mqtt.
 	tok := c.Connect()
 	if !tok.WaitTimeout(timeout) {
 		c.Disconnect(0)
-		return nil, fmt.Errorf("no MQTT CONNACK from %s within %s", addr, timeout)
+		return nil, fmt.Errorf("%w: no MQTT CONNACK from %s within %s", ErrNoAnswer, addr, timeout)
 	}
 	if err := tok.Error(); err != nil {
 		return nil, fmt.Errorf("MQTT connect to %s: %w", addr, err)
@@ -55,7 +73,7 @@ func wait(ctx context.Context, tok mqtt.Token, what string) error {
 	case <-tok.Done():
 		return tok.Error()
 	case <-ctx.Done():
-		return fmt.Errorf("%s: %w", what, ctx.Err())
+		return fmt.Errorf("%s: %w: %w", what, ErrNoAnswer, ctx.Err())
 	}
 }
 
@@ -87,7 +105,7 @@ func MQTTRoundTrip(addr string, tc *tls.Config, node string) Probe {
 		case <-got:
 			return nil
 		case <-ctx.Done():
-			return errors.New("published message did not come back: broker is not delivering")
+			return fmt.Errorf("%w: published message did not come back: broker is not delivering", ErrNoAnswer)
 		}
 	}
 }
@@ -154,6 +172,32 @@ func TLSThrough(addr string, tc *tls.Config) Probe {
 			return fmt.Errorf("TLS through %s: %w", addr, err)
 		}
 		return conn.Close()
+	}
+}
+
+// ThroughLB is TLSThrough at a load balancer's client port; when it fails,
+// the brokers are asked directly, and if none answers the failure wraps
+// ErrUpstream: the load balancer may be fine, there is nothing to pass to.
+func ThroughLB(addr string, brokers []string, tc *tls.Config) Probe {
+	through := TLSThrough(addr, tc)
+	return func(ctx context.Context) error {
+		err := through(ctx)
+		if err == nil || len(brokers) == 0 {
+			return err
+		}
+		// A fresh deadline: the first attempt may have used all of ctx's.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		ok := make(chan bool, len(brokers))
+		for _, b := range brokers {
+			go func() { ok <- TLSThrough(b, tc)(bctx) == nil }()
+		}
+		for range brokers {
+			if <-ok {
+				return err // a broker answers directly: the fault is on this path
+			}
+		}
+		return fmt.Errorf("%w directly either (%d tried): %w", ErrUpstream, len(brokers), err)
 	}
 }
 

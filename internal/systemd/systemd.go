@@ -68,6 +68,21 @@ func (d *DBus) State(ctx context.Context, name string) (unit.State, error) {
 	return s, nil
 }
 
+// MainPID returns the unit's main process, 0 when it has none.
+func (d *DBus) MainPID(ctx context.Context, name string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	p, err := d.conn.GetServicePropertyContext(ctx, name, "MainPID")
+	if err != nil {
+		return 0, fmt.Errorf("read main PID of %s: %w", name, err)
+	}
+	pid, ok := p.Value.Value().(uint32)
+	if !ok {
+		return 0, fmt.Errorf("main PID of %s: unexpected %T", name, p.Value.Value())
+	}
+	return int(pid), nil
+}
+
 // DaemonReload makes systemd re-read unit files and drop-ins.
 func (d *DBus) DaemonReload(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)

@@ -1,0 +1,224 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// mqttConnect opens a TLS connection to addr and completes an MQTT 3.1.1
+// CONNECT/CONNACK as client id, without a client library: a storm of
+// thousands must cost the test little.
+func mqttConnect(ctx context.Context, addr string, tc *tls.Config, id string) (net.Conn, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: tc}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	// Variable header: "MQTT", level 4, clean session, keepalive 60 s.
+	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60}, byte(len(id)>>8), byte(len(id)))
+	body = append(body, id...)
+	pkt := append([]byte{0x10}, remainingLength(len(body))...)
+	if _, err := c.Write(append(pkt, body...)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("no CONNACK: %w", err)
+	}
+	if ack[0] != 0x20 || ack[3] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("CONNACK refused: % x", ack)
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func remainingLength(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+// storm connects n clients through addr with at most inFlight handshakes at
+// once and returns the open connections, the connect latencies and the
+// failures (first few errors kept).
+func storm(t *testing.T, addr string, n, inFlight int, prefix string) ([]net.Conn, []time.Duration, int, []string) {
+	t.Helper()
+	tc := tlsConfig(t)
+	tc.ServerName = cfg.VIP()
+	tc.ClientSessionCache = nil // every client a full handshake, as after a failover
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		lat   []time.Duration
+		errs  []string
+		fails atomic.Int32
+		wg    sync.WaitGroup
+	)
+	sem := make(chan struct{}, inFlight)
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+			defer ccancel()
+			start := time.Now()
+			c, err := mqttConnect(cctx, addr, tc, fmt.Sprintf("%s-%05d", prefix, i))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				fails.Add(1)
+				if len(errs) < 5 {
+					errs = append(errs, err.Error())
+				}
+				return
+			}
+			conns = append(conns, c)
+			lat = append(lat, time.Since(start))
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return conns, lat, int(fails.Load()), errs
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, (p*len(s)+99)/100-1)]
+}
+
+// TestReconnectStorm (issue 12, 1 and 8): 5,000 mutual-TLS clients connect
+// through the VIP at full speed, first with 300 handshakes in flight (the
+// burst that used to end in a full outage), then with 1,500, which drives
+// the brokers' health probes past their deadline. Overloaded is not hung: no
+// daemon is killed, the VIP does not move, nginx never finds every broker
+// down, and at most 1% of the first storm's connects fail (measured 0-11 of
+// 5,000: accept queues overflowing on the loaded machine).
+func TestReconnectStorm(t *testing.T) {
+	// At 1,500 in flight the brokers' accept queues (mosquitto 2.0 listens
+	// with a fixed backlog of 100) overflow and nginx's connects time out:
+	// those clients are refused (measured 6-300 of 5,000), which is
+	// reported; what is asserted is that nothing the agents do makes it worse.
+	for _, phase := range []struct {
+		inFlight, maxFailed int
+	}{{300, 5000 / 100}, {1500, 5000}} {
+		t.Run(fmt.Sprintf("%d-in-flight", phase.inFlight), func(t *testing.T) {
+			reconnectStorm(t, 5000, phase.inFlight, phase.maxFailed)
+		})
+	}
+}
+
+func reconnectStorm(t *testing.T, clients, inFlight, maxFailed int) {
+	holder := waitVIP(t, 15*time.Second)
+	daemons := map[string]string{"broker1": "mosquitto", "broker2": "mosquitto", "bridge": "mosquitto", "lb1": "nginx", "lb2": "nginx"}
+	before := map[string]string{}
+	for n, u := range daemons {
+		before[n] = unitStart(t, n, u)
+	}
+	logLines := map[string]int{}
+	for _, lb := range []string{"lb1", "lb2"} {
+		logLines[lb] = len(strings.Split(onAny(t, lb, "cat", "/var/log/nginx/error.log"), "\n"))
+	}
+
+	// Watch the VIP all along, from before the first connect to 10 s after
+	// the last.
+	stop := make(chan struct{})
+	moved := make(chan string, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if h := vipHolder(t); h != holder {
+				select {
+				case moved <- h:
+				default:
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	conns, lat, fails, errs := storm(t, vip(), clients, inFlight, fmt.Sprintf("storm%d", inFlight))
+	took := time.Since(start)
+	report(t, "%d of %d clients connected through the VIP in %s (%d in flight): %.0f connects/s, connect p50 %s p95 %s p99 %s, %d failed %v",
+		len(conns), clients, took.Round(time.Millisecond), inFlight, float64(len(conns))/took.Seconds(),
+		pct(lat, 50).Round(time.Millisecond), pct(lat, 95).Round(time.Millisecond), pct(lat, 99).Round(time.Millisecond), fails, errs)
+	time.Sleep(10 * time.Second) // the health loops keep checking under the held load
+	close(stop)
+	for _, c := range conns {
+		c.Close()
+	}
+
+	select {
+	case h := <-moved:
+		t.Errorf("the VIP moved from %s to %q during the storm", holder, h)
+	default:
+	}
+	for n, u := range daemons {
+		if now := unitStart(t, n, u); now != before[n] {
+			t.Errorf("%s on %s was restarted or killed during the storm (%q -> %q)", u, n, before[n], now)
+		}
+	}
+	for _, lb := range []string{"lb1", "lb2"} {
+		lines := strings.Split(onAny(t, lb, "cat", "/var/log/nginx/error.log"), "\n")
+		for _, l := range lines[min(logLines[lb]-1, len(lines)):] {
+			if strings.Contains(l, "no live upstreams") {
+				t.Errorf("%s: %s", lb, l)
+				break
+			}
+		}
+	}
+	since := "--since=@" + fmt.Sprint(start.Unix())
+	for _, n := range []string{"broker1", "broker2", "lb1", "lb2"} {
+		journal := onAny(t, n, "journalctl", "-u", "mqha-agent", since, "--no-pager", "-o", "cat")
+		silent, spared := strings.Count(journal, "err=\"no answer"), strings.Count(journal, "no answer, not killed")
+		if silent > 0 {
+			report(t, "%s: %d probes got no answer in time, %d times judged busy (or waited for evidence) and not killed", n, silent, spared)
+		}
+		if strings.Contains(journal, "killing it") {
+			t.Errorf("%s's agent killed a daemon during the storm", n)
+		}
+	}
+	if fails > maxFailed {
+		t.Errorf("%d of %d connects failed (at most %d allowed): %v", fails, clients, maxFailed, errs)
+	}
+}
