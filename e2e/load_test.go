@@ -222,3 +222,100 @@ func reconnectStorm(t *testing.T, clients, inFlight, maxFailed int) {
 		t.Errorf("%d of %d connects failed (at most %d allowed): %v", fails, clients, maxFailed, errs)
 	}
 }
+
+// held is a set of idle MQTT clients that notices every one the far end
+// drops, pinging each every 20 s (their keepalive is 60 s).
+type held struct {
+	conns   []net.Conn
+	dropped atomic.Int32
+	stop    chan struct{}
+	stopped atomic.Bool
+}
+
+func hold(t *testing.T, n int, prefix string) *held {
+	t.Helper()
+	conns, _, fails, errs := storm(t, vip(), n, 100, prefix)
+	if fails > 0 {
+		t.Fatalf("%d of %d clients could not connect: %v", fails, n, errs)
+	}
+	h := &held{conns: conns, stop: make(chan struct{})}
+	for _, c := range conns {
+		go func() {
+			buf := make([]byte, 2)
+			for {
+				if _, err := io.ReadFull(c, buf); err != nil {
+					if !h.stopped.Load() {
+						h.dropped.Add(1)
+					}
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		for {
+			select {
+			case <-h.stop:
+				return
+			case <-time.After(20 * time.Second):
+			}
+			for _, c := range h.conns {
+				c.Write([]byte{0xc0, 0}) // PINGREQ
+			}
+		}
+	}()
+	t.Cleanup(h.close)
+	return h
+}
+
+func (h *held) close() {
+	if h.stopped.Swap(true) {
+		return
+	}
+	close(h.stop)
+	for _, c := range h.conns {
+		c.Close()
+	}
+}
+
+// TestCommitDropsNoClient (issue 12, 4 and 8): a commit that adds a broker
+// reloads nginx on both load balancers; the 1,000 clients held through the
+// VIP stay connected for 60 s after the reload (old workers keep their
+// connections; they used to cut them all at worker_shutdown_timeout, 30 s).
+func TestCommitDropsNoClient(t *testing.T) {
+	addr := cfg.Addr(23)
+	st, err := cfg.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Node("broker3"); !ok {
+		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 1000
+	h := hold(t, n, "held")
+	nginx := map[string]string{"lb1": unitStart(t, "lb1", "nginx"), "lb2": unitStart(t, "lb2", "nginx")}
+	pushed := time.Now()
+	head := commit(t, "e2e: add broker3 under held clients", map[string]string{"broker3.cue": fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)})
+	t.Cleanup(func() {
+		// broker3 leaves the definition again (and says so); the others apply.
+		gone := commit(t, "e2e: remove broker3", map[string]string{"broker3.cue": ""})
+		appliedAfter(t, gone, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	})
+	d := appliedAfter(t, head, pushed, 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2", "broker3")
+	for lb, before := range nginx {
+		if unitStart(t, lb, "nginx") != before {
+			t.Fatalf("nginx on %s was restarted, not reloaded", lb)
+		}
+		if !strings.Contains(on(t, lb, "cat", "/etc/nginx/nginx.conf"), addr+":8883") {
+			t.Fatalf("%s did not take broker3 into its upstream", lb)
+		}
+	}
+	time.Sleep(60 * time.Second)
+	dropped := int(h.dropped.Load())
+	report(t, "nginx reloaded on both load balancers (every node applied %s after the push); %d of %d held clients dropped in the 60 s after", d.Round(time.Millisecond), dropped, n)
+	if dropped != 0 {
+		t.Errorf("%d of %d held clients were dropped by a commit that only added a broker", dropped, n)
+	}
+}

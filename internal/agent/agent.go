@@ -78,6 +78,8 @@ type Deps struct {
 	ProbeLB func(ctx context.Context, addr string, tc *tls.Config) error
 	// WatchUnits reports units whose state changes (nil: none reported).
 	WatchUnits func(watch func() []string) (<-chan string, error)
+	// CloseConns closes this host's connections to addr:port (nil: ss -K).
+	CloseConns func(ctx context.Context, addr string, port int) error
 	// WatchFiles reports managed files changed by hand (nil: not watched).
 	WatchFiles func(ctx context.Context, files []string) (<-chan string, error)
 	// Notify sends sd_notify lines (nil: dropped).
@@ -141,6 +143,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	}
 	if d.ProbeLB == nil {
 		d.ProbeLB = probeTLSThrough
+	}
+	if d.CloseConns == nil {
+		d.CloseConns = closeConns
 	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
 		sync: make(chan chan error), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}

@@ -106,6 +106,7 @@ type harness struct {
 	a      *Agent
 	src    *fakeSource
 	conv   *fakeConverger
+	closed []string
 	clock  *clock
 	notes  []string
 	dir    string
@@ -135,6 +136,10 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 				return nil
 			}
 			return errors.New("refused")
+		},
+		CloseConns: func(_ context.Context, addr string, port int) error {
+			h.closed = append(h.closed, fmt.Sprintf("%s:%d", addr, port))
+			return nil
 		},
 		Notify:    func(s string) { h.notes = append(h.notes, s) },
 		Now:       h.clock.now,
@@ -406,5 +411,30 @@ func TestVIPPolicy(t *testing.T) {
 	h.a.onResult(health.Result{Name: "nginx", OK: true})
 	if h.a.fault.Holds(faultHealth) || faultFile(t, h) != "0" {
 		t.Fatal("a serving nginx is still out of VRRP")
+	}
+}
+
+// A load balancer closes the connections to a broker a commit removed (and
+// only those), once the commit is applied; other nodes close nothing.
+func TestRemovedBrokerConnectionsClosed(t *testing.T) {
+	withBroker3 := `nodes: broker3: {address: "10.20.0.23", roles: ["broker"]}`
+	for _, tt := range []struct {
+		node string
+		want string
+	}{{"lb1", "10.20.0.23:8883"}, {"lb2", "10.20.0.23:8883"}, {"broker1", ""}, {"bridge", ""}} {
+		h := newHarness(t, tt.node, "", map[string]string{"c1": withBroker3, "c2": "", "c3": withBroker3})
+		h.src.head = "c1"
+		h.tick(t, false)
+		h.src.head = "c3" // adding a broker closes nothing
+		h.src.commits["c3"] = definition(t, withBroker3+"\nmqtt: maxQueuedMessages: 2000")
+		h.tick(t, false)
+		if len(h.closed) != 0 {
+			t.Errorf("%s: closed %v on a commit that removed no broker", tt.node, h.closed)
+		}
+		h.src.head = "c2"
+		h.tick(t, false)
+		if got := strings.Join(h.closed, " "); got != tt.want {
+			t.Errorf("%s: closed %q, want %q", tt.node, got, tt.want)
+		}
 	}
 }

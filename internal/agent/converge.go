@@ -90,8 +90,10 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 		return fmt.Errorf("commit %s (%s): %w", source.Short(v.Commit), v.Subject, err)
 	}
 	if v != a.view {
+		old := a.view
 		a.applyDone(v)
 		a.rebuild(ctx, v)
+		a.closeRemovedBrokers(ctx, old, v)
 	}
 	return nil
 }

@@ -63,7 +63,7 @@ var (
 		ConfTemplate: "nginx.conf.tmpl", DropInTemplate: "nginx.dropin.tmpl",
 		Roles: []cluster.Role{cluster.LB},
 		OnChange: func(_, _ []byte) (unit.Action, string) {
-			return unit.Reload, "configuration changed; nginx reloads without dropping connections (old workers drain)"
+			return unit.Reload, "configuration changed; nginx reloads without dropping connections (old workers keep theirs)"
 		},
 		Validate: validate.Tools.Nginx,
 		Checks:   nginxChecks,

@@ -134,3 +134,29 @@ func TestDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// A reload drops no client by default (no worker_shutdown_timeout); an
+// explicit timeouts.drain bounds the old workers.
+func TestDrain(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for drain, want := range map[int]string{0: "", 45: "worker_shutdown_timeout 45s;"} {
+		c.Timeouts.Drain = drain
+		out, err := render.Node(c, "lb1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var conf string
+		for _, f := range out.Files {
+			if f.Path == "/etc/nginx/nginx.conf" {
+				conf = string(f.Content)
+			}
+		}
+		has := strings.Contains(conf, "\nworker_shutdown_timeout")
+		if (want == "") == has || (want != "" && !strings.Contains(conf, want)) {
+			t.Errorf("drain %d: worker_shutdown_timeout present %v, want %q", drain, has, want)
+		}
+	}
+}
