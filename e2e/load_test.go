@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -318,4 +321,131 @@ func TestCommitDropsNoClient(t *testing.T) {
 	if dropped != 0 {
 		t.Errorf("%d of %d held clients were dropped by a commit that only added a broker", dropped, n)
 	}
+}
+
+// sourceAddrs adds n addresses of the lab subnet to the lab bridge for the
+// test (clients from several addresses spread over the brokers: nginx
+// hashes the client address) and removes them after.
+func sourceAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	// .200 and up: clear of the nodes (.11-.2x), the VIP (.100) and the host (.1).
+	for i := 200; i < 200+n; i++ {
+		a := cfg.Addr(i)
+		if b, err := exec.Command("ip", "addr", "add", a+"/24", "dev", cfg.Bridge).CombinedOutput(); err != nil {
+			t.Fatalf("add %s to %s: %v %s", a, cfg.Bridge, err, b)
+		}
+		t.Cleanup(func() { exec.Command("ip", "addr", "del", a+"/24", "dev", cfg.Bridge).Run() })
+		out = append(out, a)
+	}
+	return out
+}
+
+// connectFrom connects an MQTT client to the VIP from source address src
+// and returns it with the name of the broker it reached.
+func connectFrom(t *testing.T, src, id string) (net.Conn, string) {
+	t.Helper()
+	tc := tlsConfig(t)
+	tc.ServerName = cfg.VIP()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}, Config: tc}
+	c, err := d.DialContext(ctx, "tcp", vip())
+	if err != nil {
+		t.Fatalf("connect from %s: %v", src, err)
+	}
+	broker := c.(*tls.Conn).ConnectionState().PeerCertificates[0].Subject.CommonName
+	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, byte(len(id))}, id...)
+	c.Write(append([]byte{0x10, byte(len(body))}, body...))
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		t.Fatalf("CONNACK from %s: % x %v", broker, ack, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, broker
+}
+
+// TestRemovedBrokerClientsMove (issue 12, 4): a commit removing a broker
+// closes the connections to it, and only those; their clients reconnect to
+// the brokers that remain.
+func TestRemovedBrokerClientsMove(t *testing.T) {
+	addr := cfg.Addr(23)
+	st, err := cfg.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Node("broker3"); !ok {
+		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srcs := sourceAddrs(t, 12)
+	leave := func() {
+		if _, err := os.Stat(filepath.Join(cfg.Dir, "cluster", "broker3.cue")); err == nil {
+			gone := commit(t, "e2e: broker3 leaves", map[string]string{"broker3.cue": ""})
+			appliedAfter(t, gone, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+		}
+	}
+	leave() // whatever an earlier scenario left
+	t.Cleanup(leave)
+	head := commit(t, "e2e: broker3 joins", map[string]string{"broker3.cue": fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)})
+	appliedAfter(t, head, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2", "broker3")
+
+	type client struct {
+		src, broker string
+		closed      chan struct{}
+	}
+	var clients []client
+	on3 := 0
+	for i, src := range srcs {
+		c, broker := connectFrom(t, src, fmt.Sprintf("move-%d", i))
+		cl := client{src, broker, make(chan struct{})}
+		go func() {
+			io.Copy(io.Discard, c)
+			close(cl.closed)
+		}()
+		clients = append(clients, cl)
+		if broker == "broker3" {
+			on3++
+		}
+	}
+	if on3 == 0 || on3 == len(clients) {
+		t.Fatalf("clients from %d addresses: %d on broker3; need some on it and some elsewhere", len(srcs), on3)
+	}
+	pushed := time.Now()
+	gone := commit(t, "e2e: broker3 leaves", map[string]string{"broker3.cue": ""})
+	appliedAfter(t, gone, pushed, 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	deadline := time.After(10 * time.Second)
+	for _, cl := range clients {
+		if cl.broker != "broker3" {
+			continue
+		}
+		select {
+		case <-cl.closed:
+		case <-deadline:
+			t.Fatalf("the connection from %s to the removed broker3 is still open", cl.src)
+		}
+	}
+	took := time.Since(pushed)
+	time.Sleep(2 * time.Second)
+	kept := 0
+	for _, cl := range clients {
+		select {
+		case <-cl.closed:
+			if cl.broker != "broker3" {
+				t.Errorf("the connection from %s to %s was closed too", cl.src, cl.broker)
+			}
+		default:
+			kept++
+		}
+	}
+	for i, cl := range clients {
+		if cl.broker == "broker3" {
+			if _, b := connectFrom(t, cl.src, fmt.Sprintf("moved-%d", i)); b == "broker3" {
+				t.Errorf("a client from %s reconnected to the removed broker3", cl.src)
+			}
+		}
+	}
+	report(t, "broker3 removed: its %d clients were disconnected within %s of the push and reconnected to the others; %d clients of other brokers kept their connections",
+		on3, took.Round(time.Millisecond), kept)
 }
