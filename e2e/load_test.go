@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/lab"
 )
 
 // mqttConnect opens a TLS connection to addr and completes an MQTT 3.1.1
@@ -448,4 +453,93 @@ func TestRemovedBrokerClientsMove(t *testing.T) {
 	}
 	report(t, "broker3 removed: its %d clients were disconnected within %s of the push and reconnected to the others; %d clients of other brokers kept their connections",
 		on3, took.Round(time.Millisecond), kept)
+}
+
+// TestBridgeBurst (issue 12, 3 and 8): a 20,000-message QoS1 burst published
+// on broker1, each acknowledged to the publisher, arrives complete at a
+// subscriber on broker2, across the bridge master.
+func TestBridgeBurst(t *testing.T) {
+	const total = 20000
+	topic := fmt.Sprintf("e2e/burst/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, brokerAddr(t, "broker2"), "burst-sub", true), topic)
+	time.Sleep(500 * time.Millisecond) // the subscription crosses the bridge
+	pub := client(t, brokerAddr(t, "broker1"), "burst-pub", true)
+	start := time.Now()
+	toks := make(chan mqtt.Token, 200) // at most 200 unacknowledged at once
+	var acked atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for tok := range toks {
+			if tok.WaitTimeout(30*time.Second) && tok.Error() == nil {
+				acked.Add(1)
+			}
+		}
+	}()
+	for i := range total {
+		toks <- pub.Publish(topic, 1, false, fmt.Sprintf("b%05d", i))
+	}
+	close(toks)
+	<-done
+	pubTook := time.Since(start)
+	deadline := time.Now().Add(60 * time.Second)
+	for in.unique() < total && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	got := in.unique()
+	report(t, "QoS1 burst across the bridge: %d published and acknowledged in %s (%.0f msg/s), %d received on broker2, %d lost",
+		acked.Load(), pubTook.Round(time.Millisecond), float64(acked.Load())/pubTook.Seconds(), got, int(acked.Load())-got)
+	if int(acked.Load()) != total || got != total {
+		t.Errorf("acknowledged %d of %d, received %d", acked.Load(), total, got)
+	}
+}
+
+// TestBridgeDropsReported (issue 12, 3): when a queue is too small after all
+// (here squeezed to 100 by a commit), mosquitto drops acknowledged messages;
+// the agent of that broker counts it and says so in status and metrics.
+func TestBridgeDropsReported(t *testing.T) {
+	head := commit(t, "e2e: tiny queues", map[string]string{"queues.cue": "package cluster\n\nmqtt: maxQueuedMessages: 100\n"})
+	t.Cleanup(func() { revert(t, "queues.cue") })
+	appliedAfter(t, head, time.Now(), 60*time.Second, "broker1", "broker2", "bridge")
+	topic := fmt.Sprintf("e2e/drops/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, brokerAddr(t, "broker2"), "drops-sub", true), topic)
+	time.Sleep(500 * time.Millisecond)
+	pub := client(t, brokerAddr(t, "broker1"), "drops-pub", true)
+	const total = 20000
+	toks := make(chan mqtt.Token, 200)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for tok := range toks {
+			tok.WaitTimeout(30 * time.Second)
+		}
+	}()
+	for i := range total {
+		toks <- pub.Publish(topic, 1, false, fmt.Sprintf("d%05d", i))
+	}
+	close(toks)
+	<-done
+	time.Sleep(3 * time.Second)
+	t.Logf("queues of 100: %d of %d received across the bridge", in.unique(), total)
+	var drops []string
+	waitFor(t, 15*time.Second, "broker1's status reports the drops", func() bool {
+		drops = nil
+		for _, d := range agentStatus(t, "broker1").Drops {
+			drops = append(drops, fmt.Sprintf("%s x%d", d.Client, d.Episodes))
+		}
+		return len(drops) > 0
+	})
+	report(t, "queues of 100: %d of %d received across the bridge; broker1's agent reports drops for %v", in.unique(), total, drops)
+	if !strings.Contains(on(t, "broker1", "mqha-agent", "status"), "DROPPED") {
+		t.Error("mqha-agent status does not show the drops")
+	}
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node(t, "broker1").Addr, lab.WebhookPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "mqha_mosquitto_drop_episodes_total{client=") {
+		t.Error("the metrics do not count the drops")
+	}
 }

@@ -80,6 +80,9 @@ type Deps struct {
 	WatchUnits func(watch func() []string) (<-chan string, error)
 	// CloseConns closes this host's connections to addr:port (nil: ss -K).
 	CloseConns func(ctx context.Context, addr string, port int) error
+	// Journal returns a unit's log lines after cursor, and the next cursor
+	// (nil: journalctl).
+	Journal func(ctx context.Context, unit, cursor string) (lines []string, next string, err error)
 	// WatchFiles reports managed files changed by hand (nil: not watched).
 	WatchFiles func(ctx context.Context, files []string) (<-chan string, error)
 	// Notify sends sd_notify lines (nil: dropped).
@@ -144,6 +147,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	if d.ProbeLB == nil {
 		d.ProbeLB = probeTLSThrough
 	}
+	if d.Journal == nil {
+		d.Journal = journal
+	}
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
 	}
@@ -170,6 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	go a.watchdog(ctx)
+	go a.watchDrops(ctx)
 	a.log.Info("agent started", "node", a.node, "repo", a.cfg.Repo, "branch", a.cfg.Branch, "applied", source.Short(a.applied),
 		"signatures", a.d.Verifier != nil, "version", a.d.Version)
 

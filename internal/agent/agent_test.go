@@ -438,3 +438,16 @@ func TestRemovedBrokerConnectionsClosed(t *testing.T) {
 		}
 	}
 }
+
+// Drops mosquitto logs are counted per client and shown in status.
+func TestDropsCounted(t *testing.T) {
+	h := newHarness(t, "broker1", "", nil)
+	h.a.countDrops([]string{"1795746031: New connection from 10.0.0.1",
+		"1795746031: Outgoing messages are being dropped for client mqtt-bridge-to-broker1.",
+		"1795746040: Outgoing messages are being dropped for client mqtt-bridge-to-broker1.",
+		"1795746041: Outgoing messages are being dropped for client alice."})
+	d := h.a.Status().Drops
+	if len(d) != 2 || d[0].Client != "mqtt-bridge-to-broker1" || d[0].Episodes != 2 || d[1].Client != "alice" || d[1].Episodes != 1 {
+		t.Errorf("drops %+v", d)
+	}
+}

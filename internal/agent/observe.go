@@ -27,6 +27,7 @@ type metrics struct {
 	checkOK     *prometheus.GaugeVec
 	repairs     *prometheus.GaugeVec
 	drift       prometheus.Counter
+	drops       *prometheus.CounterVec
 }
 
 func newMetrics() metrics {
@@ -37,8 +38,10 @@ func newMetrics() metrics {
 		checkOK:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_health_check_ok", Help: "1 when the last run of a health check passed."}, []string{"check"}),
 		repairs:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_health_repairs", Help: "Repairs made by a health check since the agent started."}, []string{"check"}),
 		drift:       prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_drift_reverted_total", Help: "Hand edits of managed files reverted."}),
+		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_mosquitto_drop_episodes_total",
+			Help: "Times mosquitto started dropping messages for a client whose queue was full (acknowledged messages lost)."}, []string{"client"}),
 	}
-	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift,
+	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -65,6 +65,7 @@ type MQTT struct {
 	MaxKeepalive      int `json:"maxKeepalive"`
 	BridgeKeepalive   int `json:"bridgeKeepalive"`
 	MaxQueuedMessages int `json:"maxQueuedMessages"`
+	MaxQueuedBytes    int `json:"maxQueuedBytes"`
 }
 
 type Limits struct {

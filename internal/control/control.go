@@ -35,6 +35,15 @@ type Status struct {
 	LastFetch      time.Time       `json:"lastFetch,omitzero"`
 	FetchError     string          `json:"fetchError,omitempty"`
 	Checks         []health.Result `json:"checks"`
+	// Drops are the sessions mosquitto dropped messages for (queue full).
+	Drops []Drop `json:"drops,omitempty"`
+}
+
+// Drop counts the times mosquitto started dropping messages for a client.
+type Drop struct {
+	Client   string    `json:"client"`
+	Episodes int       `json:"episodes"`
+	Last     time.Time `json:"last"`
 }
 
 // Agent is what the server needs of the running agent.

@@ -59,9 +59,9 @@ func TestOnChange(t *testing.T) {
 	a, _ := Nginx.OnChange([]byte("a"), []byte("b"))
 	b, _ := Keepalived.OnChange([]byte("a"), []byte("b"))
 	c, _ := Mosquitto.OnChange([]byte("listener 8883\n"), []byte("listener 8884\n"))
-	d, _ := Mosquitto.OnChange([]byte("max_queued_messages 1\n"), []byte("max_queued_messages 2\n"))
+	d, _ := Mosquitto.OnChange([]byte("max_keepalive 60\n"), []byte("max_keepalive 120\n"))
 	if a != unit.Reload || b != unit.Reload || c != unit.Restart || d != unit.Reload {
-		t.Errorf("nginx %s, keepalived %s, mosquitto listener %s, queue %s", a, b, c, d)
+		t.Errorf("nginx %s, keepalived %s, mosquitto listener %s, keepalive %s", a, b, c, d)
 	}
 }
 
@@ -95,5 +95,16 @@ func TestChecksAndBridges(t *testing.T) {
 	br := Bridges(cl, b2)
 	if len(br) != 1 || br[0].Name != "b1" || br[0].ClientID != "c-b2-to-b1" || br[0].Connection != "mqha-b1" {
 		t.Errorf("bridges of b2: %+v (a bridge master on a broker bridges the others only)", br)
+	}
+}
+
+// A queue limit is not in force after a SIGHUP in mosquitto 2.0.11: a change
+// restarts.
+func TestQueueLimitsRestart(t *testing.T) {
+	for _, opt := range []string{"max_queued_messages", "max_queued_bytes"} {
+		a, why := Mosquitto.OnChange([]byte(opt+" 1\n"), []byte(opt+" 2\n"))
+		if a != unit.Restart {
+			t.Errorf("%s changed: %s (%s), want restart", opt, a, why)
+		}
 	}
 }

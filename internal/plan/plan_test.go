@@ -17,6 +17,7 @@ const mosq = `# Managed by mqha-agent
 pid_file /run/mosquitto/mosquitto.pid
 user mosquitto
 max_queued_messages 1000
+max_keepalive 300
 log_type error
 
 listener 8883
@@ -37,7 +38,8 @@ func TestMosquittoAction(t *testing.T) {
 		{"bridge address", "10.0.0.21:8884", "10.0.0.29:8884", unit.Restart, "bridges changed"},
 		{"listener port", "listener 8883", "listener 8893", unit.Restart, "listeners changed and mosquitto cannot reload listeners"},
 		{"listener option", "cafile /etc/mqha/tls/ca.crt", "cafile /etc/other.crt", unit.Restart, "listeners changed"},
-		{"reloadable option", "max_queued_messages 1000", "max_queued_messages 5000", unit.Reload, "max_queued_messages changed; mosquitto re-reads it on SIGHUP"},
+		{"reloadable option", "max_keepalive 300", "max_keepalive 600", unit.Reload, "max_keepalive changed; mosquitto re-reads it on SIGHUP"},
+		{"queue limit (not in force after a reload in 2.0.11)", "max_queued_messages 1000", "max_queued_messages 5000", unit.Restart, "max_queued_messages changed and mosquitto reads it only at start"},
 		{"added reloadable option", "log_type error\n", "log_type error\nlog_type warning\n", unit.Reload, "log_type changed"},
 		{"start-only option", "user mosquitto", "user nobody", unit.Restart, "user changed and mosquitto reads it only at start"},
 		{"comment only", "# Managed by mqha-agent", "# Managed by mqha-agent, v2", unit.Reload, "only comments changed"},
