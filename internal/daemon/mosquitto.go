@@ -21,7 +21,7 @@ var mosquittoReloadable = map[string]bool{
 	"log_dest": true, "log_timestamp": true, "log_timestamp_format": true, "log_type": true,
 	"max_inflight_bytes": true, "max_inflight_messages": true, "max_keepalive": true,
 	"max_packet_size": true,
-	"memory_limit": true, "message_size_limit": true, "password_file": true,
+	"memory_limit":    true, "message_size_limit": true, "password_file": true,
 	"per_listener_settings": true, "persistence": true, "persistence_file": true,
 	"persistence_location": true, "persistent_client_expiration": true, "psk_file": true,
 	"queue_qos0_messages": true, "retain_available": true, "set_tcp_nodelay": true,
