@@ -198,8 +198,9 @@ func (c *cmd) render(args []string) error {
 	return nil
 }
 
-// load reads the definition and renders the node (default: this host).
-func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
+// load reads the definition and renders the node (default: this host),
+// sized for host (the agent sizes for the machine it runs on).
+func load(repo, node string, host render.Host) (*cluster.Cluster, *render.Output, error) {
 	node, err := agent.NodeName(node)
 	if err != nil {
 		return nil, nil, fmt.Errorf("no --node: %w", err)
@@ -208,7 +209,7 @@ func load(repo, node string) (*cluster.Cluster, *render.Output, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	out, err := render.Node(cl, node)
+	out, err := render.NodeOn(cl, node, host)
 	return cl, out, err
 }
 
@@ -222,7 +223,12 @@ func (c *cmd) diff(args []string) (int, error) {
 	if st, err := os.Stat(*root); err != nil || !st.IsDir() {
 		return exitError, fmt.Errorf("--root %s is not a directory", *root)
 	}
-	cl, out, err := load(*repo, *node)
+	// On the live root, size as the agent on this machine does.
+	host := render.Host{}
+	if filepath.Clean(*root) == "/" {
+		host = agent.LocalHost()
+	}
+	cl, out, err := load(*repo, *node, host)
 	if err != nil {
 		return exitError, err
 	}
@@ -274,7 +280,7 @@ func (c *cmd) apply(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cl, out, err := load(*repo, *node)
+	cl, out, err := load(*repo, *node, agent.LocalHost())
 	if err != nil {
 		return err
 	}

@@ -59,6 +59,9 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 		fmt.Fprintf(w, ", error: %s", s.FetchError)
 	}
 	fmt.Fprintln(w)
+	for _, warning := range s.Warnings {
+		fmt.Fprintf(c.stdout, "WARNING   %s\n", warning)
+	}
 	for _, d := range s.Drops {
 		fmt.Fprintf(w, "DROPPED   mosquitto dropped messages for client %s: %d times, last %s (queue full: raise mqtt.maxQueuedMessages/maxQueuedBytes, or find the slow consumer)\n", d.Client, d.Episodes, ago(d.Last))
 	}

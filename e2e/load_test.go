@@ -543,3 +543,42 @@ func TestBridgeDropsReported(t *testing.T) {
 		t.Error("the metrics do not count the drops")
 	}
 }
+
+// TestLimitsHold (issue 12, 2): the agents size nginx and mosquitto for
+// the descriptors this host grants (the sandbox caps every process at
+// 20,000), so the configured limits are in force (nginx no longer fails
+// setrlimit), and say in status and metrics that a daemon cannot hold
+// limits.clients here.
+func TestLimitsHold(t *testing.T) {
+	conf := on(t, "lb1", "cat", "/etc/nginx/nginx.conf")
+	hard := strings.TrimSpace(on(t, "lb1", "sh", "-c", "ulimit -Hn"))
+	if !strings.Contains(conf, "worker_rlimit_nofile "+hard+";") {
+		t.Errorf("nginx is not sized for this host's %s descriptors:\n%s", hard, conf)
+	}
+	on(t, "lb1", "systemctl", "reload", "nginx")
+	time.Sleep(time.Second)
+	if log := onAny(t, "lb1", "sh", "-c", "tail -n 20 /var/log/nginx/error.log"); strings.Contains(log, "setrlimit") {
+		t.Errorf("nginx still fails to set its descriptor limit:\n%s", log)
+	}
+	for _, n := range []string{"lb1", "broker1"} {
+		s := agentStatus(t, n)
+		report(t, "%s: host allows %s descriptors per process; status warns: %q", n, hard, s.Warnings)
+		if len(s.Warnings) == 0 {
+			t.Errorf("%s: no warning that limits.clients (50,000) cannot be held with %s descriptors", n, hard)
+		}
+		for _, w := range s.Warnings {
+			if strings.Contains(w, "not in force") {
+				t.Errorf("%s: %s", n, w)
+			}
+		}
+	}
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node(t, "lb1").Addr, lab.WebhookPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), `mqha_limit_ok{unit="nginx.service"} 0`) {
+		t.Error("mqha_limit_ok does not report nginx's shortfall")
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
 )
 
@@ -89,6 +90,8 @@ type Deps struct {
 	Notify func(state string)
 	// Now is the clock of the pull policy (nil: time.Now).
 	Now func() time.Time
+	// Host is what this host allows, for sizing (nil: LocalHost).
+	Host func() render.Host
 	// FaultFile is keepalived's track file (empty: daemon.FaultFile).
 	FaultFile string
 	Log       *slog.Logger
@@ -146,6 +149,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	}
 	if d.ProbeLB == nil {
 		d.ProbeLB = probeTLSThrough
+	}
+	if d.Host == nil {
+		d.Host = LocalHost
 	}
 	if d.Journal == nil {
 		d.Journal = journal
@@ -274,4 +280,5 @@ func (a *Agent) checkHealth(ctx context.Context) {
 	if m != nil {
 		m.Once(ctx)
 	}
+	a.checkLimits(ctx)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/unit"
 )
@@ -95,7 +96,7 @@ func (fakeSystemd) Do(context.Context, unit.Action, string) error      { return 
 func (fakeSystemd) Enable(context.Context, string) error               { return nil }
 func (fakeSystemd) Disable(context.Context, string) error              { return nil }
 func (fakeSystemd) Kill(context.Context, string, syscall.Signal) error { return nil }
-func (fakeSystemd) MainPID(context.Context, string) (int, error)       { return 42, nil }
+func (fakeSystemd) MainPID(context.Context, string) (int, error)       { return 0, nil }
 
 type clock struct{ t time.Time }
 
@@ -112,6 +113,7 @@ type harness struct {
 	dir    string
 	probes int
 	peerOK bool
+	host   render.Host
 }
 
 // newHarness is an agent of node broker1 (lb1 with lb set) of the example
@@ -144,6 +146,7 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 		Notify:    func(s string) { h.notes = append(h.notes, s) },
 		Now:       h.clock.now,
 		FaultFile: filepath.Join(h.dir, "lb-fault"),
+		Host:      func() render.Host { return h.host },
 		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	return h
@@ -449,5 +452,35 @@ func TestDropsCounted(t *testing.T) {
 	d := h.a.Status().Drops
 	if len(d) != 2 || d[0].Client != "mqtt-bridge-to-broker1" || d[0].Episodes != 2 || d[1].Client != "alice" || d[1].Episodes != 1 {
 		t.Errorf("drops %+v", d)
+	}
+}
+
+// On a host that cannot hold limits.clients, status says so, per daemon.
+func TestLimitWarnings(t *testing.T) {
+	for _, tt := range []struct {
+		node string
+		host render.Host
+		want []string
+	}{
+		{"lb1", render.Host{}, nil},
+		{"lb1", render.Host{NoFileMax: 20000}, []string{"nginx holds at most 9488 clients per worker (this host allows 20000 descriptors per process), fewer than limits.clients 50000"}},
+		{"broker1", render.Host{NoFileMax: 20000}, []string{"mosquitto holds at most 18976 clients (this host allows 20000 descriptors per process)"}},
+		{"broker1", render.Host{NoFileMax: 1 << 20}, nil},
+	} {
+		h := newHarness(t, tt.node, "", map[string]string{"c1": ""})
+		h.host = tt.host
+		h.src.head = "c1"
+		h.tick(t, false)
+		h.a.checkLimits(context.Background())
+		got := h.a.Status().Warnings
+		if len(got) != len(tt.want) {
+			t.Errorf("%s on %+v: warnings %q, want %q", tt.node, tt.host, got, tt.want)
+			continue
+		}
+		for i := range got {
+			if !strings.HasPrefix(got[i], tt.want[i]) {
+				t.Errorf("%s: warning %q, want it to start %q", tt.node, got[i], tt.want[i])
+			}
+		}
 	}
 }

@@ -28,6 +28,7 @@ type metrics struct {
 	repairs     *prometheus.GaugeVec
 	drift       prometheus.Counter
 	drops       *prometheus.CounterVec
+	limitOK     *prometheus.GaugeVec
 }
 
 func newMetrics() metrics {
@@ -41,7 +42,9 @@ func newMetrics() metrics {
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_mosquitto_drop_episodes_total",
 			Help: "Times mosquitto started dropping messages for a client whose queue was full (acknowledged messages lost)."}, []string{"client"}),
 	}
-	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops,
+	m.limitOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_limit_ok",
+		Help: "1 when a daemon's descriptor limit is in force and holds limits.clients; 0 otherwise (see status)."}, []string{"unit"})
+	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -48,7 +48,7 @@ func (a *Agent) load(hash string) (*View, error) {
 	if v.Node, ok = v.Cluster.Node(a.node); !ok {
 		return nil, wrap(fmt.Errorf("node %q is not in the cluster definition", a.node))
 	}
-	if v.Output, err = render.Node(v.Cluster, a.node); err != nil {
+	if v.Output, err = render.NodeOn(v.Cluster, a.node, a.d.Host()); err != nil {
 		return nil, wrap(err)
 	}
 	if v.TLS, err = a.d.LoadTLS(v.Cluster.TLS); err != nil {

@@ -35,6 +35,9 @@ type Status struct {
 	LastFetch      time.Time       `json:"lastFetch,omitzero"`
 	FetchError     string          `json:"fetchError,omitempty"`
 	Checks         []health.Result `json:"checks"`
+	// Warnings are conditions that do not fail a check but will: limits
+	// not in force or below what the definition plans for.
+	Warnings []string `json:"warnings,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
 }

@@ -43,6 +43,32 @@ type Output struct {
 	Node  cluster.Node
 	Units []string // units this node runs, in start order
 	Files []File   // sorted by path
+	// Limits are the descriptor limits the files give each unit and the
+	// clients that holds, to check that they are in force.
+	Limits []Limit
+}
+
+// Limit is a unit's descriptor limit (LimitNOFILE) and what it is for.
+type Limit struct {
+	Unit    string
+	NoFile  int // LimitNOFILE
+	Clients int // clients the daemon holds within it
+	Wanted  int // clients the definition plans for (limits.clients)
+}
+
+// Host is what the node allows, which sizing must respect.
+type Host struct {
+	// NoFileMax is the most descriptors one process may have on this host:
+	// the hard RLIMIT_NOFILE services inherit, and fs.nr_open. 0: unknown,
+	// sized from the definition alone.
+	NoFileMax int
+}
+
+func (h Host) clamp(n int) int {
+	if h.NoFileMax > 0 && n > h.NoFileMax {
+		return h.NoFileMax
+	}
+	return n
 }
 
 //go:embed templates/*.tmpl
@@ -62,29 +88,41 @@ type data struct {
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
+	MaxConnections    int // mosquitto's, below its descriptor limit
 	ProxyTimeout      int
 	FaultFile         string
 	FaultDir          string
 }
 
-// Node renders the files of the node called name.
-func Node(c *cluster.Cluster, name string) (*Output, error) {
+// Node renders the files of the node called name, sized from the
+// definition alone (a workstation's render; golden files).
+func Node(c *cluster.Cluster, name string) (*Output, error) { return NodeOn(c, name, Host{}) }
+
+// NodeOn renders the files of the node called name for a host that allows
+// h: descriptor limits never above what the host grants, and the daemons'
+// own connection limits below them, so that at the limit new connections
+// are refused cleanly instead of failing in accept (EMFILE) while the
+// existing ones keep working.
+func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	n, ok := c.Node(name)
 	if !ok {
 		return nil, fmt.Errorf("node %q is not in cluster %q; the nodes are %v (use --node, or add the node to the cluster repository)", name, c.Name, names(c.Nodes))
 	}
 	d := data{
-		Cluster:           c,
-		Node:              n,
-		VIP:               c.VIP,
-		Brokers:           c.WithRole(cluster.Broker),
-		NoFile:            2*c.Limits.Clients + fdHeadroom,
-		WorkerConnections: 2*c.Limits.Clients + fdHeadroom,
-		MosquittoNoFile:   c.Limits.Clients + fdHeadroom,
-		ProxyTimeout:      c.MQTT.MaxKeepalive * proxyTimeoutPct / 100,
-		FaultFile:         daemon.FaultFile,
-		FaultDir:          path.Dir(daemon.FaultFile),
+		Cluster: c,
+		Node:    n,
+		VIP:     c.VIP,
+		Brokers: c.WithRole(cluster.Broker),
+		// Each proxied client holds two descriptors in nginx (client and
+		// broker side) and one in mosquitto.
+		NoFile:          h.clamp(2*c.Limits.Clients + fdHeadroom),
+		MosquittoNoFile: h.clamp(c.Limits.Clients + fdHeadroom),
+		ProxyTimeout:    c.MQTT.MaxKeepalive * proxyTimeoutPct / 100,
+		FaultFile:       daemon.FaultFile,
+		FaultDir:        path.Dir(daemon.FaultFile),
 	}
+	d.WorkerConnections = max(d.NoFile-fdHeadroom, 1)
+	d.MaxConnections = max(d.MosquittoNoFile-fdHeadroom, 1)
 	for _, p := range c.WithRole(cluster.LB) {
 		if p.Name != n.Name {
 			d.Peers = append(d.Peers, p)
@@ -103,6 +141,13 @@ func Node(c *cluster.Cluster, name string) (*Output, error) {
 	}
 	for _, dm := range daemon.For(n) {
 		out.Units = append(out.Units, dm.Unit)
+		switch dm.Name {
+		case daemon.Mosquitto.Name:
+			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.MosquittoNoFile, Clients: d.MaxConnections, Wanted: c.Limits.Clients})
+		case daemon.Nginx.Name:
+			// Per worker: worker_processes auto spreads clients over cores.
+			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.NoFile, Clients: d.WorkerConnections / 2, Wanted: c.Limits.Clients})
+		}
 		if err := add(dm.Unit, dm.Conf, dm.ConfTemplate, Config, 0o644); err != nil {
 			return nil, err
 		}

@@ -160,3 +160,41 @@ func TestDrain(t *testing.T) {
 		}
 	}
 }
+
+// On a host that grants 20,000 descriptors per process (this sandbox), the
+// limits are clamped to it and the daemons' own connection limits stay
+// below, so that at the limit connections are refused, not failed.
+func TestSizedForTheHost(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		node  string
+		host  render.Host
+		wants []string
+	}{
+		{"lb1", render.Host{NoFileMax: 20000}, []string{"worker_rlimit_nofile 20000;", "worker_connections 18976;", "LimitNOFILE=20000"}},
+		{"broker1", render.Host{NoFileMax: 20000}, []string{"max_connections 18976", "LimitNOFILE=20000"}},
+		{"broker1", render.Host{NoFileMax: 1 << 20}, []string{"max_connections 50000", "LimitNOFILE=51024"}},
+	} {
+		out, err := render.NodeOn(c, tt.node, tt.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all string
+		for _, f := range out.Files {
+			all += string(f.Content)
+		}
+		for _, w := range tt.wants {
+			if !strings.Contains(all, w) {
+				t.Errorf("%s on a host allowing %d: no %q", tt.node, tt.host.NoFileMax, w)
+			}
+		}
+		for _, l := range out.Limits {
+			if l.Clients >= l.NoFile || l.Wanted != 50000 {
+				t.Errorf("%s: limit %+v: clients must stay below the descriptors", tt.node, l)
+			}
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/render"
+)
+
+// LocalHost reads what this host allows: the hard RLIMIT_NOFILE (which the
+// services systemd starts inherit as their ceiling) and fs.nr_open.
+func LocalHost() render.Host {
+	var h render.Host
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Max < 1<<31 {
+		h.NoFileMax = int(rl.Max)
+	}
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && (h.NoFileMax == 0 || n < h.NoFileMax) {
+			h.NoFileMax = n
+		}
+	}
+	return h
+}
+
+// checkLimits compares, for each daemon of the applied commit, the
+// descriptor limit in force (its processes' /proc/PID/limits) with the
+// rendered one, and the clients that holds with the definition's
+// limits.clients. A shortfall is a warning in status and a 0 in
+// mqha_limit_ok: a limit that is not in force is never silent.
+func (a *Agent) checkLimits(ctx context.Context) {
+	v := a.view
+	if v == nil {
+		return
+	}
+	var warns []string
+	for _, l := range v.Output.Limits {
+		ok := true
+		name := strings.TrimSuffix(l.Unit, ".service")
+		if l.Clients < l.Wanted {
+			ok = false
+			per := ""
+			if name == "nginx" {
+				per = " per worker"
+			}
+			warns = append(warns, fmt.Sprintf("%s holds at most %d clients%s (this host allows %d descriptors per process), fewer than limits.clients %d: add brokers or nginx workers, or raise the host's limit",
+				name, l.Clients, per, l.NoFile, l.Wanted))
+		}
+		if pid, err := a.d.Systemd.MainPID(ctx, l.Unit); err == nil && pid > 0 {
+			for _, p := range append([]int{pid}, procChildren(pid)...) {
+				if got, err := openFilesLimit(p); err == nil && got < l.NoFile {
+					ok = false
+					warns = append(warns, fmt.Sprintf("%s (pid %d) runs with %d open files, configured %d: the limit is not in force", name, p, got, l.NoFile))
+					break
+				}
+			}
+		}
+		a.m.limitOK.WithLabelValues(l.Unit).Set(map[bool]float64{true: 1, false: 0}[ok])
+	}
+	a.update(func(s *control.Status) { s.Warnings = warns })
+}
+
+// openFilesLimit is the soft "Max open files" of process pid.
+func openFilesLimit(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "Max open files"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				if f[0] == "unlimited" {
+					return 1 << 30, nil
+				}
+				return strconv.Atoi(f[0])
+			}
+		}
+	}
+	return 0, fmt.Errorf("no open files limit in /proc/%d/limits", pid)
+}
+
+func procChildren(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
