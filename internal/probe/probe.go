@@ -77,35 +77,73 @@ func wait(ctx context.Context, tok mqtt.Token, what string) error {
 	}
 }
 
+// freshEvery is how often the round-trip probe connects anew instead of
+// reusing its connection: reusing spares the broker a TLS handshake and
+// three log lines every few seconds, connecting anew still catches a
+// listener that stopped accepting clients.
+const freshEvery = 20
+
 // MQTTRoundTrip publishes a QoS1 message to the broker at addr and waits
 // for it to come back on a subscription. Topics under $mqha are not matched
-// by a bridge's "#", so the probe stays on this broker.
+// by a bridge's "#", so the probe stays on this broker. It keeps its
+// connection between calls (every freshEvery-th call connects anew); any
+// failure drops it.
 func MQTTRoundTrip(addr string, tc *tls.Config, node string) Probe {
-	return func(ctx context.Context) error {
-		id := "mqha-health-" + node + "-" + nonce()
-		c, err := connect(ctx, addr, tc, id)
-		if err != nil {
-			return err
-		}
-		defer c.Disconnect(50)
-		topic := "$mqha/health/" + id
-		got := make(chan struct{}, 1)
-		if err := wait(ctx, c.Subscribe(topic, 1, func(mqtt.Client, mqtt.Message) {
+	var (
+		mu     sync.Mutex
+		c      mqtt.Client
+		topic  string
+		calls  int
+		inbox  = make(chan string, 16)
+		handle = func(_ mqtt.Client, m mqtt.Message) {
 			select {
-			case got <- struct{}{}:
+			case inbox <- string(m.Payload()):
 			default:
 			}
-		}), "subscribe"); err != nil {
+		}
+	)
+	drop := func() {
+		if c != nil {
+			c.Disconnect(50)
+			c = nil
+		}
+	}
+	return func(ctx context.Context) (err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		defer func() {
+			if err != nil {
+				drop()
+			}
+		}()
+		calls++
+		if c != nil && (calls%freshEvery == 0 || !c.IsConnectionOpen()) {
+			drop()
+		}
+		if c == nil {
+			id := "mqha-health-" + node + "-" + nonce()
+			if c, err = connect(ctx, addr, tc, id); err != nil {
+				return err
+			}
+			topic = "$mqha/health/" + id
+			if err := wait(ctx, c.Subscribe(topic, 1, handle), "subscribe"); err != nil {
+				return err
+			}
+		}
+		ping := nonce()
+		if err := wait(ctx, c.Publish(topic, 1, false, ping), "publish"); err != nil {
 			return err
 		}
-		if err := wait(ctx, c.Publish(topic, 1, false, "ping"), "publish"); err != nil {
-			return err
-		}
-		select {
-		case <-got:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: published message did not come back: broker is not delivering", ErrNoAnswer)
+		for {
+			select {
+			case got := <-inbox:
+				if got == ping {
+					return nil
+				}
+				// An answer to an earlier, timed-out round: keep waiting.
+			case <-ctx.Done():
+				return fmt.Errorf("%w: published message did not come back: broker is not delivering", ErrNoAnswer)
+			}
 		}
 	}
 }
