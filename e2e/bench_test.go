@@ -35,6 +35,8 @@ func TestBenchConvergence(t *testing.T) {
 	}
 	nodes := []string{"lb1", "lb2", "bridge", "broker1", "broker2", "broker3"}
 	perNode := map[string][]time.Duration{}
+	stages := map[string]map[string][]time.Duration{} // node -> stage -> samples
+	var stageNames []string
 	var fleet []time.Duration
 	added := fmt.Sprintf("package cluster\n\nnodes: broker3: {address: %q, roles: [\"broker\"]}\n", addr)
 	for i := range pushes {
@@ -58,6 +60,15 @@ func TestBenchConvergence(t *testing.T) {
 			}
 			d := at.Sub(pushed)
 			perNode[n] = append(perNode[n], d)
+			if stages[n] == nil {
+				stages[n] = map[string][]time.Duration{}
+			}
+			for _, st := range s.Stages {
+				if !slices.Contains(stageNames, st.Name) {
+					stageNames = append(stageNames, st.Name)
+				}
+				stages[n][st.Name] = append(stages[n][st.Name], time.Duration(st.Seconds*float64(time.Second)))
+			}
 			last = max(last, d)
 		}
 		fleet = append(fleet, last)
@@ -91,6 +102,19 @@ func TestBenchConvergence(t *testing.T) {
 		fmt.Printf("BENCH %-12s %8d %7.2fs %7.2fs\n", r.Node, r.Samples, r.P50s, r.P95s)
 	}
 	fmt.Printf("BENCH target: every node p50 < 3 s (issue 8), p50 < 1 s / p95 < 2 s (issue 12)\n")
+	fmt.Printf("\nBENCH where each node's time goes, p50 per stage in ms (push -> the agent's pull is the rest)\n")
+	fmt.Printf("BENCH %-12s", "node")
+	for _, st := range stageNames {
+		fmt.Printf(" %12s", st)
+	}
+	fmt.Println()
+	for _, n := range nodes {
+		fmt.Printf("BENCH %-12s", n)
+		for _, st := range stageNames {
+			fmt.Printf(" %12.0f", float64(percentile(stages[n][st], 50).Microseconds())/1000)
+		}
+		fmt.Println()
+	}
 	out, _ := json.MarshalIndent(map[string]any{"pushes": pushes, "at": time.Now().UTC(), "convergence": rows}, "", "  ")
 	path := filepath.Join(cfg.Dir, "bench-convergence.json")
 	if err := os.WriteFile(path, out, 0o644); err != nil {

@@ -59,6 +59,8 @@ type Systemd interface {
 type Hooks struct {
 	Gate   func(ctx context.Context, p *plan.Plan) error
 	Verify func(ctx context.Context, p *plan.Plan) error
+	// Timing is told how long each stage of the apply took.
+	Timing func(stage string, d time.Duration)
 }
 
 // Converger carries a view out on the node: plan against the live system,
@@ -111,6 +113,7 @@ type Agent struct {
 	backoff time.Duration
 	nextTry time.Time
 
+	stages    []control.Stage // of the commit being converged
 	monitor   *health.Monitor
 	fault     *Fault
 	drift     <-chan string

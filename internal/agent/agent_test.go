@@ -81,8 +81,11 @@ type fakeConverger struct {
 	fail  map[string]error
 }
 
-func (f *fakeConverger) converge(_ context.Context, v *View, _ Hooks) (*plan.Plan, error) {
+func (f *fakeConverger) converge(_ context.Context, v *View, h Hooks) (*plan.Plan, error) {
 	f.calls = append(f.calls, v.Commit)
+	if h.Timing != nil {
+		h.Timing("units", 42*time.Millisecond)
+	}
 	return &plan.Plan{Node: v.Node.Name}, f.fail[v.Commit]
 }
 
@@ -482,5 +485,26 @@ func TestLimitWarnings(t *testing.T) {
 				t.Errorf("%s: warning %q, want it to start %q", tt.node, got[i], tt.want[i])
 			}
 		}
+	}
+}
+
+// The stages of converging a new commit are in status; enforcing the
+// applied commit afterwards neither adds to them nor replaces them.
+func TestStagesRecorded(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	h.tick(t, false)
+	var names []string
+	for _, s := range h.a.Status().Stages {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, " ") != "fetch+trust load units" {
+		t.Fatalf("stages %v", names)
+	}
+	for range 3 {
+		h.tick(t, false)
+	}
+	if n := len(h.a.Status().Stages); n != 3 || h.a.stages != nil {
+		t.Errorf("after enforcing: %d stages in status, %d pending", n, len(h.a.stages))
 	}
 }

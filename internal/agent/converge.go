@@ -49,7 +49,7 @@ func ConvergeOutput(ctx context.Context, out *render.Output, sd apply.Systemd, s
 		return nil, err
 	}
 	a := &apply.Applier{Root: "/", BackupDir: filepath.Join(stateDir, "backup"), Systemd: sd,
-		Validator: daemon.Validator{}, Settle: settle, Log: log, Gate: h.Gate, Verify: h.Verify}
+		Validator: daemon.Validator{}, Settle: settle, Log: log, Gate: h.Gate, Verify: h.Verify, Timing: h.Timing}
 	return p, a.Apply(ctx, p)
 }
 
@@ -80,7 +80,8 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 	gate := &rollout.Gate{Cluster: v.Cluster, Node: v.Node, TLS: peerTLS, Fault: a.fault.gate, Log: a.log,
 		Slot: rolloutSlot, Patience: rolloutPatience}
 	defer gate.Done()
-	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verify(ctx, v, p) }})
+	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verify(ctx, v, p) },
+		Timing: a.timing})
 	if p != nil && !p.Empty() {
 		for _, ch := range p.Changes {
 			a.log.Info("diff", "path", ch.File.Path, "diff", ch.Diff)

@@ -29,6 +29,7 @@ type metrics struct {
 	drift       prometheus.Counter
 	drops       *prometheus.CounterVec
 	limitOK     *prometheus.GaugeVec
+	stage       *prometheus.HistogramVec
 }
 
 func newMetrics() metrics {
@@ -44,7 +45,10 @@ func newMetrics() metrics {
 	}
 	m.limitOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_limit_ok",
 		Help: "1 when a daemon's descriptor limit is in force and holds limits.clients; 0 otherwise (see status)."}, []string{"unit"})
-	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK,
+	m.stage = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mqha_converge_stage_seconds",
+		Help:    "How long each stage of converging a new commit took.",
+		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60}}, []string{"stage"})
+	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

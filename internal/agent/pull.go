@@ -49,6 +49,8 @@ func (a *Agent) tick(ctx context.Context, force bool) error {
 // convergeNew checks a new commit (signature, history) before anything of
 // it is read, then loads and applies it.
 func (a *Agent) convergeNew(ctx context.Context, hash string) error {
+	a.stages = nil
+	mark := time.Now()
 	if err := a.d.Source.Fetch(ctx, hash); err != nil {
 		return err
 	}
@@ -68,10 +70,13 @@ func (a *Agent) convergeNew(ctx context.Context, hash string) error {
 			return fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(hash), source.Short(a.applied))
 		}
 	}
+	a.timing("fetch+trust", time.Since(mark))
+	mark = time.Now()
 	v, err := a.load(hash)
 	if err != nil {
 		return err
 	}
+	a.timing("load", time.Since(mark))
 	return a.apply(ctx, v)
 }
 

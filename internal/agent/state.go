@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/control"
@@ -45,7 +46,11 @@ func (a *Agent) applyDone(v *View) {
 			s.Refused, s.RefusedReason = "", ""
 		}
 		s.Applied, s.AppliedSubject, s.AppliedAt, s.Roles = v.Commit, v.Subject, a.d.Now(), v.Node.RoleList()
+		if newCommit {
+			s.Stages = a.stages
+		}
 	})
+	a.stages = nil
 }
 
 // refuse records that commit hash will not be applied, and why.
@@ -56,6 +61,7 @@ func (a *Agent) refuse(hash string, err error) {
 	a.writeState("refused", hash+" "+why)
 	a.log.Error("commit refused", "commit", source.Short(hash), "err", err)
 	a.update(func(s *control.Status) { s.Refused, s.RefusedReason = hash, why })
+	a.stages = nil
 }
 
 // fetched records the outcome of asking the remote for the branch head.
@@ -109,3 +115,13 @@ func (a *Agent) writeState(name, value string) {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// timing records how long a stage of converging the new commit took; an
+// enforce of the applied commit is not recorded.
+func (a *Agent) timing(stage string, d time.Duration) {
+	if a.stages == nil && stage != "fetch+trust" {
+		return // enforcing the applied commit, not converging a new one
+	}
+	a.stages = append(a.stages, control.Stage{Name: stage, Seconds: d.Seconds()})
+	a.m.stage.WithLabelValues(stage).Observe(d.Seconds())
+}

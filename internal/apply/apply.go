@@ -50,7 +50,19 @@ type Applier struct {
 	// Verify, if set, runs after the units are up: a failure (the daemons
 	// run but do not serve) rolls the change back like a failed unit.
 	Verify func(ctx context.Context, p *plan.Plan) error
+	// Timing, if set, is told how long each stage took: validate, gate,
+	// units (writes, daemon-reload, unit jobs), settle, verify.
+	Timing func(stage string, d time.Duration)
 	Log    *slog.Logger
+}
+
+// since reports the time since start as stage and returns now.
+func (a *Applier) since(stage string, start time.Time) time.Time {
+	now := time.Now()
+	if a.Timing != nil {
+		a.Timing(stage, now.Sub(start))
+	}
+	return now
 }
 
 // ErrInvalid wraps validation failures: nothing was written.
@@ -67,6 +79,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 		log.Debug("nothing to do", "node", p.Node)
 		return nil
 	}
+	mark := time.Now()
 	var invalid []error
 	for _, c := range p.Changes {
 		if c.File.Kind != render.Config {
@@ -80,11 +93,13 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 		return fmt.Errorf("%w:\n%v", ErrInvalid, err)
 	}
 
+	mark = a.since("validate", mark)
 	if a.Gate != nil {
 		if err := a.Gate(ctx, p); err != nil {
 			return fmt.Errorf("waiting for this node's turn: %w (nothing was written)", err)
 		}
 	}
+	a.since("gate", mark)
 
 	// What each touched unit was doing before, to restore it on failure.
 	before := map[string]unit.State{}
@@ -112,6 +127,7 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 }
 
 func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, written *[]plan.Change) error {
+	mark := time.Now()
 	for _, c := range p.Changes {
 		if c.Existed {
 			if err := atomicfile.Write(a.path(filepath.Join(a.BackupDir, c.File.Path)), c.Old, c.File.Mode); err != nil {
@@ -152,6 +168,7 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 			check = append(check, u.Name)
 		}
 	}
+	mark = a.since("units", mark)
 	// A daemon can accept a configuration and still die on it a moment later
 	// (a bridge, a certificate it loads late).
 	if len(check) > 0 && a.Settle > 0 {
@@ -170,11 +187,13 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 			return fmt.Errorf("%s is %s after apply (see journalctl -u %s)", u, st.ActiveState, u)
 		}
 	}
+	mark = a.since("settle", mark)
 	if a.Verify != nil && len(check) > 0 {
 		if err := a.Verify(ctx, p); err != nil {
 			return fmt.Errorf("health check after apply: %w", err)
 		}
 	}
+	a.since("verify", mark)
 	return nil
 }
 

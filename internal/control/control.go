@@ -35,11 +35,20 @@ type Status struct {
 	LastFetch      time.Time       `json:"lastFetch,omitzero"`
 	FetchError     string          `json:"fetchError,omitempty"`
 	Checks         []health.Result `json:"checks"`
+	// Stages are how long each stage of converging the applied commit
+	// took: fetch+trust, load, validate, gate, units, settle, verify.
+	Stages []Stage `json:"stages,omitempty"`
 	// Warnings are conditions that do not fail a check but will: limits
 	// not in force or below what the definition plans for.
 	Warnings []string `json:"warnings,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
+}
+
+// Stage is one stage of converging a commit and how long it took.
+type Stage struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
 }
 
 // Drop counts the times mosquitto started dropping messages for a client.
