@@ -146,6 +146,7 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 		}
 	}
 	var check []string
+	started := false // a process was (re)started, not only reloaded
 	for _, u := range p.Units {
 		if u.Action == unit.None {
 			continue
@@ -167,11 +168,14 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 		if u.Action != unit.Stop {
 			check = append(check, u.Name)
 		}
+		started = started || u.Action == unit.Start || u.Action == unit.Restart
 	}
 	mark = a.since("units", mark)
-	// A daemon can accept a configuration and still die on it a moment later
-	// (a bridge, a certificate it loads late).
-	if len(check) > 0 && a.Settle > 0 {
+	// A daemon can start on a configuration and still die on it a moment
+	// later (a bridge, a certificate it loads late). A reload starts no
+	// process: the health checks right after (Verify) are enough, and the
+	// change is live half a second sooner.
+	if started && a.Settle > 0 {
 		select {
 		case <-time.After(a.Settle):
 		case <-ctx.Done():

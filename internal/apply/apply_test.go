@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/daemon"
@@ -233,5 +234,43 @@ func TestGateRefusalWritesNothing(t *testing.T) {
 	}
 	if read(t, root, daemon.Mosquitto.Conf) != "<missing>" || len(sd.calls) != 0 {
 		t.Errorf("gate refusal still changed things: %v", sd.calls)
+	}
+}
+
+// Settle follows a start or restart only: a reload starts no process, and
+// the change is live without the wait. Every stage is timed.
+func TestSettleOnlyAfterAStart(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		plan  func(p *plan.Plan)
+		waits bool
+	}{
+		{"reload", func(p *plan.Plan) {
+			for i := range p.Units {
+				if p.Units[i].Action != unit.None {
+					p.Units[i].Action = unit.Reload
+				}
+			}
+		}, false},
+		{"restart", func(p *plan.Plan) {}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			old := map[string]string{daemon.Mosquitto.Conf: "# Debian default\n"}
+			root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
+			tt.plan(p)
+			var stages []string
+			a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{}, Settle: 300 * time.Millisecond,
+				Timing: func(s string, _ time.Duration) { stages = append(stages, s) }}
+			start := time.Now()
+			if err := a.Apply(context.Background(), p); err != nil {
+				t.Fatal(err)
+			}
+			if waited := time.Since(start) >= 300*time.Millisecond; waited != tt.waits {
+				t.Errorf("waited %s; want the settle: %v", time.Since(start), tt.waits)
+			}
+			if got := strings.Join(stages, " "); got != "validate gate units settle verify" {
+				t.Errorf("stages timed: %s", got)
+			}
+		})
 	}
 }
