@@ -12,7 +12,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -119,9 +121,9 @@ func (t Tools) Mosquitto(ctx context.Context, content []byte) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	var out bytes.Buffer
+	out := &trialLog{running: make(chan struct{})}
 	cmd := exec.Command(or(t.MosquittoBin, "mosquitto"), "-c", p)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = toolEnv()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start trial mosquitto: %w", err)
@@ -138,6 +140,10 @@ func (t Tools) Mosquitto(ctx context.Context, content []byte) error {
 	defer tick.Stop()
 	for {
 		select {
+		case <-out.running:
+			// Logged once every listener is open with its certificate and
+			// key loaded: the candidate starts.
+			return nil
 		case err := <-exited:
 			return fmt.Errorf("trial mosquitto exited (%v):\n%s", err, strings.TrimSpace(out.String()))
 		case <-ctx.Done():
@@ -152,6 +158,8 @@ func (t Tools) Mosquitto(ctx context.Context, content []byte) error {
 			// listener's certificate and key: listening is not yet passing.
 			// It exits within milliseconds when a file does not load.
 			select {
+			case <-out.running:
+				return nil
 			case err := <-exited:
 				return fmt.Errorf("trial mosquitto exited (%v):\n%s", err, strings.TrimSpace(out.String()))
 			case <-time.After(trialGrace):
@@ -168,7 +176,9 @@ const trialGrace = 500 * time.Millisecond
 // with the port of its first listener.
 func trialMosquitto(content []byte) ([]byte, string, error) {
 	var b strings.Builder
-	b.WriteString("log_dest stderr\npersistence false\n")
+	// The standard log types, so that the "running" line (information) and
+	// any load error show whatever the candidate sets.
+	b.WriteString("log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\npersistence false\n")
 	first := ""
 	closed, err := freePort() // nothing listens here: bridges fail at once
 	if err != nil {
@@ -210,4 +220,31 @@ func freePort() (string, error) {
 	defer l.Close()
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	return port, nil
+}
+
+// trialLog collects a trial broker's output (written by exec's goroutines
+// while the loop reads it) and signals mosquitto's "running" line.
+type trialLog struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	running chan struct{}
+	once    sync.Once
+}
+
+var runningLine = regexp.MustCompile(`mosquitto version \S+ running`)
+
+func (l *trialLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	if runningLine.Match(l.buf.Bytes()) {
+		l.once.Do(func() { close(l.running) })
+	}
+	return len(p), nil
+}
+
+func (l *trialLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
