@@ -29,9 +29,10 @@ var version = "dev"
 
 // Exit codes.
 const (
-	exitOK      = 0
-	exitChanges = 1 // diff only: applying would change something
-	exitError   = 2
+	exitOK       = 0
+	exitChanges  = 1 // diff: applying would change something
+	exitDegraded = 1 // status: the node is degraded
+	exitError    = 2
 )
 
 const usage = `usage: mqha-agent COMMAND [flags]
@@ -46,10 +47,12 @@ commands:
   pki     init|issue|client --dir DIR ...            cluster CA, node and client certificates
   run     [--config FILE]                            the agent: pull, converge, keep healthy, forever
   status  [-o json]                                  ask the running agent what it applied and how it is
-  sync                                               ask the running agent to pull and converge now
+                                                     (exit 0 healthy, 1 degraded, 2 cannot ask)
+  sync    [--retry]                                  ask the running agent to pull and converge now
+                                                     (--retry: try a refused commit again)
   version                                            print the version
 
-exit codes: 0 ok, 1 differences (diff only), 2 error
+exit codes: 0 ok, 1 differences (diff) or degraded (status), 2 error
 `
 
 func main() {
@@ -90,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "run":
 		err = c.run(args[1:])
 	case "status":
-		err = c.status(args[1:])
+		code, err = c.status(args[1:])
 	case "sync":
 		err = c.syncNow(args[1:])
 	case "version", "--version":

@@ -9,6 +9,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/mqha/mqha/internal/control"
 )
 
 func mqha(t *testing.T, args ...string) (int, string, string) {
@@ -129,6 +132,45 @@ func TestAddBrokerChangesOnlyBridgeAndUpstream(t *testing.T) {
 			}
 			if tt.node == "lb1" && !strings.Contains(out, "keepalived: none, up to date") {
 				t.Errorf("keepalived should not be touched:\n%s", out)
+			}
+		})
+	}
+}
+
+type fakeAgent struct{ s control.Status }
+
+func (f fakeAgent) Status() control.Status           { return f.s }
+func (f fakeAgent) Sync(context.Context, bool) error { return nil }
+
+// status is a monitoring check: 0 healthy, 1 degraded, 2 cannot ask.
+func TestStatusExitCodes(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		s    *control.Status // nil: no agent listening
+		code int
+		out  string
+	}{
+		{"healthy", &control.Status{Node: "broker1", Applied: "abc"}, 0, "applied:  abc"},
+		{"refused", &control.Status{Node: "broker1", Applied: "abc", Refused: "def", RefusedReason: "typo"}, 1, "degraded: refused commit def: typo"},
+		{"unconfigured", &control.Status{Node: "broker1", Unconfigured: "set repo in /etc/mqha/agent.conf"}, 1, "NOT CONFIGURED: set repo"},
+		{"no agent", nil, 2, "is mqha-agent running?"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "agent.sock")
+			if tt.s != nil {
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go control.Serve(ctx, sock, fakeAgent{*tt.s})
+				for i := 0; i < 100; i++ {
+					if _, err := os.Stat(sock); err == nil {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			code, out, errs := mqha(t, "status", "--socket", sock)
+			if code != tt.code || !strings.Contains(out+errs, tt.out) {
+				t.Errorf("exit %d (want %d), output:\n%s%s\nwant %q", code, tt.code, out, errs, tt.out)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"time"
@@ -9,6 +10,7 @@ import (
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/mqha/mqha/internal/agent"
+	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/drift"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/systemd"
@@ -31,11 +33,19 @@ func (c *cmd) run(args []string) error {
 		return err
 	}
 	if cfg.Repo == "" {
-		// Installed but not configured yet: stay up and say so, instead of
-		// failing in a restart loop.
-		msg := "not configured: set repo in " + *conf + ", then systemctl restart mqha-agent"
-		c.log.Warn(msg)
-		sdnotify.SdNotify(false, sdnotify.SdNotifyReady+"\nSTATUS="+msg)
+		// Installed but not configured yet: stay up and say so, on the
+		// STATUS line and the control socket, instead of failing in a
+		// restart loop.
+		missing := "set repo in " + *conf + ", then systemctl restart mqha-agent"
+		c.log.Warn("not configured: " + missing)
+		sdnotify.SdNotify(false, sdnotify.SdNotifyReady+"\nSTATUS=not configured: "+missing)
+		node, _ := agent.NodeName(cfg.Node)
+		go func() {
+			u := unconfigured{control.Status{Node: node, Version: version, Unconfigured: missing}}
+			if err := control.Serve(c.ctx, cfg.Socket, u); err != nil {
+				c.log.Error("control socket", "path", cfg.Socket, "err", err)
+			}
+		}()
 		return c.idle()
 	}
 	node, err := agent.NodeName(cfg.Node)
@@ -79,6 +89,14 @@ func (c *cmd) run(args []string) error {
 	go a.ServeControl(c.ctx)
 	go a.ServeHTTP(c.ctx)
 	return a.Run(c.ctx)
+}
+
+// unconfigured answers the control socket of an agent with no repository.
+type unconfigured struct{ status control.Status }
+
+func (u unconfigured) Status() control.Status { return u.status }
+func (u unconfigured) Sync(context.Context, bool) error {
+	return errors.New("not configured: " + u.status.Unconfigured)
 }
 
 // trustedRepo verifies commits of repo against the trusted keys.

@@ -3,34 +3,51 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/source"
 )
 
-func (c *cmd) status(args []string) error {
+// status prints what the running agent says and exits 0 when the node is
+// healthy on its applied commit, 1 when it is degraded (a refused commit, a
+// fetch error, a failing check, a limit warning, recent drops, not
+// configured), 2 when the agent cannot be asked: usable as a monitoring
+// check.
+func (c *cmd) status(args []string) (int, error) {
 	fs, _ := c.flags("status")
 	out := fs.String("o", "text", "output: text or json")
 	sock := fs.String("socket", control.DefaultSocket, "the agent's control socket")
 	if err := parse(fs, args); err != nil {
-		return err
+		return exitError, err
 	}
 	s, err := control.NewClient(*sock).Status(c.ctx)
 	if err != nil {
-		return err
+		return exitError, err
 	}
-	return c.printStatus(s, *out)
+	if err := c.printStatus(s, *out); err != nil {
+		return exitError, err
+	}
+	problems := s.Problems(time.Now())
+	if len(problems) == 0 {
+		return exitOK, nil
+	}
+	if *out == "text" {
+		fmt.Fprintf(c.stdout, "degraded: %s\n", strings.Join(problems, "; "))
+	}
+	return exitDegraded, nil
 }
 
 func (c *cmd) syncNow(args []string) error {
 	fs, _ := c.flags("sync")
 	sock := fs.String("socket", control.DefaultSocket, "the agent's control socket")
+	retry := fs.Bool("retry", false, "try a refused commit again (after fixing what refused it on this node)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	start := time.Now()
-	s, err := control.NewClient(*sock).Sync(c.ctx)
+	s, err := control.NewClient(*sock).Sync(c.ctx, *retry)
 	if err != nil {
 		return err
 	}
@@ -49,6 +66,10 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 	}
 	w := c.stdout
 	fmt.Fprintf(w, "node:     %s (%s), mqha-agent %s\n", s.Node, s.Roles, s.Version)
+	if s.Unconfigured != "" {
+		fmt.Fprintf(w, "NOT CONFIGURED: %s\n", s.Unconfigured)
+		return nil
+	}
 	fmt.Fprintf(w, "repo:     %s (%s)\n", s.Repo, s.Branch)
 	fmt.Fprintf(w, "applied:  %s %s (%s)\n", source.Short(s.Applied), s.AppliedSubject, ago(s.AppliedAt))
 	if s.Refused != "" && s.Refused != s.Applied {

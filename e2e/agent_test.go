@@ -30,6 +30,9 @@ func TestSchemaErrorRefused(t *testing.T) {
 		t.Errorf("refusal does not point at the typo: %s", s.RefusedReason)
 	}
 	report(t, "refused everywhere; status says: %s", s.RefusedReason)
+	if text, code := statusOf(t, "broker1"); code != 1 || !strings.Contains(text, "degraded: refused commit") {
+		t.Errorf("mqha-agent status exits %d for a refused commit (want 1, degraded):\n%s", code, text)
+	}
 	if unitStart(t, "broker1", "mosquitto") != before {
 		t.Error("mosquitto restarted for a refused commit")
 	}

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -309,11 +310,30 @@ func labProject() lab.Project {
 	return lab.Project{Root: root, Agent: filepath.Join(root, "bin", "mqha-agent")}
 }
 
+// statusOf runs `mqha-agent status ARGS` on a node and returns its output
+// and exit code: 0 (healthy) and 1 (degraded) are answers, anything else
+// fails the test.
+func statusOf(t *testing.T, name string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := node(t, name).Exec(ctx, append([]string{"mqha-agent", "status"}, args...)...)
+	if err == nil {
+		return out, 0
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatal(err)
+	}
+	return out, 1
+}
+
 // agentStatus asks the agent on a node through its control socket.
 func agentStatus(t *testing.T, name string) control.Status {
 	t.Helper()
 	var s control.Status
-	if err := json.Unmarshal([]byte(on(t, name, "mqha-agent", "status", "-o", "json")), &s); err != nil {
+	out, _ := statusOf(t, name, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -530,8 +530,9 @@ func TestBridgeDropsReported(t *testing.T) {
 		return len(drops) > 0
 	})
 	report(t, "queues of 100: %d of %d received across the bridge; broker1's agent reports drops for %v", in.unique(), total, drops)
-	if !strings.Contains(on(t, "broker1", "mqha-agent", "status"), "DROPPED") {
-		t.Error("mqha-agent status does not show the drops")
+	text, code := statusOf(t, "broker1")
+	if !strings.Contains(text, "DROPPED") || code != 1 {
+		t.Errorf("mqha-agent status exits %d and does not show the drops as degraded:\n%s", code, text)
 	}
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node(t, "broker1").Addr, lab.WebhookPort))
 	if err != nil {

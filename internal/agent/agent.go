@@ -119,7 +119,7 @@ type Agent struct {
 	drift     <-chan string
 	stopDrift context.CancelFunc
 
-	sync    chan chan error // the control socket's and the webhook's "pull now"
+	sync    chan syncRequest // the control socket's "pull now"
 	hook    chan struct{}
 	recheck chan struct{} // a failed check runs again soon
 
@@ -163,7 +163,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 		d.CloseConns = closeConns
 	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan chan error), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
+		sync: make(chan syncRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
 	a.fault = newFault(d.FaultFile, a.log)
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
 	a.restoreState()
@@ -203,8 +203,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-poll.C:
 			a.tick(ctx, false)
-		case reply := <-a.sync:
-			reply <- a.tick(ctx, true)
+		case req := <-a.sync:
+			req.reply <- a.syncNow(ctx, req.retry)
 		case <-a.hook:
 			a.tick(ctx, true)
 		case <-checks.C:
@@ -261,10 +261,26 @@ func (a *Agent) Status() control.Status {
 	return s
 }
 
-func (a *Agent) Sync(ctx context.Context) error {
+// syncRequest asks the loop to pull now; retry forgets a refused commit.
+type syncRequest struct {
+	retry bool
+	reply chan error
+}
+
+// syncNow pulls and converges at once; retry first forgets the refused
+// commit (the operator fixed what refused it on this node).
+func (a *Agent) syncNow(ctx context.Context, retry bool) error {
+	if retry && a.refused != "" {
+		a.log.Info("retrying the refused commit on request", "commit", source.Short(a.refused))
+		a.refused = ""
+	}
+	return a.tick(ctx, true)
+}
+
+func (a *Agent) Sync(ctx context.Context, retry bool) error {
 	reply := make(chan error, 1)
 	select {
-	case a.sync <- reply:
+	case a.sync <- syncRequest{retry, reply}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}

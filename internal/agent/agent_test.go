@@ -508,3 +508,25 @@ func TestStagesRecorded(t *testing.T) {
 		t.Errorf("after enforcing: %d stages in status, %d pending", n, len(h.a.stages))
 	}
 }
+
+// sync --retry tries a refused commit again; a plain sync does not.
+func TestSyncRetry(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+	h.src.head = "c1"
+	h.tick(t, false)
+	h.conv.fail["c2"] = errors.New("not healthy (rolled back)")
+	h.src.head = "c2"
+	h.tick(t, false)
+	h.conv.calls = nil
+	h.a.syncNow(context.Background(), false)
+	if strings.Contains(strings.Join(h.conv.calls, " "), "c2") {
+		t.Fatal("a plain sync retried the refused commit")
+	}
+	delete(h.conv.fail, "c2") // the operator fixed the node
+	if err := h.a.syncNow(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if s := h.a.Status(); s.Applied != "c2" || s.Refused != "" {
+		t.Errorf("after sync --retry: %+v", s)
+	}
+}

@@ -41,6 +41,9 @@ type Status struct {
 	// Warnings are conditions that do not fail a check but will: limits
 	// not in force or below what the definition plans for.
 	Warnings []string `json:"warnings,omitempty"`
+	// Unconfigured says what is missing while the agent runs without a
+	// configuration it can use.
+	Unconfigured string `json:"unconfigured,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
 }
@@ -58,11 +61,49 @@ type Drop struct {
 	Last     time.Time `json:"last"`
 }
 
+// recentDrops is how long a drop keeps a node degraded.
+const recentDrops = 15 * time.Minute
+
+// Problems are what makes the node degraded, one line each; none means
+// healthy and on the applied commit. `mqha-agent status` exits 1 on any.
+func (s Status) Problems(now time.Time) []string {
+	var out []string
+	if s.Unconfigured != "" {
+		out = append(out, "not configured: "+s.Unconfigured)
+	}
+	if s.Refused != "" && s.Refused != s.Applied {
+		out = append(out, "refused commit "+short(s.Refused)+": "+s.RefusedReason)
+	}
+	if s.FetchError != "" {
+		out = append(out, "cannot fetch: "+s.FetchError)
+	}
+	for _, c := range s.Checks {
+		if !c.OK {
+			out = append(out, "check "+c.Name+" failing: "+c.Error)
+		}
+	}
+	out = append(out, s.Warnings...)
+	for _, d := range s.Drops {
+		if now.Sub(d.Last) < recentDrops {
+			out = append(out, "mosquitto dropped messages for "+d.Client+" "+now.Sub(d.Last).Round(time.Second).String()+" ago")
+		}
+	}
+	return out
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
 // Agent is what the server needs of the running agent.
 type Agent interface {
 	Status() Status
-	// Sync pulls and converges now and returns when that round is done.
-	Sync(ctx context.Context) error
+	// Sync pulls and converges now and returns when that round is done;
+	// retry first forgets a refused commit, so that it is tried again.
+	Sync(ctx context.Context, retry bool) error
 }
 
 // Serve listens on path until ctx ends.
@@ -82,7 +123,7 @@ func Serve(ctx context.Context, path string, a Agent) error {
 		json.NewEncoder(w).Encode(a.Status())
 	})
 	mux.HandleFunc("POST /sync", func(w http.ResponseWriter, r *http.Request) {
-		if err := a.Sync(r.Context()); err != nil {
+		if err := a.Sync(r.Context(), r.URL.Query().Get("retry") == "1"); err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
@@ -134,4 +175,9 @@ func (c *Client) do(ctx context.Context, method, path string) (*Status, error) {
 }
 
 func (c *Client) Status(ctx context.Context) (*Status, error) { return c.do(ctx, "GET", "/status") }
-func (c *Client) Sync(ctx context.Context) (*Status, error)   { return c.do(ctx, "POST", "/sync") }
+func (c *Client) Sync(ctx context.Context, retry bool) (*Status, error) {
+	if retry {
+		return c.do(ctx, "POST", "/sync?retry=1")
+	}
+	return c.do(ctx, "POST", "/sync")
+}
