@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
@@ -88,7 +90,48 @@ func (c *cmd) run(args []string) error {
 	a := agent.New(cfg, node, deps)
 	go a.ServeControl(c.ctx)
 	go a.ServeHTTP(c.ctx)
+	go c.reloadOnHUP(*conf, a, repo)
 	return a.Run(c.ctx)
+}
+
+// reloadOnHUP re-reads the configuration on SIGHUP (systemctl reload
+// mqha-agent) and hands it to the agent; a file that does not parse
+// changes nothing.
+func (c *cmd) reloadOnHUP(path string, a *agent.Agent, repo *source.Repo) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-hup:
+		}
+		sdnotify.SdNotify(false, "RELOADING=1")
+		err := func() error {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			cfg, err := agent.ParseConfig(path, data)
+			if err != nil {
+				return err
+			}
+			var v agent.Verifier
+			if cfg.TrustedKeys != "" {
+				trust, err := source.LoadTrust(cfg.TrustedKeys)
+				if err != nil {
+					return err
+				}
+				v = trustedRepo{repo, trust}
+			}
+			return a.Reload(c.ctx, cfg, v)
+		}()
+		if err != nil {
+			c.log.Error("reload the configuration", "path", path, "err", err)
+		}
+		sdnotify.SdNotify(false, sdnotify.SdNotifyReady)
+	}
 }
 
 // unconfigured answers the control socket of an agent with no repository.

@@ -289,3 +289,24 @@ func TestRollingRestart(t *testing.T) {
 		t.Error("the bridge does not use the new port")
 	}
 }
+
+// TestReloadAgentConfig (issue 8, 3): systemctl reload mqha-agent re-reads
+// agent.conf without restarting the agent (it used to kill it).
+func TestReloadAgentConfig(t *testing.T) {
+	conf := on(t, "broker1", "cat", "/etc/mqha/agent.conf")
+	pid := strings.TrimSpace(on(t, "broker1", "systemctl", "show", "-p", "MainPID", "--value", "mqha-agent"))
+	n := node(t, "broker1")
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(n.Root, "etc/mqha/agent.conf"), []byte(conf), 0o644)
+		onAny(t, "broker1", "systemctl", "reload", "mqha-agent")
+	})
+	os.WriteFile(filepath.Join(n.Root, "etc/mqha/agent.conf"), []byte(conf+"poll = 2s\n"), 0o644)
+	on(t, "broker1", "systemctl", "reload", "mqha-agent")
+	waitFor(t, 10*time.Second, "the reload is logged", func() bool {
+		return strings.Contains(on(t, "broker1", "journalctl", "-u", "mqha-agent", "--no-pager", "--since=-1min"), `msg="configuration reloaded" poll=2s`)
+	})
+	if now := strings.TrimSpace(on(t, "broker1", "systemctl", "show", "-p", "MainPID", "--value", "mqha-agent")); now != pid {
+		t.Errorf("the agent was restarted by a reload (pid %s -> %s)", pid, now)
+	}
+	report(t, "systemctl reload mqha-agent: poll 5s -> 2s applied by the running agent (pid %s)", pid)
+}

@@ -15,7 +15,9 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -61,6 +63,8 @@ type Hooks struct {
 	Verify func(ctx context.Context, p *plan.Plan) error
 	// Timing is told how long each stage of the apply took.
 	Timing func(stage string, d time.Duration)
+	// Settle is how long started units must stay up (agent.conf settle).
+	Settle time.Duration
 }
 
 // Converger carries a view out on the node: plan against the live system,
@@ -120,6 +124,7 @@ type Agent struct {
 	stopDrift context.CancelFunc
 
 	sync    chan syncRequest // the control socket's "pull now"
+	reload  chan reloadRequest
 	hook    chan struct{}
 	recheck chan struct{} // a failed check runs again soon
 
@@ -145,7 +150,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 		d.Log = slog.Default()
 	}
 	if d.Converge == nil {
-		d.Converge = Converge(d.Systemd, cfg.StateDir, cfg.Settle, d.Log)
+		d.Converge = Converge(d.Systemd, cfg.StateDir, d.Log)
 	}
 	if d.LoadTLS == nil {
 		d.LoadTLS = LoadTLS
@@ -163,7 +168,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 		d.CloseConns = closeConns
 	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
+		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
 	a.fault = newFault(d.FaultFile, a.log)
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
 	a.restoreState()
@@ -205,6 +210,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.tick(ctx, false)
 		case req := <-a.sync:
 			req.reply <- a.syncNow(ctx, req.retry)
+		case req := <-a.reload:
+			err := a.applyConfig(req.cfg, req.verifier)
+			poll.Reset(a.cfg.Poll)
+			checks.Reset(a.cfg.HealthInterval)
+			req.reply <- err
 		case <-a.hook:
 			a.tick(ctx, true)
 		case <-checks.C:
@@ -300,4 +310,56 @@ func (a *Agent) checkHealth(ctx context.Context) {
 		m.Once(ctx)
 	}
 	a.checkLimits(ctx)
+}
+
+// reloadRequest hands the loop a re-read configuration.
+type reloadRequest struct {
+	cfg      Config
+	verifier Verifier
+	reply    chan error
+}
+
+// Reload applies a re-read agent.conf (systemctl reload mqha-agent) in the
+// loop, between two rounds. What can change without a restart changes; the
+// error names what needs one and keeps its old value.
+func (a *Agent) Reload(ctx context.Context, cfg Config, verifier Verifier) error {
+	reply := make(chan error, 1)
+	select {
+	case a.reload <- reloadRequest{cfg, verifier, reply}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// applyConfig takes the settings of cfg that can change while running.
+func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
+	var fixed []string
+	for _, f := range []struct {
+		name     string
+		old, new string
+	}{
+		{"repo", a.cfg.Repo, cfg.Repo}, {"branch", a.cfg.Branch, cfg.Branch}, {"path", a.cfg.Path, cfg.Path},
+		{"node", a.cfg.Node, cfg.Node}, {"state-dir", a.cfg.StateDir, cfg.StateDir}, {"socket", a.cfg.Socket, cfg.Socket},
+		{"listen", a.cfg.Listen, cfg.Listen}, {"token-file", a.cfg.TokenFile, cfg.TokenFile},
+		{"ssh-key", a.cfg.SSHKey, cfg.SSHKey}, {"known-hosts", a.cfg.KnownHosts, cfg.KnownHosts},
+	} {
+		if f.old != f.new {
+			fixed = append(fixed, f.name)
+		}
+	}
+	a.cfg.Poll, a.cfg.HealthInterval, a.cfg.VerifyTimeout, a.cfg.Settle = cfg.Poll, cfg.HealthInterval, cfg.VerifyTimeout, cfg.Settle
+	a.cfg.AllowRewind, a.cfg.WebhookSecretFile, a.cfg.TrustedKeys = cfg.AllowRewind, cfg.WebhookSecretFile, cfg.TrustedKeys
+	a.d.Verifier = verifier
+	a.log.Info("configuration reloaded", "poll", a.cfg.Poll, "health_interval", a.cfg.HealthInterval,
+		"verify_timeout", a.cfg.VerifyTimeout, "signatures", verifier != nil, "allow_rewind", a.cfg.AllowRewind)
+	if len(fixed) > 0 {
+		return fmt.Errorf("%s changed: restart mqha-agent to apply (kept the running values)", strings.Join(fixed, ", "))
+	}
+	return nil
 }

@@ -530,3 +530,24 @@ func TestSyncRetry(t *testing.T) {
 		t.Errorf("after sync --retry: %+v", s)
 	}
 }
+
+// A reload applies what can change while running and names what cannot.
+func TestReloadConfig(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	cfg := h.a.cfg
+	cfg.Poll, cfg.VerifyTimeout, cfg.AllowRewind = 2*time.Second, 7*time.Second, true
+	if err := h.a.applyConfig(cfg, verifier{}); err != nil {
+		t.Fatal(err)
+	}
+	if h.a.cfg.Poll != 2*time.Second || h.a.cfg.VerifyTimeout != 7*time.Second || !h.a.cfg.AllowRewind || h.a.d.Verifier == nil {
+		t.Errorf("not applied: %+v", h.a.cfg)
+	}
+	cfg.Repo, cfg.Branch = "git://elsewhere/c.git", "prod"
+	err := h.a.applyConfig(cfg, nil)
+	if err == nil || !strings.Contains(err.Error(), "repo, branch changed: restart mqha-agent") {
+		t.Errorf("got %v", err)
+	}
+	if h.a.cfg.Repo == "git://elsewhere/c.git" || h.a.d.Verifier != nil {
+		t.Errorf("repo changed while running, or the verifier was not updated: %+v", h.a.cfg)
+	}
+}

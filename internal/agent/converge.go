@@ -31,9 +31,9 @@ const (
 
 // Converge is the real Converger: the view's rendered files, planned
 // against this machine's files and units, applied through systemd.
-func Converge(sd apply.Systemd, stateDir string, settle time.Duration, log *slog.Logger) Converger {
+func Converge(sd apply.Systemd, stateDir string, log *slog.Logger) Converger {
 	return func(ctx context.Context, v *View, h Hooks) (*plan.Plan, error) {
-		return ConvergeOutput(ctx, v.Output, sd, stateDir, settle, log, h)
+		return ConvergeOutput(ctx, v.Output, sd, stateDir, h.Settle, log, h)
 	}
 }
 
@@ -81,7 +81,7 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 		Slot: rolloutSlot, Patience: rolloutPatience}
 	defer gate.Done()
 	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verify(ctx, v, p) },
-		Timing: a.timing})
+		Timing: a.timing, Settle: a.cfg.Settle})
 	if p != nil && !p.Empty() {
 		for _, ch := range p.Changes {
 			a.log.Info("diff", "path", ch.File.Path, "diff", ch.Diff)
