@@ -1,6 +1,10 @@
 package lab
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+
 	"bytes"
 	"context"
 	"crypto/hmac"
@@ -18,6 +22,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mqha/mqha/internal/probe"
 )
 
 // Layout is the lab's cluster: the example's five nodes at lab addresses.
@@ -140,6 +146,12 @@ func (c Config) Up(ctx context.Context, p Project) error {
 	}
 	booted := time.Since(t0)
 	if err := c.WaitConverged(ctx, 120*time.Second); err != nil {
+		return err
+	}
+	// Converged is not yet serving: keepalived elects the VIP holder about
+	// 3 s after boot. Return when a client through the VIP gets an MQTT
+	// round trip, so that whatever runs next finds the service up.
+	if err := c.waitServing(ctx, 60*time.Second); err != nil {
 		return err
 	}
 	if err := c.writeEnv(p, s); err != nil {
@@ -288,7 +300,8 @@ func (c Config) initRepo(ctx context.Context, p Project) error {
 	os.WriteFile(filepath.Join(clone, "README.md"), readme, 0o644)
 	for _, args := range [][]string{
 		{"init", "-q", "-b", "main"}, {"add", "."}, {"commit", "-qm", "lab: the example cluster on the lab subnet"},
-		{"remote", "add", "origin", bare}, {"push", "-q", "origin", "main"},
+		// -u: a plain `git push` in the clone works, as the README says.
+		{"remote", "add", "origin", bare}, {"push", "-q", "-u", "origin", "main"},
 	} {
 		if _, err := git(ctx, clone, args...); err != nil {
 			return err
@@ -393,7 +406,10 @@ func (c Config) writeEnv(p Project, s *State) error {
 		names = append(names, n.Name)
 		kv = append(kv, [2]string{"MQHA_LAB_NODE_" + strings.ReplaceAll(n.Name, "-", "_"), n.Addr})
 	}
-	kv = append(kv, [2]string{"MQHA_LAB_NODES", strings.Join(names, " ")})
+	// Not MQHA_LAB_NODES: that is the lab's own setting (the nodes'
+	// directory), and an exported env file must not change where the lab
+	// looks for its nodes.
+	kv = append(kv, [2]string{"MQHA_LAB_NODE_NAMES", strings.Join(names, " ")})
 	for _, e := range kv {
 		fmt.Fprintf(&b, "%s=%q\n", e[0], e[1])
 	}
@@ -467,4 +483,35 @@ func (c Config) StartGit(ctx context.Context) error {
 		return err
 	}
 	return c.save(s)
+}
+
+// waitServing waits until an MQTT client with the lab's client certificate
+// gets a QoS1 round trip through the VIP.
+func (c Config) waitServing(ctx context.Context, timeout time.Duration) error {
+	pki := filepath.Join(c.Dir, "pki")
+	ca, err := os.ReadFile(filepath.Join(pki, "ca.crt"))
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(pki, "clients", "lab-client.crt"), filepath.Join(pki, "clients", "lab-client.key"))
+	if err != nil {
+		return err
+	}
+	tc := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: c.VIP(), MinVersion: tls.VersionTLS12}
+	roundTrip := probe.MQTTRoundTrip(net.JoinHostPort(c.VIP(), "9000"), tc, "lab")
+	deadline := time.Now().Add(timeout)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := roundTrip(pctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the lab converged but no MQTT round trip through the VIP %s within %s: %w", c.VIP(), timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
