@@ -1,6 +1,7 @@
 // Package testtools helps tests that use the real daemons. Where a binary is
-// missing they skip on a developer's machine but fail under CI (CI=true),
-// so a green CI always means they ran.
+// missing they skip under a plain `go test` on a developer's machine, but
+// fail under `make test` (MQHA_REQUIRE_REAL=1) and CI (CI=true): a green
+// make test always means they ran.
 package testtools
 
 import (
@@ -35,8 +36,8 @@ func RequireRoot(t testing.TB) {
 
 func missing(t testing.TB, format string, args ...any) {
 	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI must run this test: "+format, args...)
+	if os.Getenv("CI") != "" || os.Getenv("MQHA_REQUIRE_REAL") != "" {
+		t.Fatalf("make test and CI must run this test: "+format+" (make test-deps installs what it needs, as root)", args...)
 	}
 	t.Skipf(format, args...)
 }
