@@ -310,3 +310,41 @@ func TestReloadAgentConfig(t *testing.T) {
 	}
 	report(t, "systemctl reload mqha-agent: poll 5s -> 2s applied by the running agent (pid %s)", pid)
 }
+
+// TestDebRemoveReinstall (issue 8, 6): removing the package stops the agent
+// and leaves the daemons serving; reinstalling it leaves the agent enabled
+// and running again (it used to stay disabled), back on the head commit.
+func TestDebRemoveReinstall(t *testing.T) {
+	n := node(t, "broker2")
+	deb, err := os.ReadFile(cfg.Deb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.Root, "tmp/mqha-agent.deb"), deb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Whatever happened: the agent installed and running again.
+		onAny(t, "broker2", "dpkg", "--force-confold", "-i", "/tmp/mqha-agent.deb")
+		onAny(t, "broker2", "systemctl", "enable", "--now", "mqha-agent")
+	})
+	on(t, "broker2", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "remove", "-y", "-q", "mqha-agent")
+	if st := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-active", "mqha-agent")); st == "active" {
+		t.Fatal("the agent still runs after apt-get remove")
+	}
+	if st := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-active", "mosquitto")); st != "active" {
+		t.Errorf("removing the agent took mosquitto down (%s)", st)
+	}
+	on(t, "broker2", "dpkg", "--force-confold", "-i", "/tmp/mqha-agent.deb")
+	enabled := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-enabled", "mqha-agent"))
+	active := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-active", "mqha-agent"))
+	if enabled != "enabled" || active != "active" {
+		t.Fatalf("after remove and reinstall the agent is %s and %s, want enabled and active", enabled, active)
+	}
+	head, err := cfg.Head(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "broker2 applies the head again", func() bool { return agentStatus(t, "broker2").Applied == head })
+	report(t, "apt-get remove kept mosquitto serving; dpkg -i again: agent %s and %s, on the head commit", enabled, active)
+}

@@ -54,10 +54,13 @@ func TestPackages(t *testing.T) {
 			}
 		}
 		info := sh(t, "dpkg-deb", "-I", deb)
-		for _, want := range []string{"Depends: systemd, dbus", "Recommends: mosquitto, nginx, libnginx-mod-stream, keepalived", "Section: net"} {
+		for _, want := range []string{"Depends: systemd, dbus", "Suggests: mosquitto, nginx, libnginx-mod-stream, keepalived", "Section: net"} {
 			if !strings.Contains(info, want) {
 				t.Errorf("control lacks %q:\n%s", want, info)
 			}
+		}
+		if strings.Contains(info, "Recommends:") {
+			t.Errorf("the package recommends daemons a node of some role does not need:\n%s", info)
 		}
 		if conf := sh(t, "dpkg-deb", "-f", deb, "Package"); strings.TrimSpace(conf) != "mqha-agent" {
 			t.Errorf("package name %q", conf)
