@@ -320,12 +320,13 @@ func TestDebRemoveReinstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(n.Root, "tmp/mqha-agent.deb"), deb, 0o644); err != nil {
+	// Not /tmp: the node mounts a tmpfs over it.
+	if err := os.WriteFile(filepath.Join(n.Root, "root/mqha-agent.deb"), deb, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		// Whatever happened: the agent installed and running again.
-		onAny(t, "broker2", "dpkg", "--force-confold", "-i", "/tmp/mqha-agent.deb")
+		onAny(t, "broker2", "dpkg", "--force-confold", "-i", "/root/mqha-agent.deb")
 		onAny(t, "broker2", "systemctl", "enable", "--now", "mqha-agent")
 	})
 	on(t, "broker2", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "remove", "-y", "-q", "mqha-agent")
@@ -335,7 +336,7 @@ func TestDebRemoveReinstall(t *testing.T) {
 	if st := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-active", "mosquitto")); st != "active" {
 		t.Errorf("removing the agent took mosquitto down (%s)", st)
 	}
-	on(t, "broker2", "dpkg", "--force-confold", "-i", "/tmp/mqha-agent.deb")
+	on(t, "broker2", "dpkg", "--force-confold", "-i", "/root/mqha-agent.deb")
 	enabled := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-enabled", "mqha-agent"))
 	active := strings.TrimSpace(onAny(t, "broker2", "systemctl", "is-active", "mqha-agent"))
 	if enabled != "enabled" || active != "active" {
