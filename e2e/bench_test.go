@@ -23,16 +23,7 @@ func TestBenchConvergence(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("MQHA_BENCH_PUSHES")); err == nil && v > 0 {
 		pushes = v
 	}
-	addr := cfg.Addr(23)
-	st, err := cfg.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := st.Node("broker3"); !ok {
-		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addr := spareBroker3(t)
 	nodes := []string{"lb1", "lb2", "bridge", "broker1", "broker2", "broker3"}
 	perNode := map[string][]time.Duration{}
 	stages := map[string]map[string][]time.Duration{} // node -> stage -> samples

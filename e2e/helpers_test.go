@@ -439,3 +439,20 @@ func appliedAfter(t *testing.T, head string, since time.Time, d time.Duration, n
 	}
 	return last.Sub(since)
 }
+
+// spareBroker3 boots the spare node broker3 (outside the definition) unless
+// it runs already, and returns its address.
+func spareBroker3(t *testing.T) string {
+	t.Helper()
+	addr := cfg.Addr(23)
+	st, err := cfg.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Node("broker3"); !ok {
+		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return addr
+}

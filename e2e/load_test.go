@@ -291,16 +291,7 @@ func (h *held) close() {
 // VIP stay connected for 60 s after the reload (old workers keep their
 // connections; they used to cut them all at worker_shutdown_timeout, 30 s).
 func TestCommitDropsNoClient(t *testing.T) {
-	addr := cfg.Addr(23)
-	st, err := cfg.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := st.Node("broker3"); !ok {
-		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addr := spareBroker3(t)
 	const n = 1000
 	h := hold(t, n, "held")
 	nginx := map[string]string{"lb1": unitStart(t, "lb1", "nginx"), "lb2": unitStart(t, "lb2", "nginx")}
@@ -374,16 +365,7 @@ func connectFrom(t *testing.T, src, id string) (net.Conn, string) {
 // closes the connections to it, and only those; their clients reconnect to
 // the brokers that remain.
 func TestRemovedBrokerClientsMove(t *testing.T) {
-	addr := cfg.Addr(23)
-	st, err := cfg.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := st.Node("broker3"); !ok {
-		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addr := spareBroker3(t)
 	srcs := sourceAddrs(t, 12)
 	leave := func() {
 		if _, err := os.Stat(filepath.Join(cfg.Dir, "cluster", "broker3.cue")); err == nil {

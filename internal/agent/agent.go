@@ -289,8 +289,13 @@ func (a *Agent) syncNow(ctx context.Context, retry bool) error {
 
 func (a *Agent) Sync(ctx context.Context, retry bool) error {
 	reply := make(chan error, 1)
+	return ask(ctx, a.sync, syncRequest{retry, reply}, reply)
+}
+
+// ask hands req to the loop through ch and waits for its answer on reply.
+func ask[T any](ctx context.Context, ch chan<- T, req T, reply <-chan error) error {
 	select {
-	case a.sync <- syncRequest{retry, reply}:
+	case ch <- req:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -324,17 +329,7 @@ type reloadRequest struct {
 // error names what needs one and keeps its old value.
 func (a *Agent) Reload(ctx context.Context, cfg Config, verifier Verifier) error {
 	reply := make(chan error, 1)
-	select {
-	case a.reload <- reloadRequest{cfg, verifier, reply}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return ask(ctx, a.reload, reloadRequest{cfg, verifier, reply}, reply)
 }
 
 // applyConfig takes the settings of cfg that can change while running.

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
 )
 
@@ -52,7 +53,7 @@ func (a *Agent) checkLimits(ctx context.Context) {
 				name, l.Clients, per, l.NoFile, l.Wanted))
 		}
 		if pid, err := a.d.Systemd.MainPID(ctx, l.Unit); err == nil && pid > 0 {
-			for _, p := range append([]int{pid}, procChildren(pid)...) {
+			for _, p := range append([]int{pid}, health.Children("/proc", pid)...) {
 				if got, err := openFilesLimit(p); err == nil && got < l.NoFile {
 					ok = false
 					warns = append(warns, fmt.Sprintf("%s (pid %d) runs with %d open files, configured %d: the limit is not in force", name, p, got, l.NoFile))
@@ -83,18 +84,4 @@ func openFilesLimit(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no open files limit in /proc/%d/limits", pid)
-}
-
-func procChildren(pid int) []int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
 }

@@ -55,7 +55,7 @@ func ReadProc(root string, pid int) (Sample, error) {
 			s.State = state
 		}
 		s.CPU += time.Duration(ticks) * clockTick
-		for _, c := range children(root, p) {
+		for _, c := range Children(root, p) {
 			if err := walk(c, depth+1); err != nil {
 				return err
 			}
@@ -93,9 +93,9 @@ func readStat(root string, pid int) (byte, uint64, error) {
 	return f[0][0], ut + st, nil
 }
 
-// children lists a process's children (the thread group leader's
-// children file; mosquitto and nginx workers are single-threaded).
-func children(root string, pid int) []int {
+// Children lists a process's children under procfs root (the thread group
+// leader's children file; mosquitto and nginx workers are single-threaded).
+func Children(root string, pid int) []int {
 	b, err := os.ReadFile(fmt.Sprintf("%s/%d/task/%d/children", root, pid, pid))
 	if err != nil {
 		return nil
