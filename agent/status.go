@@ -80,6 +80,9 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 		fmt.Fprintf(w, ", error: %s", s.FetchError)
 	}
 	fmt.Fprintln(w)
+	for _, c := range s.Certificates {
+		fmt.Fprintf(w, "cert %-5s %s expires %s (in %d days)\n", c.Name+":", c.File, c.NotAfter.Format("2006-01-02"), int(time.Until(c.NotAfter).Hours()/24))
+	}
 	for _, warning := range s.Warnings {
 		fmt.Fprintf(c.stdout, "WARNING   %s\n", warning)
 	}

@@ -564,4 +564,12 @@ func TestLimitsHold(t *testing.T) {
 	if !strings.Contains(string(body), `mqha_limit_ok{unit="nginx.service"} 0`) {
 		t.Error("mqha_limit_ok does not report nginx's shortfall")
 	}
+	// Certificates and their expiry, in status and metrics (issue 8, 2).
+	certs := agentStatus(t, "lb1").Certificates
+	if len(certs) != 2 || !strings.Contains(string(body), `mqha_certificate_expiry_timestamp_seconds{cert="node"}`) {
+		t.Errorf("certificates in status %+v, or no expiry metric", certs)
+	}
+	for _, c := range certs {
+		report(t, "lb1's %s certificate %s expires %s", c.Name, c.File, c.NotAfter.Format("2006-01-02"))
+	}
 }

@@ -314,7 +314,7 @@ func (a *Agent) checkHealth(ctx context.Context) {
 	if m != nil {
 		m.Once(ctx)
 	}
-	a.checkLimits(ctx)
+	a.checkWarnings(ctx)
 }
 
 // reloadRequest hands the loop a re-read configuration.

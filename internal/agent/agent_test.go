@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -474,7 +475,7 @@ func TestLimitWarnings(t *testing.T) {
 		h.host = tt.host
 		h.src.head = "c1"
 		h.tick(t, false)
-		h.a.checkLimits(context.Background())
+		h.a.checkWarnings(context.Background())
 		got := h.a.Status().Warnings
 		if len(got) != len(tt.want) {
 			t.Errorf("%s on %+v: warnings %q, want %q", tt.node, tt.host, got, tt.want)
@@ -549,5 +550,28 @@ func TestReloadConfig(t *testing.T) {
 	}
 	if h.a.cfg.Repo == "git://elsewhere/c.git" || h.a.d.Verifier != nil {
 		t.Errorf("repo changed while running, or the verifier was not updated: %+v", h.a.cfg)
+	}
+}
+
+// A node certificate expiring within 30 days is a warning (degraded).
+func TestCertificateExpiryWarned(t *testing.T) {
+	for _, tt := range []struct {
+		left time.Duration
+		want string
+	}{{400 * 24 * time.Hour, ""}, {10 * 24 * time.Hour, "expires in 10 days"}, {-time.Hour, "expired on"}} {
+		h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+		h.host = render.Host{NoFileMax: 1 << 20}
+		leaf := &x509.Certificate{NotAfter: h.clock.t.Add(tt.left)}
+		h.a.d.LoadTLS = func(TLSFiles) (*tls.Config, error) {
+			return &tls.Config{Certificates: []tls.Certificate{{Leaf: leaf}}}, nil
+		}
+		h.src.head = "c1"
+		h.tick(t, false)
+		h.a.checkWarnings(context.Background())
+		s := h.a.Status()
+		got := strings.Join(s.Warnings, "; ")
+		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) || len(s.Certificates) != 1 {
+			t.Errorf("%s left: warnings %q (want %q), certificates %+v", tt.left, got, tt.want, s.Certificates)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/health"
@@ -29,12 +30,13 @@ func LocalHost() render.Host {
 	return h
 }
 
-// checkLimits compares, for each daemon of the applied commit, the
-// descriptor limit in force (its processes' /proc/PID/limits) with the
-// rendered one, and the clients that holds with the definition's
-// limits.clients. A shortfall is a warning in status and a 0 in
-// mqha_limit_ok: a limit that is not in force is never silent.
-func (a *Agent) checkLimits(ctx context.Context) {
+// checkWarnings reports what will fail if nobody acts. For each daemon of
+// the applied commit it compares the descriptor limit in force (its
+// processes' /proc/PID/limits) with the rendered one, and the clients that
+// holds with limits.clients: a shortfall is a warning in status and a 0 in
+// mqha_limit_ok, never silent. It also warns 30 days before the node's
+// certificate or the CA expires.
+func (a *Agent) checkWarnings(ctx context.Context) {
 	v := a.view
 	if v == nil {
 		return
@@ -63,8 +65,21 @@ func (a *Agent) checkLimits(ctx context.Context) {
 		}
 		a.m.limitOK.WithLabelValues(l.Unit).Set(map[bool]float64{true: 1, false: 0}[ok])
 	}
-	a.update(func(s *control.Status) { s.Warnings = warns })
+	now := a.d.Now()
+	for _, c := range v.Certs {
+		a.m.certExpiry.WithLabelValues(c.Name).Set(float64(c.NotAfter.Unix()))
+		switch left := c.NotAfter.Sub(now); {
+		case left <= 0:
+			warns = append(warns, fmt.Sprintf("the %s certificate %s expired on %s: clients and peers refuse it; renew it (mqha-agent pki)", c.Name, c.File, c.NotAfter.Format("2006-01-02")))
+		case left < certWarning:
+			warns = append(warns, fmt.Sprintf("the %s certificate %s expires in %d days (%s): renew it (mqha-agent pki)", c.Name, c.File, int(left.Hours()/24), c.NotAfter.Format("2006-01-02")))
+		}
+	}
+	a.update(func(s *control.Status) { s.Warnings, s.Certificates = warns, v.Certs })
 }
+
+// certWarning is how long before a certificate expires status warns.
+const certWarning = 30 * 24 * time.Hour
 
 // openFilesLimit is the soft "Max open files" of process pid.
 func openFilesLimit(pid int) (int, error) {

@@ -30,6 +30,7 @@ type metrics struct {
 	drops       *prometheus.CounterVec
 	limitOK     *prometheus.GaugeVec
 	stage       *prometheus.HistogramVec
+	certExpiry  *prometheus.GaugeVec
 }
 
 func newMetrics() metrics {
@@ -48,7 +49,9 @@ func newMetrics() metrics {
 	m.stage = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mqha_converge_stage_seconds",
 		Help:    "How long each stage of converging a new commit took.",
 		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60}}, []string{"stage"})
-	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage,
+	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_certificate_expiry_timestamp_seconds",
+		Help: "When the node's certificate (cert=node) and the cluster CA (cert=ca) expire, as a Unix time."}, []string{"cert"})
+	m.reg.MustRegister(m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -3,10 +3,12 @@ package agent
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"os"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
@@ -24,6 +26,7 @@ type View struct {
 	Output          *render.Output // the node's rendered files and units
 	TLS             *tls.Config    // the node's certificate as a client of the cluster CA
 	Checks          []health.Check // every check of the node's daemons
+	Certs           []control.Cert // the node's certificate and the CA, with their expiry
 	checksOf        map[string][]health.Check
 }
 
@@ -54,6 +57,7 @@ func (a *Agent) load(hash string) (*View, error) {
 	if v.TLS, err = a.d.LoadTLS(v.Cluster.TLS); err != nil {
 		return nil, wrap(fmt.Errorf("this node's certificate does not load, so its health cannot be checked: %w (check tls.ca, tls.cert and tls.key of the definition against the files on this node)", err))
 	}
+	v.Certs = certs(v.TLS, v.Cluster.TLS)
 	for _, d := range daemon.For(v.Node) {
 		cs := d.Checks(v.Cluster, v.Node, v.TLS)
 		v.checksOf[d.Unit] = cs
@@ -77,4 +81,25 @@ func LoadTLS(f TLSFiles) (*tls.Config, error) {
 		return nil, err
 	}
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// certs are the expiry dates of the node's certificate (as loaded) and of
+// the CA certificate(s) in the CA file.
+func certs(tc *tls.Config, f TLSFiles) []control.Cert {
+	var out []control.Cert
+	if len(tc.Certificates) > 0 && tc.Certificates[0].Leaf != nil {
+		out = append(out, control.Cert{Name: "node", File: f.Cert, NotAfter: tc.Certificates[0].Leaf.NotAfter})
+	}
+	if b, err := os.ReadFile(f.CA); err == nil {
+		for {
+			var blk *pem.Block
+			if blk, b = pem.Decode(b); blk == nil {
+				break
+			}
+			if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
+				out = append(out, control.Cert{Name: "ca", File: f.CA, NotAfter: c.NotAfter})
+			}
+		}
+	}
+	return out
 }

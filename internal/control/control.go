@@ -38,6 +38,9 @@ type Status struct {
 	// Stages are how long each stage of converging the applied commit
 	// took: fetch+trust, load, validate, gate, units, settle, verify.
 	Stages []Stage `json:"stages,omitempty"`
+	// Certificates are the node's certificate and the cluster CA, with
+	// their expiry.
+	Certificates []Cert `json:"certificates,omitempty"`
 	// Warnings are conditions that do not fail a check but will: limits
 	// not in force or below what the definition plans for.
 	Warnings []string `json:"warnings,omitempty"`
@@ -46,6 +49,13 @@ type Status struct {
 	Unconfigured string `json:"unconfigured,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
+}
+
+// Cert is a certificate the node uses and when it expires.
+type Cert struct {
+	Name     string    `json:"name"` // node, ca
+	File     string    `json:"file"`
+	NotAfter time.Time `json:"notAfter"`
 }
 
 // Stage is one stage of converging a commit and how long it took.
