@@ -2,10 +2,13 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,9 +21,12 @@ import (
 
 const pkiUsage = `usage:
   mqha-agent pki init   --dir D [--repo R | --name CLUSTER]   make the cluster CA (D/ca.crt, D/ca.key)
-  mqha-agent pki issue  --dir D [--repo R] NODE...            key + certificate per node under D/NODE/
+  mqha-agent pki issue  --dir D [--repo R] (NODE... | --all)  key + certificate per node under D/NODE/
   mqha-agent pki issue  --dir D [--repo R] --address A --role R NODE   the same, for a node not in the definition yet
   mqha-agent pki client --dir D NAME                          client key + certificate under D/clients/
+flags go anywhere on the line; an existing key is replaced only with --force.
+Private keys are never written inside a git work tree unless git ignores them:
+keep D outside the cluster repository (which every node pulls).
 `
 
 // pkiCmd dispatches "mqha-agent pki ...". Keys are written 0600 and never
@@ -31,25 +37,32 @@ func (c *cmd) pki(args []string) error {
 	}
 	fs, repo := c.flags("pki " + args[0])
 	dir := fs.String("dir", "", "PKI directory (required)")
+	force := fs.Bool("force", false, "replace an existing key and certificate")
 	var name, address, roles *string
+	var all *bool
 	switch args[0] {
 	case "init":
 		name = fs.String("name", "", "cluster name (default: from --repo)")
 	case "issue":
 		address = fs.String("address", "", "for a node not yet in the definition: its address")
 		roles = fs.String("role", "", "for a node not yet in the definition: its roles, comma-separated")
+		all = fs.Bool("all", false, "every node of the definition")
 	}
-	if err := fs.Parse(args[1:]); err != nil {
+	names, err := parseInterspersed(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	if *dir == "" {
 		return errors.New("--dir is required\n" + pkiUsage)
 	}
+	if err := keysOutsideGit(*dir); err != nil {
+		return err
+	}
 	now := time.Now()
 	switch args[0] {
 	case "init":
-		if fs.NArg() > 0 {
-			return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		if len(names) > 0 {
+			return fmt.Errorf("unexpected argument %q", names[0])
 		}
 		if *name == "" {
 			cl, err := schema.LoadDir(*repo)
@@ -60,49 +73,68 @@ func (c *cmd) pki(args []string) error {
 		}
 		return c.pkiInit(*dir, *name, now)
 	case "issue":
-		if fs.NArg() == 0 {
-			return errors.New("name at least one node")
-		}
 		cl, err := schema.LoadDir(*repo)
 		if err != nil {
 			return err
+		}
+		if *all {
+			if len(names) > 0 || *address != "" {
+				return errors.New("--all issues every node of the definition: name no node and give no --address")
+			}
+			for _, n := range cl.Nodes {
+				names = append(names, n.Name)
+			}
+		}
+		if len(names) == 0 {
+			return errors.New("name at least one node, or give --all")
 		}
 		ca, err := loadCA(*dir)
 		if err != nil {
 			return err
 		}
-		for _, nodeName := range fs.Args() {
+		for _, nodeName := range names {
 			n, ok := cl.Node(nodeName)
-			if !ok && *address != "" && fs.NArg() == 1 {
+			if ok && (*address != "" || *roles != "") {
+				return fmt.Errorf("node %q is in the definition (address %s, roles %s): --address and --role are only for a node not added yet; its certificate follows the definition",
+					nodeName, n.Address, n.RoleList())
+			}
+			if !ok && *address != "" && len(names) == 1 {
 				// Issued ahead of the commit that adds the node.
 				if net.ParseIP(*address).To4() == nil {
 					return fmt.Errorf("--address %q is not an IPv4 address", *address)
 				}
 				n = cluster.Node{Name: nodeName, Address: *address}
 				for _, r := range strings.Split(*roles, ",") {
-					if r != "" {
-						n.Roles = append(n.Roles, cluster.Role(r))
+					if r == "" {
+						continue
 					}
+					if !slices.Contains(cluster.Roles, cluster.Role(r)) {
+						return fmt.Errorf("--role %q: no such role; the roles are %v (a broker's certificate carries the VIP)", r, cluster.Roles)
+					}
+					n.Roles = append(n.Roles, cluster.Role(r))
+				}
+				if len(n.Roles) == 0 {
+					return errors.New("--address needs --role: the roles decide what the certificate carries (a broker's carries the VIP)")
 				}
 				ok = true
 			}
 			if !ok {
 				return fmt.Errorf("node %q is not in cluster %q (for a node not added yet, name only it and give --address and --role)", nodeName, cl.Name)
 			}
-			if err := c.issue(ca, *dir, filepath.Join(*dir, n.Name), "node", nodeLeaf(cl, n), now); err != nil {
+			if err := c.issue(ca, filepath.Join(*dir, n.Name), "node", nodeLeaf(cl, n), now, *force); err != nil {
 				return err
 			}
 		}
 		return nil
 	case "client":
-		if fs.NArg() != 1 {
+		if len(names) != 1 {
 			return errors.New("name exactly one client")
 		}
 		ca, err := loadCA(*dir)
 		if err != nil {
 			return err
 		}
-		return c.issue(ca, *dir, filepath.Join(*dir, "clients"), fs.Arg(0), pki.Leaf{Name: fs.Arg(0), Client: true}, now)
+		return c.issue(ca, filepath.Join(*dir, "clients"), names[0], pki.Leaf{Name: names[0], Client: true}, now, *force)
 	}
 	return fmt.Errorf("unknown pki subcommand %q\n%s", args[0], pkiUsage)
 }
@@ -157,8 +189,13 @@ func loadCA(dir string) (*pki.CA, error) {
 	return pki.ParseCA(cert, key)
 }
 
-// issue writes OUT/BASE.crt, OUT/BASE.key (0600) and OUT/ca.crt.
-func (c *cmd) issue(ca *pki.CA, dir, out, base string, l pki.Leaf, now time.Time) error {
+// issue writes OUT/BASE.crt, OUT/BASE.key (0600) and OUT/ca.crt; an
+// existing key is replaced only with --force.
+func (c *cmd) issue(ca *pki.CA, out, base string, l pki.Leaf, now time.Time, force bool) error {
+	keyPath := filepath.Join(out, base+".key")
+	if _, err := os.Stat(keyPath); err == nil && !force {
+		return fmt.Errorf("%s exists: %s has a key already; give --force to replace it (then deploy the new key and certificate where %s runs)", keyPath, l.Name, l.Name)
+	}
 	cert, key, err := ca.Issue(l, now)
 	if err != nil {
 		return err
@@ -189,4 +226,46 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return f.Close()
+}
+
+// parseInterspersed parses flags anywhere among the positional arguments
+// (Go's flag package stops at the first one) and returns the positionals.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// keysOutsideGit refuses a PKI directory inside a git work tree unless git
+// ignores it: private keys there are one `git add -A` away from every node
+// that pulls the repository.
+func keysOutsideGit(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	top := ""
+	for d := abs; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, ".git")); err == nil {
+			top = d
+			break
+		}
+		if filepath.Dir(d) == d {
+			return nil // not in a work tree
+		}
+	}
+	probe := filepath.Join(abs, "ca.key")
+	cmd := exec.Command("git", "-C", top, "check-ignore", "-q", "--no-index", probe)
+	if err := cmd.Run(); err == nil {
+		return nil // ignored: never committed by git add
+	}
+	return fmt.Errorf("--dir %s is inside the git work tree %s and git does not ignore it: private keys there are one `git add -A` away from every node that pulls the repository; keep the PKI elsewhere (e.g. --dir ~/mqha-pki), or add it to .gitignore", dir, top)
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -54,7 +55,18 @@ nodes: {
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "nope"}, 2, `node "nope" is not in cluster`},
 		{[]string{"pki", "client", "--dir", dir, "alice"}, 0, "alice:"},
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.23", "--role", "broker", "broker3"}, 0, "broker3:"},
-		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "nope", "broker4"}, 2, "not an IPv4 address"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "nope", "--role", "broker", "broker4"}, 2, "not an IPv4 address"},
+		// Never replaced silently; flags anywhere on the line.
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "broker1"}, 2, "broker1/node.key exists"},
+		{[]string{"pki", "client", "--dir", dir, "alice"}, 2, "alice.key exists"},
+		{[]string{"pki", "issue", "broker2", "--dir", dir, "--repo", repo}, 0, "broker2:"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--force", "broker1"}, 0, "broker1:"},
+		// What the operator asks must make sense.
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.24", "--role", "brokr", "broker4"}, 2, `--role "brokr": no such role`},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.24", "broker4"}, 2, "--address needs --role"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.99", "broker2"}, 2, `node "broker2" is in the definition (address 10.20.0.22`},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--all"}, 2, "exists"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--all", "--force"}, 0, "lb2:"},
 	}
 	for _, s := range steps {
 		code, out, errs := mqha(t, s.args...)
@@ -107,5 +119,28 @@ nodes: {
 	}
 	if st, _ := os.Stat(filepath.Join(dir, "ca.key")); st.Mode().Perm() != 0o600 {
 		t.Errorf("ca.key mode %v", st.Mode().Perm())
+	}
+}
+
+// Private keys are never written where `git add -A` would take them into
+// the repository every node pulls, unless git ignores the directory.
+func TestPKIRefusesGitWorkTree(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed")
+	}
+	repo := t.TempDir()
+	if out, err := exec.Command("git", "init", "-q", repo).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	code, out, errs := mqha(t, "pki", "init", "--dir", filepath.Join(repo, "pki"), "--name", "mqtt")
+	if code != 2 || !strings.Contains(out+errs, "inside the git work tree") {
+		t.Fatalf("exit %d: %s%s", code, out, errs)
+	}
+	if _, err := os.Stat(filepath.Join(repo, "pki", "ca.key")); err == nil {
+		t.Fatal("ca.key written inside the work tree")
+	}
+	os.WriteFile(filepath.Join(repo, ".gitignore"), []byte("/pki/\n"), 0o644)
+	if code, out, errs := mqha(t, "pki", "init", "--dir", filepath.Join(repo, "pki"), "--name", "mqtt"); code != 0 {
+		t.Fatalf("ignored directory refused: exit %d: %s%s", code, out, errs)
 	}
 }

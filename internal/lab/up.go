@@ -194,7 +194,9 @@ func (c Config) AddNode(ctx context.Context, p Project, name, addr string) (Node
 
 func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr string, inDefinition bool) (Node, error) {
 	pkiDir := filepath.Join(c.Dir, "pki")
-	args := []string{"pki", "issue", "--dir", pkiDir, "--repo", filepath.Join(c.Dir, "cluster")}
+	// --force: the lab owns a throwaway PKI, and a node booted again gets a
+	// new key.
+	args := []string{"pki", "issue", "--force", "--dir", pkiDir, "--repo", filepath.Join(c.Dir, "cluster")}
 	if !inDefinition {
 		args = append(args, "--address", addr, "--role", "broker")
 	}
