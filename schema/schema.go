@@ -46,6 +46,11 @@ func LoadDir(dir string) (*cluster.Cluster, error) {
 // Load loads the CUE package in directory dir of fsys (for example a git
 // commit's tree). File names in errors are relative to the root of fsys.
 func Load(fsys fs.FS, dir string) (*cluster.Cluster, error) {
+	// What CUE would skip silently is an error here: the agent and vet
+	// read the same files the same way.
+	if err := checkFiles(fsys, dir); err != nil {
+		return nil, err
+	}
 	// A fresh context per load: a reused one grows with every load, and the
 	// agent loads on every new commit for as long as it runs.
 	ctx := cuecontext.New()
@@ -125,6 +130,10 @@ func fromCUE(err error, fallbackHint string, user cue.Value) Errors {
 		}
 		byPath[p] = len(out)
 		out = append(out, x)
+	}
+	if len(out) == 0 && err != nil {
+		// An error CUE cannot break down still says what it is.
+		out = Errors{{Msg: err.Error(), Hint: fallbackHint}}
 	}
 	out.sort()
 	return out

@@ -3,6 +3,7 @@ package schema_test
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -127,5 +128,49 @@ func TestRules(t *testing.T) {
 			}
 			t.Errorf("want %s: %s: ...%s..., got:\n%v", tt.pos, tt.path, tt.message, err)
 		})
+	}
+}
+
+// Files CUE would skip silently are errors with their path and a hint: the
+// third load balancer in a file without a package line must not vanish.
+func TestFilesTheAgentWouldNotLoad(t *testing.T) {
+	example, err := os.ReadFile("../cluster-repo-example/cluster.cue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb3 := []byte("nodes: lb3: {address: \"10.20.0.13\", roles: [\"lb\"], priority: 50}\n")
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		want  string
+	}{
+		{"no package clause", map[string]string{"lb3.cue": string(lb3)}, "lb3.cue:1:1: no package clause"},
+		{"subdirectory", map[string]string{"nodes/broker4.cue": "package cluster\n" + string(lb3)}, "nodes/broker4.cue:1:1: this file is in a subdirectory"},
+		{"another package", map[string]string{"x.cue": "package other\n" + string(lb3)}, "x.cue:1:1: package other, but the definition is package cluster"},
+		{"syntax error", map[string]string{"bad.cue": "package cluster\nnodes: lb3: {address: \n"}, "bad.cue:2:24: "},
+		{"dot directories are not the definition", map[string]string{".github/x.cue": "junk"}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fsys := fstest.MapFS{"cluster.cue": {Data: example}}
+			for p, c := range tt.files {
+				fsys[p] = &fstest.MapFile{Data: []byte(c)}
+			}
+			_, err := schema.Load(fsys, ".")
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "hint:") {
+				t.Fatalf("got %v, want an error with %q and a hint", err, tt.want)
+			}
+			if tt.name == "syntax error" && (strings.Contains(err.Error(), "single package") || !strings.Contains(err.Error(), "syntax")) {
+				t.Errorf("a syntax error's hint is about syntax, not packages: %v", err)
+			}
+		})
+	}
+	if _, err := schema.Load(fstest.MapFS{"README.md": {Data: []byte("hi")}}, "."); err == nil || !strings.Contains(err.Error(), "has no .cue files: expected the cluster definition") {
+		t.Errorf("empty repository: %v", err)
 	}
 }
