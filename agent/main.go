@@ -22,7 +22,6 @@ import (
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/systemd"
 	"github.com/mqha/mqha/internal/unit"
-	"github.com/mqha/mqha/schema"
 )
 
 var version = "dev"
@@ -38,8 +37,9 @@ const (
 const usage = `usage: mqha-agent COMMAND [flags]
 
 commands:
-  vet     [--repo DIR]                               validate the cluster definition
-  nodes   [--repo DIR]                               list nodes: NAME ADDRESS ROLES
+  vet     [--repo DIR] [--rev REV | --worktree]      validate the cluster definition (by default
+                                                     the committed HEAD, as the agents read it)
+  nodes   [--repo DIR] [--rev REV | --worktree]      list nodes: NAME ADDRESS ROLES
   render  [--repo DIR] (--node NAME | --all) --out DIR
                                                      write the rendered files under DIR
   diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
@@ -133,10 +133,11 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 func (c *cmd) vet(args []string) error {
 	fs, repo := c.flags("vet")
+	src := c.defFlags(fs, repo)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cl, err := schema.LoadDir(*repo)
+	cl, err := c.definition(src)
 	if err != nil {
 		return err
 	}
@@ -147,10 +148,11 @@ func (c *cmd) vet(args []string) error {
 
 func (c *cmd) nodes(args []string) error {
 	fs, repo := c.flags("nodes")
+	src := c.defFlags(fs, repo)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cl, err := schema.LoadDir(*repo)
+	cl, err := c.definition(src)
 	if err != nil {
 		return err
 	}
@@ -162,6 +164,7 @@ func (c *cmd) nodes(args []string) error {
 
 func (c *cmd) render(args []string) error {
 	fs, repo := c.flags("render")
+	src := c.defFlags(fs, repo)
 	node := fs.String("node", "", "render this node")
 	all := fs.Bool("all", false, "render every node, each under OUT/NAME/")
 	out := fs.String("out", "", "output directory (required)")
@@ -171,7 +174,7 @@ func (c *cmd) render(args []string) error {
 	if *out == "" || (*node == "") == !*all {
 		return errors.New("need --out DIR and exactly one of --node NAME or --all")
 	}
-	cl, err := schema.LoadDir(*repo)
+	cl, err := c.definition(src)
 	if err != nil {
 		return err
 	}
@@ -203,12 +206,12 @@ func (c *cmd) render(args []string) error {
 
 // load reads the definition and renders the node (default: this host),
 // sized for host (the agent sizes for the machine it runs on).
-func load(repo, node string, host render.Host) (*cluster.Cluster, *render.Output, error) {
+func (c *cmd) load(src defSource, node string, host render.Host) (*cluster.Cluster, *render.Output, error) {
 	node, err := agent.NodeName(node)
 	if err != nil {
 		return nil, nil, fmt.Errorf("no --node: %w", err)
 	}
-	cl, err := schema.LoadDir(repo)
+	cl, err := c.definition(src)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -218,6 +221,7 @@ func load(repo, node string, host render.Host) (*cluster.Cluster, *render.Output
 
 func (c *cmd) diff(args []string) (int, error) {
 	fs, repo := c.flags("diff")
+	src := c.defFlags(fs, repo)
 	node := fs.String("node", "", "node to diff (default: this host's name)")
 	root := fs.String("root", "/", "compare with the files under this directory")
 	if err := parse(fs, args); err != nil {
@@ -231,7 +235,7 @@ func (c *cmd) diff(args []string) (int, error) {
 	if filepath.Clean(*root) == "/" {
 		host = agent.LocalHost()
 	}
-	cl, out, err := load(*repo, *node, host)
+	cl, out, err := c.load(src, *node, host)
 	if err != nil {
 		return exitError, err
 	}
@@ -283,7 +287,9 @@ func (c *cmd) apply(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cl, out, err := load(*repo, *node, agent.LocalHost())
+	// apply writes what the directory holds (a one-shot on this node).
+	wt := true
+	cl, out, err := c.load(defSource{repo: repo, rev: new(string), worktree: &wt}, *node, agent.LocalHost())
 	if err != nil {
 		return err
 	}

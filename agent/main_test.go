@@ -175,3 +175,50 @@ func TestStatusExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// vet reads what the agents read: the committed tree of HEAD, warning about
+// working-tree changes; --worktree reads those, --rev another commit.
+func TestVetReadsTheCommit(t *testing.T) {
+	repo := copyExample(t)
+	gitIn := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@invalid")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+	}
+	gitIn("init", "-q", "-b", "main")
+	gitIn("add", "-A")
+	gitIn("commit", "-qm", "example")
+	lb3 := "package cluster\n\nnodes: lb3: {address: \"10.20.0.13\", roles: [\"lb\"], priority: 50}\n"
+	os.WriteFile(filepath.Join(repo, "lb3.cue"), []byte(lb3), 0o644)
+
+	code, out, errs := mqha(t, "vet", "--repo", repo)
+	if code != 0 || !strings.Contains(out, "valid: 5 nodes") || !strings.Contains(errs, "lb3.cue is not committed") || !strings.Contains(errs, "reading commit") {
+		t.Errorf("vet of HEAD with an untracked file: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs = mqha(t, "vet", "--repo", repo, "--worktree"); code != 0 || !strings.Contains(out, "valid: 6 nodes") {
+		t.Errorf("vet --worktree: exit %d\n%s%s", code, out, errs)
+	}
+	gitIn("add", "lb3.cue")
+	gitIn("commit", "-qm", "lb3")
+	if code, out, _ = mqha(t, "vet", "--repo", repo); code != 0 || !strings.Contains(out, "valid: 6 nodes") {
+		t.Errorf("vet after committing lb3: exit %d %s", code, out)
+	}
+	if code, out, _ = mqha(t, "vet", "--repo", repo, "--rev", "HEAD~1"); code != 0 || !strings.Contains(out, "valid: 5 nodes") {
+		t.Errorf("vet --rev HEAD~1: exit %d %s", code, out)
+	}
+	// The cases: moved into a subdirectory, or no package line.
+	os.MkdirAll(filepath.Join(repo, "nodes"), 0o755)
+	gitIn("mv", "lb3.cue", "nodes/lb3.cue")
+	gitIn("commit", "-qm", "move")
+	if code, _, errs = mqha(t, "vet", "--repo", repo); code != 2 || !strings.Contains(errs, "nodes/lb3.cue:1:1: this file is in a subdirectory") {
+		t.Errorf("a node moved to a subdirectory: exit %d %s", code, errs)
+	}
+	os.WriteFile(filepath.Join(repo, "nodes", "lb3.cue"), []byte(strings.TrimPrefix(lb3, "package cluster\n")), 0o644)
+	gitIn("mv", "nodes/lb3.cue", "lb3.cue")
+	if code, _, errs = mqha(t, "vet", "--repo", repo, "--worktree"); code != 2 || !strings.Contains(errs, "lb3.cue:1:1: no package clause") {
+		t.Errorf("a file without a package line: exit %d %s", code, errs)
+	}
+}

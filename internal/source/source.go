@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing/fstest"
@@ -117,6 +118,48 @@ func (r *Repo) Read(hash, dir string) (*Commit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", Short(hash), err)
 	}
+	return readCommit(c, dir)
+}
+
+// ReadWorkTree reads revision rev (HEAD, a branch, a hash) of the git work
+// tree that holds dir, and returns the files of dir in that commit: what
+// the agent reads, not what the working tree holds. ok is false when dir is
+// not in a git work tree.
+func ReadWorkTree(dir, rev string) (c *Commit, top string, ok bool, err error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, "", false, err
+	}
+	repo, err := git.PlainOpenWithOptions(abs, &git.PlainOpenOptions{DetectDotGit: true})
+	if errors.Is(err, git.ErrRepositoryNotExists) {
+		return nil, "", false, nil
+	}
+	if err != nil {
+		return nil, "", false, fmt.Errorf("open the git repository of %s: %w", dir, err)
+	}
+	wt, err := repo.Worktree()
+	if err != nil {
+		return nil, "", false, fmt.Errorf("%s: %w", dir, err)
+	}
+	top = wt.Filesystem.Root()
+	rel, err := filepath.Rel(top, abs)
+	if err != nil {
+		return nil, "", false, err
+	}
+	h, err := repo.ResolveRevision(plumbing.Revision(rev))
+	if err != nil {
+		return nil, top, true, fmt.Errorf("revision %q of %s: %w (commit first, or use --worktree for uncommitted work)", rev, top, err)
+	}
+	obj, err := repo.CommitObject(*h)
+	if err != nil {
+		return nil, top, true, err
+	}
+	c, err = readCommit(obj, filepath.ToSlash(rel))
+	return c, top, true, err
+}
+
+func readCommit(c *object.Commit, dir string) (*Commit, error) {
+	hash := c.Hash.String()
 	tree, err := c.Tree()
 	if err != nil {
 		return nil, err
