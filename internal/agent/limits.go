@@ -14,10 +14,11 @@ import (
 	"github.com/mqha/mqha/internal/render"
 )
 
-// LocalHost reads what this host allows: the hard RLIMIT_NOFILE (which the
-// services systemd starts inherit as their ceiling) and fs.nr_open.
+// LocalHost reads what this host is and allows: the hard RLIMIT_NOFILE
+// (which the services systemd starts inherit as their ceiling), fs.nr_open,
+// and the distribution's nginx layout (its user and module directory).
 func LocalHost() render.Host {
-	var h render.Host
+	h := nginxLayout()
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Max < 1<<31 {
 		h.NoFileMax = int(rl.Max)
@@ -99,4 +100,19 @@ func openFilesLimit(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no open files limit in /proc/%d/limits", pid)
+}
+
+// nginxLayout tells Debian's nginx (www-data, modules-enabled) from a RHEL
+// family one (nginx, /usr/share/nginx/modules) by what the node has;
+// Debian's when neither shows.
+func nginxLayout() render.Host {
+	passwd, _ := os.ReadFile("/etc/passwd")
+	has := func(user string) bool { return strings.Contains("\n"+string(passwd), "\n"+user+":") }
+	if _, err := os.Stat("/etc/nginx/modules-enabled"); err == nil || has("www-data") {
+		return render.DebianNginx
+	}
+	if _, err := os.Stat("/usr/share/nginx/modules"); err == nil || has("nginx") {
+		return render.RHELNginx
+	}
+	return render.DebianNginx
 }

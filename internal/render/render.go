@@ -4,6 +4,7 @@
 package render
 
 import (
+	"cmp"
 	"bytes"
 	"embed"
 	"fmt"
@@ -56,13 +57,22 @@ type Limit struct {
 	Wanted  int // clients the definition plans for (limits.clients)
 }
 
-// Host is what the node allows, which sizing must respect.
+// Host is what the node is and allows, which rendering must respect.
 type Host struct {
 	// NoFileMax is the most descriptors one process may have on this host:
 	// the hard RLIMIT_NOFILE services inherit, and fs.nr_open. 0: unknown,
 	// sized from the definition alone.
 	NoFileMax int
+	// NginxUser and NginxModules are the distribution's nginx worker user
+	// and dynamic-module include; empty: Debian's (DebianNginx).
+	NginxUser, NginxModules string
 }
+
+// The nginx layouts of the distributions the packages target.
+var (
+	DebianNginx = Host{NginxUser: "www-data", NginxModules: "/etc/nginx/modules-enabled/*.conf"}
+	RHELNginx   = Host{NginxUser: "nginx", NginxModules: "/usr/share/nginx/modules/*.conf"}
+)
 
 func (h Host) clamp(n int) int {
 	if h.NoFileMax > 0 && n > h.NoFileMax {
@@ -89,6 +99,8 @@ type data struct {
 	WorkerConnections int
 	MosquittoNoFile   int
 	MaxConnections    int // mosquitto's, below its descriptor limit
+	NginxUser         string
+	NginxModules      string
 	ProxyTimeout      int
 	FaultFile         string
 	FaultDir          string
@@ -121,6 +133,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		FaultFile:       daemon.FaultFile,
 		FaultDir:        path.Dir(daemon.FaultFile),
 	}
+	d.NginxUser, d.NginxModules = cmp.Or(h.NginxUser, DebianNginx.NginxUser), cmp.Or(h.NginxModules, DebianNginx.NginxModules)
 	d.WorkerConnections = max(d.NoFile-fdHeadroom, 1)
 	d.MaxConnections = max(d.MosquittoNoFile-fdHeadroom, 1)
 	for _, p := range c.WithRole(cluster.LB) {

@@ -198,3 +198,33 @@ func TestSizedForTheHost(t *testing.T) {
 		}
 	}
 }
+
+// On a RHEL-family node nginx.conf names that distribution's nginx user and
+// module directory (golden file under testdata/golden-rhel).
+func TestGoldenRHEL(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := render.NodeOn(c, "lb1", render.RHELNginx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range out.Files {
+		if f.Path != daemon.Nginx.Conf {
+			continue
+		}
+		p := filepath.Join("testdata", "golden-rhel", "example", "lb1", f.Path)
+		if *update {
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.WriteFile(p, f.Content, 0o644)
+		}
+		g, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(g, f.Content) {
+			t.Errorf("%s differs from the golden file (%v):\n%s", p, err, f.Content)
+		}
+		if !bytes.Contains(f.Content, []byte("user nginx;")) || !bytes.Contains(f.Content, []byte("include /usr/share/nginx/modules/*.conf;")) {
+			t.Errorf("not RHEL's nginx layout:\n%s", f.Content)
+		}
+	}
+}
