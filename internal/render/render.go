@@ -4,8 +4,8 @@
 package render
 
 import (
-	"cmp"
 	"bytes"
+	"cmp"
 	"embed"
 	"fmt"
 	"io/fs"
