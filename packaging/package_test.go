@@ -110,6 +110,55 @@ func TestPackages(t *testing.T) {
 			}
 		}
 	})
+	t.Run("rpm scratch install runs its scriptlets", func(t *testing.T) {
+		testtools.RequireRoot(t) // rpm chroots into --root to run scriptlets
+		root := t.TempDir()
+		// A root with a shell (the host's, with its libraries) and nothing
+		// else: the scriptlets run, systemd is absent, as in an image build.
+		shell, err := filepath.EvalSymlinks("/bin/sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		libs := sh(t, "ldd", shell)
+		files := []string{shell}
+		for _, f := range strings.Fields(libs) {
+			if strings.HasPrefix(f, "/") {
+				files = append(files, f)
+			}
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)
+			if err := os.WriteFile(filepath.Join(root, f), b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+		if shell != "/bin/sh" {
+			os.Symlink(shell, filepath.Join(root, "bin", "sh"))
+		}
+		out := sh(t, "rpm", "-i", "--root", root, "--nodeps", "-vv", rpm)
+		for _, want := range []string{"%post(", "scriptlet start"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("rpm -i ran no %s scriptlet:\n%s", want, out)
+			}
+		}
+		if strings.Contains(out, "scriptlet failed") {
+			t.Errorf("a scriptlet failed:\n%s", out)
+		}
+		for _, f := range []string{"usr/bin/mqha-agent", "usr/lib/systemd/system/mqha-agent.service", "etc/mqha/agent.conf"} {
+			if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+				t.Errorf("not installed: %s", f)
+			}
+		}
+		erase := sh(t, "rpm", "-e", "--root", root, "--nodeps", "-vv", "mqha-agent")
+		if strings.Contains(erase, "scriptlet failed") {
+			t.Errorf("an erase scriptlet failed:\n%s", erase)
+		}
+	})
 	t.Run("reproducible", func(t *testing.T) {
 		sh(t, "make", "packages")
 		if sum(t, deb) != debSum || sum(t, rpm) != rpmSum {
