@@ -4,16 +4,12 @@ package e2e
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/mqha/mqha/internal/lab"
 )
 
 // TestSchemaErrorRefused (d): a commit that fails the schema is refused by
@@ -233,14 +229,9 @@ func TestRewriteRefused(t *testing.T) {
 // TestMetrics: the agent's Prometheus endpoint reports its checks and the
 // applied commit.
 func TestMetrics(t *testing.T) {
-	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node(t, "lb1").Addr, lab.WebhookPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
+	body := metricsOf(t, "lb1")
 	for _, want := range []string{`mqha_health_check_ok{check="nginx"} 1`, `mqha_health_check_ok{check="keepalived"} 1`, "mqha_applied_commit_info{commit=", "mqha_converges_total"} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}

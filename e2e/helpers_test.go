@@ -13,7 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -455,4 +457,19 @@ func spareBroker3(t *testing.T) string {
 		}
 	}
 	return addr
+}
+
+// metricsOf is what a node's agent serves at /metrics.
+func metricsOf(t *testing.T, name string) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node(t, name).Addr, lab.WebhookPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }

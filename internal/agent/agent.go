@@ -196,6 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.beat.Store(time.Now().UnixNano())
 	a.tick(ctx, true)
+	a.checkWarnings(ctx)
 	a.d.Notify("READY=1")
 	poll := time.NewTicker(a.cfg.Poll)
 	defer poll.Stop()
@@ -208,6 +209,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-poll.C:
 			a.tick(ctx, false)
+			// Limits in force and certificate dates change slowly: checked
+			// every poll, not every health round.
+			a.checkWarnings(ctx)
 		case req := <-a.sync:
 			req.reply <- a.syncNow(ctx, req.retry)
 		case req := <-a.reload:
@@ -314,7 +318,6 @@ func (a *Agent) checkHealth(ctx context.Context) {
 	if m != nil {
 		m.Once(ctx)
 	}
-	a.checkWarnings(ctx)
 }
 
 // reloadRequest hands the loop a re-read configuration.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,18 +29,21 @@ const dropPoll = 5 * time.Second
 func (a *Agent) watchDrops(ctx context.Context) {
 	cursor, failing := "", false
 	for {
-		lines, next, err := a.d.Journal(ctx, daemon.Mosquitto.Unit, cursor)
-		switch {
-		case err != nil && !failing:
-			a.log.Error("cannot read mosquitto's journal: dropped messages will not be reported", "err", err)
-			failing = true
-		case err == nil:
-			failing = false
-			if cursor != "" { // the first read only finds where "now" is
-				a.countDrops(lines)
-			}
-			if next != "" {
-				cursor = next
+		// A node without mosquitto (a load balancer) has nothing to read.
+		if slices.Contains(a.runs(), daemon.Mosquitto.Unit) {
+			lines, next, err := a.d.Journal(ctx, daemon.Mosquitto.Unit, cursor)
+			switch {
+			case err != nil && !failing:
+				a.log.Error("cannot read mosquitto's journal: dropped messages will not be reported", "err", err)
+				failing = true
+			case err == nil:
+				failing = false
+				if cursor != "" { // the first read only finds where "now" is
+					a.countDrops(lines)
+				}
+				if next != "" {
+					cursor = next
+				}
 			}
 		}
 		select {

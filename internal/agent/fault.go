@@ -2,8 +2,6 @@ package agent
 
 import (
 	"log/slog"
-	"maps"
-	"slices"
 	"sync"
 
 	"github.com/mqha/mqha/internal/atomicfile"
@@ -45,13 +43,6 @@ func (f *Fault) Holds(reason string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.reasons[reason]
-}
-
-// Reasons are the reasons set, sorted.
-func (f *Fault) Reasons() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Sorted(maps.Keys(f.reasons))
 }
 
 func (f *Fault) change(reason string, on bool) error {
