@@ -389,7 +389,8 @@ func TestFaultReasons(t *testing.T) {
 }
 
 // The VIP policy: nginx failing twice gives up the VIP, but only to a peer
-// that serves; a healthy nginx takes part again.
+// that serves and never while nginx is busy rather than hung; a healthy
+// nginx takes part again.
 func TestVIPPolicy(t *testing.T) {
 	h := newHarness(t, "lb1", "", map[string]string{"c1": ""})
 	h.src.head = "c1"
@@ -407,6 +408,12 @@ func TestVIPPolicy(t *testing.T) {
 		t.Fatal("gave up the VIP without a serving peer (or never asked the peer)")
 	}
 	h.peerOK = true
+	busy := fail(3)
+	busy.Busy = true
+	h.a.onResult(busy)
+	if h.a.fault.Holds(faultHealth) {
+		t.Fatal("gave up the VIP for a busy nginx (no answer, but its workers progress)")
+	}
 	h.a.onResult(fail(3))
 	if !h.a.fault.Holds(faultHealth) || faultFile(t, h) != "1" {
 		t.Fatal("kept the VIP although nginx failed and the peer serves")

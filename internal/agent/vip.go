@@ -19,7 +19,9 @@ const recheckAfter = time.Second
 
 // onResult feeds metrics and, on a load balancer, keepalived: an nginx the
 // agent cannot repair gives up the VIP, but only to a peer that serves; a
-// healthy one takes part again.
+// healthy one takes part again. A busy nginx (no answer, but its workers
+// progress) keeps the VIP: a reconnect storm would follow the VIP to the
+// peer, and the move itself causes one.
 func (a *Agent) onResult(r health.Result) {
 	a.m.checked(r)
 	if !r.OK && r.Failures == 1 {
@@ -35,6 +37,8 @@ func (a *Agent) onResult(r health.Result) {
 	}
 	held := a.fault.Holds(faultHealth)
 	switch {
+	case !r.OK && r.Busy && !held:
+		a.log.Warn("nginx does not answer but is busy, not hung: keeping the VIP", "err", r.Error)
 	case !r.OK && r.Failures >= 2 && !held:
 		// Only hand the VIP to a peer that serves: with every load balancer
 		// failing alike (a bad certificate, all brokers down) moving it

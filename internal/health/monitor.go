@@ -55,6 +55,10 @@ type Result struct {
 	Failures   int       `json:"consecutiveFailures"`
 	Repairs    int       `json:"repairs"`
 	LastRepair time.Time `json:"lastRepair,omitzero"`
+	// Busy: the unit does not answer but its processes make progress (CPU
+	// time, or waiting on I/O): overloaded, not hung. Policies that act on
+	// failures (the VIP) leave a busy daemon alone, as repairs do.
+	Busy bool `json:"busy,omitempty"`
 
 	nextRepair time.Time
 	backoff    time.Duration
@@ -189,6 +193,7 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	r.At = now
 	r.OK = err == nil
 	r.Error = ""
+	r.Busy = false
 	switch {
 	case err == nil:
 		if r.Failures > 0 {
@@ -228,9 +233,10 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 		}
 		rerr = m.Units.Do(ctx, unit.Start, c.Unit)
 	case c.HungAfter > 0 && !snapshot.silentSince.IsZero():
-		hung, why := m.hung(ctx, c, r, now)
+		hung, busy, why := m.hung(ctx, c, r, now)
 		m.mu.Lock()
 		r.Error += " (" + why + ")"
+		r.Busy = busy
 		snapshot = *r
 		m.mu.Unlock()
 		if !hung {
@@ -264,9 +270,10 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 }
 
 // hung decides, from the unit's processes, whether a unit that does not
-// answer is hung (true) or busy, and says why. Without evidence it never
-// says hung: killing a busy daemon turns overload into an outage.
-func (m *Monitor) hung(ctx context.Context, c Check, r *Result, now time.Time) (bool, string) {
+// answer is hung, or busy (its processes progress), and says why. Without
+// evidence it never says hung: killing a busy daemon turns overload into an
+// outage.
+func (m *Monitor) hung(ctx context.Context, c Check, r *Result, now time.Time) (hung, busy bool, why string) {
 	sample := m.Procs
 	if sample == nil {
 		sample = m.sampleProc
@@ -275,38 +282,38 @@ func (m *Monitor) hung(ctx context.Context, c Check, r *Result, now time.Time) (
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
-		return false, "cannot read its processes to tell hung from busy, so it is not killed: " + err.Error()
+		return false, false, "cannot read its processes to tell hung from busy, so it is not killed: " + err.Error()
 	}
 	if r.refAt.IsZero() {
 		r.ref, r.refAt = s, now
-		return false, "no answer; watching its processes for progress"
+		return false, false, "no answer; watching its processes for progress"
 	}
 	switch {
 	case s.State == 'D':
 		r.ref, r.refAt = s, now
-		return false, "busy, not hung: waiting on I/O"
+		return false, true, "busy, not hung: waiting on I/O"
 	case s.PID != r.ref.PID:
 		r.ref, r.refAt = s, now
-		return false, "restarted since; watching the new process"
+		return false, false, "restarted since; watching the new process"
 	case s.CPU > r.ref.CPU:
 		used, over := s.CPU-r.ref.CPU, now.Sub(r.refAt)
 		r.ref, r.refAt = s, now
-		return false, fmt.Sprintf("overloaded, not hung: no answer, but its processes used %s of CPU in %s", used, over.Round(time.Millisecond))
+		return false, true, fmt.Sprintf("overloaded, not hung: no answer, but its processes used %s of CPU in %s", used, over.Round(time.Millisecond))
 	}
 	stuck := now.Sub(r.refAt)
 	if stuck < c.HungAfter {
-		return false, fmt.Sprintf("no answer and no progress for %s (hung after %s)", stuck.Round(time.Millisecond), c.HungAfter)
+		return false, false, fmt.Sprintf("no answer and no progress for %s (hung after %s)", stuck.Round(time.Millisecond), c.HungAfter)
 	}
-	why := fmt.Sprintf("hung: no answer and no CPU progress for %s (process state %c)", stuck.Round(time.Millisecond), s.State)
+	why = fmt.Sprintf("hung: no answer and no CPU progress for %s (process state %c)", stuck.Round(time.Millisecond), s.State)
 	if c.PeersServe != nil && stuck < c.HungAfter+PeerPatience {
 		m.mu.Unlock()
 		perr := c.PeersServe(ctx)
 		m.mu.Lock()
 		if perr != nil {
-			return false, why + ", but not killed while another node of its role does not serve either (" + perr.Error() + ")"
+			return false, false, why + ", but not killed while another node of its role does not serve either (" + perr.Error() + ")"
 		}
 	}
-	return true, why
+	return true, false, why
 }
 
 // kill SIGKILLs a hung unit's main process. systemd restarts a unit with

@@ -80,24 +80,25 @@ func TestRepairs(t *testing.T) {
 		want          string // calls, joined by |
 		repairs       int
 		errHas        string // in the last result's error
+		busy          bool   // the last result says busy
 	}{
-		{"healthy", "active", nil, 2 * time.Second, nil, false, rounds(3, time.Second, busy), "", 0, ""},
-		{"stopped unit is started", "failed", nil, 2 * time.Second, nil, false, rounds(1, time.Second, stopped), "start u", 1, ""},
-		{"no answer, not yet hung", "active", noAnswer, 2 * time.Second, nil, false, rounds(2, time.Second, stopped), "", 0, "hung after 2s"},
-		{"stopped process killed after 2 s; systemd restarts it", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, stopped), "kill u", 1, "hung: no answer and no CPU progress"},
-		{"deadlocked process (sleeping, no CPU) is hung too", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, sleeping), "kill u", 1, "process state S"},
-		{"hung unit without a restart policy is started", "active", noAnswer, 2 * time.Second, nil, false, rounds(3, 1100*time.Millisecond, stopped), "kill u|start u", 1, ""},
-		{"busy (CPU moving) is never killed", "active", noAnswer, 2 * time.Second, nil, false, rounds(20, time.Second, busy), "", 0, "overloaded, not hung"},
-		{"waiting on I/O is busy", "active", noAnswer, 2 * time.Second, nil, false, rounds(10, time.Second, ioWait), "", 0, "waiting on I/O"},
+		{"healthy", "active", nil, 2 * time.Second, nil, false, rounds(3, time.Second, busy), "", 0, "", false},
+		{"stopped unit is started", "failed", nil, 2 * time.Second, nil, false, rounds(1, time.Second, stopped), "start u", 1, "", false},
+		{"no answer, not yet hung", "active", noAnswer, 2 * time.Second, nil, false, rounds(2, time.Second, stopped), "", 0, "hung after 2s", false},
+		{"stopped process killed after 2 s; systemd restarts it", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, stopped), "kill u", 1, "hung: no answer and no CPU progress", false},
+		{"deadlocked process (sleeping, no CPU) is hung too", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, sleeping), "kill u", 1, "process state S", false},
+		{"hung unit without a restart policy is started", "active", noAnswer, 2 * time.Second, nil, false, rounds(3, 1100*time.Millisecond, stopped), "kill u|start u", 1, "", false},
+		{"busy (CPU moving) is never killed", "active", noAnswer, 2 * time.Second, nil, false, rounds(20, time.Second, busy), "", 0, "overloaded, not hung", true},
+		{"waiting on I/O is busy", "active", noAnswer, 2 * time.Second, nil, false, rounds(10, time.Second, ioWait), "", 0, "waiting on I/O", true},
 		{"busy, then stuck: killed 2 s after progress stopped", "active", noAnswer, 2 * time.Second, nil, true,
-			rounds(8, time.Second, func(i int) *Sample { return busy(min(i, 4)) }), "kill u", 1, ""},
-		{"no evidence, no kill", "active", noAnswer, 2 * time.Second, nil, false, rounds(10, time.Second, func(int) *Sample { return nil }), "", 0, "cannot read its processes"},
-		{"an answer, if a bad one, is not a hang", "active", refused, 2 * time.Second, nil, false, rounds(10, time.Second, stopped), "", 0, "connection refused"},
-		{"probe failures never restart when HungAfter is 0", "active", noAnswer, 0, nil, false, rounds(10, time.Second, stopped), "", 0, ""},
-		{"not killed while a peer of its role does not serve", "active", noAnswer, 2 * time.Second, peersDown, true, rounds(20, time.Second, stopped), "", 0, "another node of its role does not serve"},
-		{"a dead peer delays a kill by the patience only", "active", noAnswer, 2 * time.Second, peersDown, true, rounds(40, time.Second, stopped), "kill u", 1, ""},
+			rounds(8, time.Second, func(i int) *Sample { return busy(min(i, 4)) }), "kill u", 1, "", false},
+		{"no evidence, no kill", "active", noAnswer, 2 * time.Second, nil, false, rounds(10, time.Second, func(int) *Sample { return nil }), "", 0, "cannot read its processes", false},
+		{"an answer, if a bad one, is not a hang", "active", refused, 2 * time.Second, nil, false, rounds(10, time.Second, stopped), "", 0, "connection refused", false},
+		{"probe failures never restart when HungAfter is 0", "active", noAnswer, 0, nil, false, rounds(10, time.Second, stopped), "", 0, "", false},
+		{"not killed while a peer of its role does not serve", "active", noAnswer, 2 * time.Second, peersDown, true, rounds(20, time.Second, stopped), "", 0, "another node of its role does not serve", false},
+		{"a dead peer delays a kill by the patience only", "active", noAnswer, 2 * time.Second, peersDown, true, rounds(40, time.Second, stopped), "kill u", 1, "", false},
 		// After a repair the next one waits for the back-off (3 s).
-		{"back-off between repairs", "active", noAnswer, time.Second, nil, false, rounds(5, 700*time.Millisecond, stopped), "kill u|start u", 1, ""},
+		{"back-off between repairs", "active", noAnswer, time.Second, nil, false, rounds(5, 700*time.Millisecond, stopped), "kill u|start u", 1, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,8 +126,8 @@ func TestRepairs(t *testing.T) {
 				t.Errorf("calls %q, want %q", got, tt.want)
 			}
 			res := m.Results()
-			if len(res) != 1 || res[0].Repairs != tt.repairs || !strings.Contains(res[0].Error, tt.errHas) {
-				t.Errorf("results %+v, want %d repairs and an error with %q", res, tt.repairs, tt.errHas)
+			if len(res) != 1 || res[0].Repairs != tt.repairs || !strings.Contains(res[0].Error, tt.errHas) || res[0].Busy != tt.busy {
+				t.Errorf("results %+v, want %d repairs, an error with %q, busy %v", res, tt.repairs, tt.errHas, tt.busy)
 			}
 		})
 	}
