@@ -122,9 +122,23 @@ func (k *checker) roles(c *cluster.Cluster) {
 		k.fail([]any{"nodes"}, `add "bridge" to one node's roles: without a bridge master a message published on one broker never reaches subscribers on the others`,
 			"%d brokers but no bridge", len(brokers))
 	}
-	for _, b := range bridges[min(1, len(bridges)):] {
-		k.fail(rolePath(b, cluster.Bridge), "keep exactly one bridge master: two active bridge masters form a loop and every message circulates forever",
-			"node %s is a second bridge (node %s is one already)", b.Name, bridges[0].Name)
+	if len(bridges) >= 2 {
+		// Standbys: one active bridge master at a time, elected by priority
+		// among the candidates that serve. Equal or missing priorities leave
+		// the choice to chance.
+		seen := map[int]string{}
+		for _, b := range bridges {
+			switch prev, dup := seen[b.Priority]; {
+			case b.Priority == 0:
+				k.fail([]any{"nodes", b.Name}, "with more than one bridge node, give each a different priority (1..254): the highest is the bridge master, the others stand by",
+					"bridge %s has no priority", b.Name)
+			case dup:
+				k.fail([]any{"nodes", b.Name, "priority"}, "give each bridge node a different priority: the highest one is the bridge master and the others take over in priority order",
+					"bridge nodes %s and %s both have priority %d", prev, b.Name, b.Priority)
+			default:
+				seen[b.Priority] = b.Name
+			}
+		}
 	}
 	for _, n := range c.Nodes {
 		for i, r := range n.Roles {
@@ -149,9 +163,9 @@ func (k *checker) lbs(c *cluster.Cluster) {
 			}
 			continue
 		}
-		if n.Priority != 0 {
-			k.fail([]any{"nodes", n.Name, "priority"}, `priority is the VRRP priority of a node with role "lb"; remove it or add the role`,
-				"node %s has a priority but is not a load balancer", n.Name)
+		if n.Priority != 0 && !n.Has(cluster.Bridge) {
+			k.fail([]any{"nodes", n.Name, "priority"}, `priority orders load balancers (VRRP) and bridge nodes (the bridge master and its standbys); remove it or add the role "lb" or "bridge"`,
+				"node %s has a priority but is neither a load balancer nor a bridge", n.Name)
 		}
 		if n.Interface != "" {
 			k.fail([]any{"nodes", n.Name, "interface"}, `interface carries the VIP on a node with role "lb"; remove it or add the role`,

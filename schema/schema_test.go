@@ -42,6 +42,14 @@ func TestValid(t *testing.T) {
 	}
 }
 
+// A bridge master with standbys: each bridge node has its own priority.
+func TestBridgeStandbyValid(t *testing.T) {
+	src := strings.Replace(base, `roles: ["bridge"]}`, `roles: ["bridge"], priority: 20}`+"\n\tbridge2: {address: \"10.0.0.23\", roles: [\"bridge\"], priority: 10}", 1)
+	if err := load(t, map[string]string{"cluster.cue": src}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRules(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -64,8 +72,12 @@ func TestRules(t *testing.T) {
 			"cluster.cue:5:1", "nodes", "the cluster has no broker"},
 		{"two brokers without a bridge", `bridge: {address: "10.0.0.20", roles: ["bridge"]}`, ``, "",
 			"cluster.cue:5:1", "nodes", "2 brokers but no bridge"},
-		{"two bridges", `broker2: {address: "10.0.0.22", roles: ["broker"]}`, `broker2: {address: "10.0.0.22", roles: ["broker", "bridge"]}`, "",
-			"cluster.cue:10:52", "nodes.broker2.roles.1", "node broker2 is a second bridge (node bridge is one already)"},
+		{"two bridges without priorities", `broker2: {address: "10.0.0.22", roles: ["broker"]}`, `broker2: {address: "10.0.0.22", roles: ["broker", "bridge"]}`, "",
+			"cluster.cue:10:2", "nodes.broker2", "bridge broker2 has no priority"},
+		{"a standby bridge without a priority", `roles: ["bridge"]}`, `roles: ["bridge"], priority: 20}` + "\n\tbridge2: {address: \"10.0.0.23\", roles: [\"bridge\"]}", "",
+			"cluster.cue:9:2", "nodes.bridge2", "bridge bridge2 has no priority"},
+		{"equal bridge priorities", `roles: ["bridge"]}`, `roles: ["bridge"], priority: 20}` + "\n\tbridge2: {address: \"10.0.0.23\", roles: [\"bridge\"], priority: 20}", "",
+			"cluster.cue:9:63", "nodes.bridge2.priority", "bridge nodes bridge and bridge2 both have priority 20"},
 		{"vip with one lb", `lb2: {address: "10.0.0.12", roles: ["lb"], priority: 100}`, ``, "",
 			"cluster.cue:4:1", "vip", "a vip needs at least two load balancers, found 1"},
 		{"lbs without vip", `vip: {address: "10.0.0.100/24", routerID: 42}`, ``, "",
@@ -85,7 +97,7 @@ func TestRules(t *testing.T) {
 		{"lb without priority", `, priority: 100}`, `}`, "",
 			"cluster.cue:7:2", "nodes.lb2", "load balancer lb2 has no priority"},
 		{"priority on a broker", `roles: ["broker"]}`, `roles: ["broker"], priority: 9}`, "",
-			"cluster.cue:9:63", "nodes.broker1.priority", "node broker1 has a priority but is not a load balancer"},
+			"cluster.cue:9:63", "nodes.broker1.priority", "node broker1 has a priority but is neither a load balancer nor a bridge"},
 		{"port clash on an lb that is a broker", `roles: ["lb"], priority: 150`, `roles: ["lb", "broker"], priority: 150`, "ports: client: 8883\n",
 			"extra.cue:3:16", "ports.client", "port 8883 is both the nginx client listener and the mosquitto TLS listener on node lb1"},
 		{"port clash on a broker", "", "", "ports: bridge: 8883\n",

@@ -146,8 +146,16 @@ type Bridge struct {
 	ClientID      string // the bridge's client id on the broker
 }
 
-// Bridges are node n's bridge connections: one per broker but itself, when
-// n is the bridge master.
+// Bridges are node n's bridge connections, when n is (or may become) the
+// bridge master: one per broker but itself.
+//
+// The client id names the cluster and the broker, never the bridge node:
+// every bridge candidate connects to a broker under the same id, so a broker
+// holds at most one bridge session of the cluster, and a second candidate
+// connecting takes that session over (with its queued messages, cleansession
+// false) instead of opening a second path. Two bridge masters at once can
+// then delay messages but never loop them: a message enters a broker through
+// its one bridge session and the bridge never gets it back (no-local).
 func Bridges(c *cluster.Cluster, n cluster.Node) []Bridge {
 	if !n.Has(cluster.Bridge) {
 		return nil
@@ -158,10 +166,39 @@ func Bridges(c *cluster.Cluster, n cluster.Node) []Bridge {
 			continue // the bridge master's own broker needs no bridge
 		}
 		out = append(out, Bridge{Name: b.Name, Address: b.Address,
-			Connection: "mqha-" + b.Name, ClientID: c.Name + "-" + n.Name + "-to-" + b.Name})
+			Connection: "mqha-" + b.Name, ClientID: c.Name + "-bridge-to-" + b.Name})
 	}
 	return out
 }
+
+// BridgeCandidates are the nodes with the bridge role, highest priority
+// first: with more than one, the first that serves is the bridge master and
+// the others stand by.
+func BridgeCandidates(c *cluster.Cluster) []cluster.Node {
+	out := c.WithRole(cluster.Bridge)
+	slices.SortStableFunc(out, func(a, b cluster.Node) int { return b.Priority - a.Priority })
+	return out
+}
+
+// HasStandby reports whether the bridge role is elected at run time (more
+// than one bridge node) rather than fixed by the definition.
+func HasStandby(c *cluster.Cluster) bool { return len(c.WithRole(cluster.Bridge)) > 1 }
+
+// With standbys, a bridge node's connections live in BridgesFile, under
+// /run: the agent writes it (with connections on the active bridge master
+// only) and mosquitto includes the directory. A node that reboots finds /run
+// empty and comes back as a standby whose mosquitto connects to no broker,
+// whatever it was before: it cannot take the role back from the one that
+// took over while it was gone. mosquitto's drop-in creates the directory
+// (include_dir fails on a missing one).
+const (
+	BridgesDir  = "/run/mqha/bridge"
+	BridgesFile = BridgesDir + "/bridges.conf"
+)
+
+// BridgeCheck is the name of the check of a bridge master's connections; a
+// standby has none to check.
+const BridgeCheck = "bridge"
 
 // Validator checks candidate configuration files with the daemons' own
 // tools (the apply stage's validator).
@@ -169,6 +206,9 @@ type Validator struct{ Tools validate.Tools }
 
 // Config checks the candidate content of the configuration file at path.
 func (v Validator) Config(ctx context.Context, path string, content []byte) error {
+	if path == BridgesFile {
+		return v.Tools.MosquittoBridges(ctx, content)
+	}
 	d, ok := ByConf(path)
 	if !ok {
 		return fmt.Errorf("no validator for %s: not a daemon's configuration file", path)
@@ -238,7 +278,7 @@ func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []heal
 	if len(ids) > 0 {
 		// No unit: a remote broker being down is not the local mosquitto's
 		// fault, so a failing bridge is reported, never repaired by restart.
-		checks = append(checks, health.Check{Name: "bridge",
+		checks = append(checks, health.Check{Name: BridgeCheck,
 			Probe: probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)})
 	}
 	return checks

@@ -93,7 +93,7 @@ func TestChecksAndBridges(t *testing.T) {
 	}
 	b2, _ := cl.Node("b2")
 	br := Bridges(cl, b2)
-	if len(br) != 1 || br[0].Name != "b1" || br[0].ClientID != "c-b2-to-b1" || br[0].Connection != "mqha-b1" {
+	if len(br) != 1 || br[0].Name != "b1" || br[0].ClientID != "c-bridge-to-b1" || br[0].Connection != "mqha-b1" {
 		t.Errorf("bridges of b2: %+v (a bridge master on a broker bridges the others only)", br)
 	}
 }

@@ -108,13 +108,20 @@ func Make(out *render.Output, root fs.FS, states map[string]unit.State) (*Plan, 
 // decide picks the least disruptive action that makes unit u run the new files.
 func decide(u string, changes []Change, states map[string]unit.State) (unit.Action, string) {
 	st, known := states[u]
-	var conf, dropIn *Change
+	var confs []*Change
+	var dropIn *Change
 	for i := range changes {
 		switch changes[i].File.Kind {
 		case render.Config:
-			conf = &changes[i]
+			confs = append(confs, &changes[i])
 		case render.DropIn:
 			dropIn = &changes[i]
+		}
+	}
+	var conf *Change // the main configuration, else an included file
+	for _, c := range confs {
+		if conf == nil || c.File.Path == confOf(u) {
+			conf = c
 		}
 	}
 	name := strings.TrimSuffix(u, ".service")
@@ -132,14 +139,31 @@ func decide(u string, changes []Change, states map[string]unit.State) (unit.Acti
 		}
 		return unit.Restart, what + "; drop-in [Service] settings (limits, restart policy) apply only when the daemon starts"
 	case conf != nil:
-		if d, ok := daemon.ByUnit(u); ok {
-			return d.OnChange(conf.Old, conf.File.Content)
+		d, ok := daemon.ByUnit(u)
+		if !ok {
+			return unit.Restart, "configuration changed"
 		}
-		return unit.Restart, "configuration changed"
+		// Several files (a configuration and what it includes): the
+		// strongest need wins.
+		action, reason := d.OnChange(confs[0].Old, confs[0].File.Content)
+		for _, c := range confs[1:] {
+			a, r := d.OnChange(c.Old, c.File.Content)
+			if strength[a] > strength[action] {
+				action, reason = a, r
+			}
+		}
+		return action, reason
 	case dropIn != nil:
 		return unit.None, "only unit ordering changed; daemon-reload is enough"
 	}
 	return unit.None, "up to date"
+}
+
+var strength = map[unit.Action]int{unit.None: 0, unit.Reload: 1, unit.Restart: 2}
+
+func confOf(u string) string {
+	d, _ := daemon.ByUnit(u)
+	return d.Conf
 }
 
 // serviceSectionChanged reports whether a drop-in's [Service] section

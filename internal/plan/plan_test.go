@@ -167,3 +167,32 @@ func BenchmarkRenderAndPlan200(b *testing.B) {
 		}
 	}
 }
+
+// A standby taking over changes only the included bridges file: mosquitto
+// restarts (bridges are not reloaded), although mosquitto.conf is unchanged.
+func TestBridgeTakeoverRestarts(t *testing.T) {
+	c, err := schema.LoadDir("../render/testdata/standby")
+	if err != nil {
+		t.Fatal(err)
+	}
+	standby, _ := render.NodeOn(c, "bridge2", render.Host{})
+	active, _ := render.NodeOn(c, "bridge2", render.Host{ActiveBridge: true})
+	live := fstest.MapFS{}
+	for _, f := range standby.Files {
+		live[f.Path[1:]] = &fstest.MapFile{Data: f.Content}
+	}
+	states := map[string]unit.State{daemon.Mosquitto.Unit: {ActiveState: "active", LoadState: "loaded"}}
+	for _, tt := range []struct {
+		name   string
+		out    *render.Output
+		action unit.Action
+	}{{"stays standby", standby, unit.None}, {"takes over", active, unit.Restart}} {
+		p, err := plan.Make(tt.out, live, states)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Units) != 1 || p.Units[0].Action != tt.action {
+			t.Errorf("%s: %+v, want %s", tt.name, p.Units, tt.action)
+		}
+	}
+}

@@ -66,6 +66,10 @@ type Host struct {
 	// NginxUser and NginxModules are the distribution's nginx worker user
 	// and dynamic-module include; empty: Debian's (DebianNginx).
 	NginxUser, NginxModules string
+	// ActiveBridge: this bridge node is the elected bridge master (with
+	// standbys only; a lone bridge node always is). Like the limits, a fact
+	// of the node at run time that the definition cannot know.
+	ActiveBridge bool
 }
 
 // The nginx layouts of the distributions the packages target.
@@ -95,6 +99,11 @@ type data struct {
 	Brokers           []cluster.Node  // every broker, for the nginx upstream
 	Peers             []cluster.Node  // the other load balancers
 	Bridges           []daemon.Bridge // connections of the bridge master
+	// Standby: the bridge role is elected; the connections go to
+	// daemon.BridgesFile (none on a standby), included from BridgesDir.
+	Standby      bool
+	ActiveBridge bool
+	BridgesDir   string
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
@@ -142,6 +151,8 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		}
 	}
 	d.Bridges = daemon.Bridges(c, n)
+	d.Standby = n.Has(cluster.Bridge) && daemon.HasStandby(c)
+	d.ActiveBridge, d.BridgesDir = h.ActiveBridge, daemon.BridgesDir
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {
@@ -166,6 +177,11 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		}
 		if err := add(dm.Unit, dm.DropIn(), dm.DropInTemplate, DropIn, 0o644); err != nil {
 			return nil, err
+		}
+		if dm.Name == daemon.Mosquitto.Name && d.Standby {
+			if err := add(dm.Unit, daemon.BridgesFile, "mosquitto.bridges.tmpl", Config, 0o644); err != nil {
+				return nil, err
+			}
 		}
 	}
 	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Path < out.Files[j].Path })

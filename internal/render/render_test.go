@@ -22,6 +22,7 @@ var cases = map[string]string{
 	"four-brokers": "testdata/four-brokers",
 	"one-broker":   "testdata/one-broker",
 	"three-nodes":  "testdata/three-nodes",
+	"standby":      "testdata/standby",
 }
 
 func TestGolden(t *testing.T) {
@@ -37,7 +38,11 @@ func TestGolden(t *testing.T) {
 			}
 			want := map[string]bool{}
 			for _, n := range c.Nodes {
-				out, err := render.Node(c, n.Name)
+				// With standbys, the highest priority is rendered as the
+				// active bridge master, the others as standbys.
+				cands := daemon.BridgeCandidates(c)
+				active := len(cands) > 0 && cands[0].Name == n.Name
+				out, err := render.NodeOn(c, n.Name, render.Host{ActiveBridge: active})
 				if err != nil {
 					t.Fatal(err)
 				}

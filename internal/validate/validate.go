@@ -169,6 +169,13 @@ func (t Tools) Mosquitto(ctx context.Context, content []byte) error {
 	}
 }
 
+// MosquittoBridges checks a file of bridge connections that a configuration
+// includes (include_dir): started in a trial broker of its own, with one
+// listener to tell when it runs.
+func (t Tools) MosquittoBridges(ctx context.Context, content []byte) error {
+	return t.Mosquitto(ctx, append([]byte("listener 0\nallow_anonymous false\n"), content...))
+}
+
 // trialGrace is how long a trial broker must stay up once it listens.
 const trialGrace = 500 * time.Millisecond
 
@@ -191,6 +198,10 @@ func trialMosquitto(content []byte) ([]byte, string, error) {
 		}
 		switch fields[0] {
 		case "pid_file", "log_dest", "persistence", "persistence_location", "autosave_interval":
+			continue
+		case "include_dir":
+			// The live directory, not the candidate: what it holds (the
+			// bridges) is validated as a file of its own.
 			continue
 		case "listener":
 			port, err := freePort()
