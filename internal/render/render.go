@@ -93,17 +93,17 @@ var templates = template.Must(template.New("").Option("missingkey=error").ParseF
 // data is what every template sees; derived numbers are computed here, not
 // in templates.
 type data struct {
-	Cluster           *cluster.Cluster
-	Node              cluster.Node
-	VIP               *cluster.VIP
-	Brokers           []cluster.Node  // every broker, for the nginx upstream
-	Peers             []cluster.Node  // the other load balancers
-	Bridges           []daemon.Bridge // connections of the bridge master
+	Cluster *cluster.Cluster
+	Node    cluster.Node
+	VIP     *cluster.VIP
+	Brokers []cluster.Node  // every broker, for the nginx upstream
+	Peers   []cluster.Node  // the other load balancers
+	Bridges []daemon.Bridge // connections of the bridge master
 	// Standby: the bridge role is elected; the connections go to
 	// daemon.BridgesFile (none on a standby), included from BridgesDir.
-	Standby      bool
-	ActiveBridge bool
-	BridgesDir   string
+	Standby           bool
+	ActiveBridge      bool
+	BridgesDir        string
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
