@@ -86,6 +86,18 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 	for _, warning := range s.Warnings {
 		fmt.Fprintf(c.stdout, "WARNING   %s\n", warning)
 	}
+	if b := s.Bridge; b != nil {
+		role := "standby"
+		if b.Active {
+			role = "ACTIVE bridge master since " + b.Since.Format(time.RFC3339)
+		}
+		master := b.Master
+		if master == "" {
+			master = "NONE"
+		}
+		fmt.Fprintf(w, "bridge:   %s; master %s; %s (reaches %d brokers; %d take-overs, %d stand-downs, %d tugs of war)\n",
+			role, master, b.State, b.Brokers, b.Takeovers, b.StandDowns, b.Conflicts)
+	}
 	for _, d := range s.Drops {
 		fmt.Fprintf(w, "DROPPED   mosquitto dropped messages for client %s: %d times, last %s (queue full: raise mqtt.maxQueuedMessages/maxQueuedBytes, or find the slow consumer)\n", d.Client, d.Episodes, ago(d.Last))
 	}

@@ -452,7 +452,7 @@ func spareBroker3(t *testing.T) string {
 		t.Fatal(err)
 	}
 	if _, ok := st.Node("broker3"); !ok {
-		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
+		if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr, "broker"); err != nil {
 			t.Fatal(err)
 		}
 	}

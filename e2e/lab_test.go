@@ -92,7 +92,7 @@ func TestRejectedNginxConfigNeverLive(t *testing.T) {
 func TestAddBroker(t *testing.T) {
 	addr := cfg.Addr(23)
 	start := time.Now()
-	if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr); err != nil {
+	if _, err := cfg.AddNode(t.Context(), labProject(), "broker3", addr, "broker"); err != nil {
 		t.Fatal(err)
 	}
 	report(t, "spare node broker3 booted in %s", time.Since(start).Round(time.Millisecond))

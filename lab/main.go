@@ -15,7 +15,8 @@ import (
 	"github.com/mqha/mqha/internal/lab"
 )
 
-const usage = `usage: mqha-lab up | down | status | node NAME ADDR | notify
+const usage = `usage: mqha-lab up | down | status | node NAME ADDR [ROLE] | notify
+       mqha-lab poweroff NAME | poweron NAME | cut NAME ADDR... | heal NAME
 environment: MQHA_LAB_SUBNET (10.231.7.0/24), MQHA_LAB_MIRROR (from apt sources),
 MQHA_LAB_DIR (.lab), MQHA_LAB_CACHE (/var/cache/mqha-lab), MQHA_LAB_NODES (/var/lib/mqha-lab)
 `
@@ -61,17 +62,31 @@ func run(ctx context.Context, args []string) error {
 		fmt.Printf("mqha lab: push notified to %d nodes\n", n)
 		return err
 	case "node":
-		if len(args) != 3 {
-			return fmt.Errorf("node needs NAME and ADDR\n%s", usage)
+		if len(args) != 3 && len(args) != 4 {
+			return fmt.Errorf("node needs NAME and ADDR, and optionally the ROLE of its certificate (broker)\n%s", usage)
+		}
+		role := "broker"
+		if len(args) == 4 {
+			role = args[3]
 		}
 		start := time.Now()
-		n, err := c.AddNode(ctx, p, args[1], args[2])
+		n, err := c.AddNode(ctx, p, args[1], args[2], role)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("node %s (%s) is up in %s with the agent installed; add it to %s/cluster and push to make it part of the cluster\n",
 			n.Name, n.Addr, time.Since(start).Round(time.Millisecond), c.Dir)
 		return nil
+	case "poweroff", "poweron", "heal":
+		if len(args) != 2 {
+			return fmt.Errorf("%s needs NAME\n%s", args[0], usage)
+		}
+		return map[string]func(context.Context, string) error{"poweroff": c.PowerOff, "poweron": c.PowerOn, "heal": c.Heal}[args[0]](ctx, args[1])
+	case "cut":
+		if len(args) < 3 {
+			return fmt.Errorf("cut needs NAME and the addresses to cut it from\n%s", usage)
+		}
+		return c.Cut(ctx, args[1], args[2:]...)
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }

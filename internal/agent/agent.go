@@ -25,6 +25,7 @@ import (
 
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/election"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
@@ -98,6 +99,9 @@ type Deps struct {
 	Now func() time.Time
 	// Host is what this host allows, for sizing (nil: LocalHost).
 	Host func() render.Host
+	// BridgeOnDisk is the bridge role the node ran before the agent started
+	// and since when (nil: read from daemon.BridgesFile).
+	BridgeOnDisk func() (active bool, since time.Time)
 	// FaultFile is keepalived's track file (empty: daemon.FaultFile).
 	FaultFile string
 	Log       *slog.Logger
@@ -127,6 +131,14 @@ type Agent struct {
 	reload  chan reloadRequest
 	hook    chan struct{}
 	recheck chan struct{} // a failed check runs again soon
+	flips   chan flipRequest
+
+	// The bridge role, with standbys: what this node runs, and the election.
+	bridgeActive bool
+	bridgeSince  time.Time
+	elector      *election.Elector // guarded by mu
+	electorKey   string
+	stopElector  context.CancelFunc
 
 	mu    sync.Mutex
 	st    control.Status
@@ -167,8 +179,13 @@ func New(cfg Config, node string, d Deps) *Agent {
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
 	}
+	if d.BridgeOnDisk == nil {
+		d.BridgeOnDisk = bridgeOnDisk
+	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), m: newMetrics()}
+		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), m: newMetrics()}
+	a.bridgeActive, a.bridgeSince = d.BridgeOnDisk()
+	a.m.reg.MustRegister(bridgeCollector{a})
 	a.fault = newFault(d.FaultFile, a.log)
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
 	a.restoreState()
@@ -228,6 +245,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.checkHealth(ctx)
 		case <-a.recheck:
 			a.checkHealth(ctx)
+		case req := <-a.flips:
+			req.reply <- a.flipBridge(ctx, req.active, req.reason)
 		case path := <-a.drift:
 			a.log.Warn("a managed file changed on disk; reverting it", "path", path)
 			a.m.drift.Inc()
@@ -271,6 +290,9 @@ func (a *Agent) Status() control.Status {
 	s := a.st
 	if a.monitor != nil {
 		s.Checks = a.monitor.Results()
+	}
+	if a.elector != nil {
+		s.Bridge = bridgeView(a.elector.Status())
 	}
 	return s
 }

@@ -111,15 +111,16 @@ func (a *Agent) verify(ctx context.Context, v *View, p *plan.Plan) error {
 	return m.Verify(ctx, a.cfg.VerifyTimeout)
 }
 
-// rebuild points the health monitor, the unit watcher and the drift watcher
-// at what v says.
+// rebuild points the health monitor, the unit watcher, the drift watcher
+// and the bridge election at what v says.
 func (a *Agent) rebuild(ctx context.Context, v *View) {
-	m := &health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult}
-	a.mu.Lock()
-	a.monitor = m
-	a.units = v.Output.Units
-	a.mu.Unlock()
+	a.rebuildMonitor(v)
+	a.runElection(ctx, v)
+	a.watchDrift(ctx, v)
+}
 
+// watchDrift points the drift watcher at v's files.
+func (a *Agent) watchDrift(ctx context.Context, v *View) {
 	if a.stopDrift != nil {
 		a.stopDrift()
 		a.stopDrift, a.drift = nil, nil
@@ -139,4 +140,13 @@ func (a *Agent) rebuild(ctx context.Context, v *View) {
 		return
 	}
 	a.drift, a.stopDrift = ch, cancel
+}
+
+// rebuildMonitor points the health monitor and the unit watcher at v.
+func (a *Agent) rebuildMonitor(v *View) {
+	m := &health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult}
+	a.mu.Lock()
+	a.monitor = m
+	a.units = v.Output.Units
+	a.mu.Unlock()
 }

@@ -42,7 +42,7 @@ func (a *Agent) load(hash string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &View{Commit: hash, Subject: commit.Subject, checksOf: map[string][]health.Check{}}
+	v := &View{Commit: hash, Subject: commit.Subject}
 	wrap := func(err error) error { return fmt.Errorf("commit %s (%s): %w", source.Short(hash), v.Subject, err) }
 	if v.Cluster, err = schema.Load(commit.Files, "."); err != nil {
 		return nil, wrap(err)
@@ -51,15 +51,34 @@ func (a *Agent) load(hash string) (*View, error) {
 	if v.Node, ok = v.Cluster.Node(a.node); !ok {
 		return nil, wrap(fmt.Errorf("node %q is not in the cluster definition", a.node))
 	}
-	if v.Output, err = render.NodeOn(v.Cluster, a.node, a.d.Host()); err != nil {
-		return nil, wrap(err)
-	}
 	if v.TLS, err = a.d.LoadTLS(v.Cluster.TLS); err != nil {
 		return nil, wrap(fmt.Errorf("this node's certificate does not load, so its health cannot be checked: %w (check tls.ca, tls.cert and tls.key of the definition against the files on this node)", err))
 	}
 	v.Certs = certs(v.TLS, v.Cluster.TLS)
+	if v, err = a.derive(v); err != nil {
+		return nil, wrap(err)
+	}
+	return v, nil
+}
+
+// derive renders v's files and checks for this host and this node's bridge
+// role (what the definition cannot say), from v's definition and TLS.
+func (a *Agent) derive(v *View) (*View, error) {
+	host := a.d.Host()
+	host.ActiveBridge = a.bridgeActive || !elected(v.Cluster, v.Node)
+	out, err := render.NodeOn(v.Cluster, a.node, host)
+	if err != nil {
+		return nil, err
+	}
+	v.Output, v.Checks, v.checksOf = out, nil, map[string][]health.Check{}
 	for _, d := range daemon.For(v.Node) {
-		cs := d.Checks(v.Cluster, v.Node, v.TLS)
+		var cs []health.Check
+		for _, c := range d.Checks(v.Cluster, v.Node, v.TLS) {
+			if c.Name == daemon.BridgeCheck && !host.ActiveBridge {
+				continue // a standby has no bridge connections to check
+			}
+			cs = append(cs, c)
+		}
 		v.checksOf[d.Unit] = cs
 		v.Checks = append(v.Checks, cs...)
 	}

@@ -49,6 +49,25 @@ type Status struct {
 	Unconfigured string `json:"unconfigured,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
+	// Bridge is the bridge election as this node sees it (bridge nodes of
+	// a cluster with standbys only).
+	Bridge *Bridge `json:"bridge,omitempty"`
+}
+
+// Bridge is a bridge node's view of the election of the bridge master.
+type Bridge struct {
+	Active     bool      `json:"active"`
+	Since      time.Time `json:"since,omitzero"`
+	Master     string    `json:"master,omitempty"` // "" none known
+	State      string    `json:"state"`            // why it is what it is
+	Brokers    int       `json:"brokersReached"`
+	Takeovers  int       `json:"takeovers"`
+	StandDowns int       `json:"standDowns"`
+	// Conflicts counts tugs of war (two candidates active at once), each
+	// resolved by the later one standing down; Conflict: one is on now.
+	Conflicts    int       `json:"conflicts"`
+	Conflict     bool      `json:"conflict,omitempty"`
+	LastConflict time.Time `json:"lastConflict,omitzero"`
 }
 
 // Cert is a certificate the node uses and when it expires.
@@ -93,6 +112,14 @@ func (s Status) Problems(now time.Time) []string {
 		}
 	}
 	out = append(out, s.Warnings...)
+	if b := s.Bridge; b != nil {
+		switch {
+		case b.Conflict:
+			out = append(out, "bridge: tug of war: "+b.State)
+		case b.Master == "":
+			out = append(out, "bridge: no bridge master: "+b.State)
+		}
+	}
 	for _, d := range s.Drops {
 		if now.Sub(d.Last) < recentDrops {
 			out = append(out, "mosquitto dropped messages for "+d.Client+" "+now.Sub(d.Last).Round(time.Second).String()+" ago")

@@ -196,6 +196,13 @@ const (
 	BridgesFile = BridgesDir + "/bridges.conf"
 )
 
+// BeatTopics is where the bridge candidates of cluster publish their
+// election beats (BeatTopics/node). Under $: no client's "#" and no
+// bridge's "topic #" matches it; the bridge master's connections carry it
+// out to the brokers explicitly, so a beat that reaches a broker proves the
+// bridge to it works.
+func BeatTopics(cluster string) string { return "$mqha/bridge/" + cluster }
+
 // BridgeCheck is the name of the check of a bridge master's connections; a
 // standby has none to check.
 const BridgeCheck = "bridge"

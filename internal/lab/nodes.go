@@ -46,6 +46,13 @@ func (c Config) Boot(ctx context.Context, base, name, addr string, files NodeFil
 	if err := c.prepare(ctx, n, files); err != nil {
 		return n, err
 	}
+	return c.launch(ctx, n)
+}
+
+// launch starts systemd-nspawn on the node's prepared root and returns once
+// systemd in the node is running.
+func (c Config) launch(ctx context.Context, n Node) (Node, error) {
+	name, dir := n.Name, filepath.Join(c.NodesDir, n.Name)
 	for _, r := range cgroupRoots {
 		if _, err := os.Stat(r); err == nil {
 			os.MkdirAll(filepath.Join(r, "mqha-lab", name), 0o755)

@@ -127,7 +127,7 @@ func (c Config) Up(ctx context.Context, p Project) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, err := c.bootNode(ctx, base, p, l.Name, c.Addr(l.Host), true)
+			n, err := c.bootNode(ctx, base, p, l.Name, c.Addr(l.Host), "")
 			mu.Lock()
 			defer mu.Unlock()
 			if n.Nspawn != 0 {
@@ -165,7 +165,7 @@ func (c Config) Up(ctx context.Context, p Project) error {
 
 // AddNode boots one more node with the agent installed and pointed at the
 // cluster repository, though the definition does not name it yet.
-func (c Config) AddNode(ctx context.Context, p Project, name, addr string) (Node, error) {
+func (c Config) AddNode(ctx context.Context, p Project, name, addr, role string) (Node, error) {
 	s, ok := c.Running()
 	if !ok {
 		return Node{}, errors.New("the lab is not running: make lab first")
@@ -182,7 +182,7 @@ func (c Config) AddNode(ctx context.Context, p Project, name, addr string) (Node
 	if err != nil {
 		return Node{}, err
 	}
-	n, err := c.bootNode(ctx, base, p, name, addr, false)
+	n, err := c.bootNode(ctx, base, p, name, addr, role)
 	if n.Nspawn != 0 {
 		s.Nodes = append(s.Nodes, n)
 		sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].Name < s.Nodes[j].Name })
@@ -192,13 +192,15 @@ func (c Config) AddNode(ctx context.Context, p Project, name, addr string) (Node
 	return n, err
 }
 
-func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr string, inDefinition bool) (Node, error) {
+// bootNode boots node name; role is the role of its certificate when it is
+// not in the definition yet ("" when it is).
+func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr, role string) (Node, error) {
 	pkiDir := filepath.Join(c.Dir, "pki")
 	// --force: the lab owns a throwaway PKI, and a node booted again gets a
 	// new key.
 	args := []string{"pki", "issue", "--force", "--dir", pkiDir, "--repo", filepath.Join(c.Dir, "cluster")}
-	if !inDefinition {
-		args = append(args, "--address", addr, "--role", "broker")
+	if role != "" {
+		args = append(args, "--address", addr, "--role", role)
 	}
 	args = append(args, name)
 	if _, err := run(ctx, p.Agent, args...); err != nil {

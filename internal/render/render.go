@@ -104,6 +104,7 @@ type data struct {
 	Standby           bool
 	ActiveBridge      bool
 	BridgesDir        string
+	BeatTopics        string
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
@@ -152,7 +153,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	}
 	d.Bridges = daemon.Bridges(c, n)
 	d.Standby = n.Has(cluster.Bridge) && daemon.HasStandby(c)
-	d.ActiveBridge, d.BridgesDir = h.ActiveBridge, daemon.BridgesDir
+	d.ActiveBridge, d.BridgesDir, d.BeatTopics = h.ActiveBridge, daemon.BridgesDir, daemon.BeatTopics(c.Name)
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {
