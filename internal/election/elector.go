@@ -27,7 +27,7 @@ type Config struct {
 	// Topics is the parent of every candidate's beat topic (Topics/node):
 	// daemon.BeatTopics, which the bridge master's configuration carries
 	// out to the brokers.
-	Topics string
+	Topics  string
 	Me      Candidate
 	Local   Endpoint   // this node's own mosquitto: beats are published here
 	Brokers []Endpoint // where the bridge master's beats arrive

@@ -40,17 +40,29 @@ func TestDecide(t *testing.T) {
 		{"no broker reached: never take over", lo, with(func(o *Obs) { o.Brokers = 0; o.Peers = peers(active(hi, t0, time.Minute)) }), Stay, "reaches no broker", false},
 		{"own mosquitto down: never take over", lo, with(func(o *Obs) { o.Local = false; o.Peers = peers(active(hi, t0, time.Minute)) }), Stay, "own mosquitto does not serve", false},
 		{"just started: listen first", lo, with(func(o *Obs) { o.Start = now.Add(-time.Second) }), Stay, "taking over after 2s", false},
-		{"a live standby of higher priority goes first", lo, with(func(o *Obs) { o.Start = now.Add(-2500 * time.Millisecond); o.Peers = peers(standby(hi, 100*time.Millisecond)) }), Stay, "taking over after 3s", false},
-		{"after the higher one's turn, the lower goes", lo, with(func(o *Obs) { o.Start = now.Add(-3100 * time.Millisecond); o.Peers = peers(standby(hi, 100*time.Millisecond)) }), TakeOver, "taking over", false},
-		{"bootstrap: the highest goes after the dead time", hi, with(func(o *Obs) { o.Start = now.Add(-2100 * time.Millisecond); o.Peers = peers(standby(lo, 100*time.Millisecond)) }), TakeOver, "", false},
+		{"a live standby of higher priority goes first", lo, with(func(o *Obs) {
+			o.Start = now.Add(-2500 * time.Millisecond)
+			o.Peers = peers(standby(hi, 100*time.Millisecond))
+		}), Stay, "taking over after 3s", false},
+		{"after the higher one's turn, the lower goes", lo, with(func(o *Obs) {
+			o.Start = now.Add(-3100 * time.Millisecond)
+			o.Peers = peers(standby(hi, 100*time.Millisecond))
+		}), TakeOver, "taking over", false},
+		{"bootstrap: the highest goes after the dead time", hi, with(func(o *Obs) {
+			o.Start = now.Add(-2100 * time.Millisecond)
+			o.Peers = peers(standby(lo, 100*time.Millisecond))
+		}), TakeOver, "", false},
 		{"master keeps the role", hi, with(func(o *Obs) { o.Active, o.Since = true, t0; o.Peers = peers(standby(lo, 0)) }), Stay, "active bridge master", false},
 		{"tug of war: the later claim stands down", lo, with(func(o *Obs) { o.Active, o.Since = true, t0.Add(time.Second); o.Peers = peers(active(hi, t0, 0)) }), StandDown, "tug of war: bridge has been the bridge master since", true},
 		{"tug of war: the incumbent stays, even of lower priority", lo, with(func(o *Obs) { o.Active, o.Since = true, t0; o.Peers = peers(active(hi, t0.Add(time.Second), 0)) }), Stay, "it stands down", true},
 		{"tug of war at the same instant: priority decides", lo, with(func(o *Obs) { o.Active, o.Since = true, t0; o.Peers = peers(active(hi, t0, 0)) }), StandDown, "tug of war", true},
-		{"a stale claim is no tug of war", lo, with(func(o *Obs) { o.Active, o.Since = true, t0.Add(time.Second); o.Peers = peers(active(hi, t0, 5*time.Second)) }), Stay, "active bridge master", false},
-		{"cut off from every broker: stand down after the fence", hi, with(func(o *Obs) { o.Active, o.Since, o.Brokers, o.LastBroker = true, t0, 0, now.Add(-3 * time.Second) }), StandDown, "reaches no broker for 3s", false},
+		{"a stale claim is no tug of war", lo, with(func(o *Obs) {
+			o.Active, o.Since = true, t0.Add(time.Second)
+			o.Peers = peers(active(hi, t0, 5*time.Second))
+		}), Stay, "active bridge master", false},
+		{"cut off from every broker: stand down after the fence", hi, with(func(o *Obs) { o.Active, o.Since, o.Brokers, o.LastBroker = true, t0, 0, now.Add(-3*time.Second) }), StandDown, "reaches no broker for 3s", false},
 		{"cut off briefly: stay", hi, with(func(o *Obs) { o.Active, o.Since, o.Brokers, o.LastBroker = true, t0, 0, now.Add(-time.Second) }), Stay, "active", false},
-		{"own mosquitto gone: stand down after the fence", hi, with(func(o *Obs) { o.Active, o.Since, o.Local, o.LastLocal = true, t0, false, now.Add(-4 * time.Second) }), StandDown, "own mosquitto took no beat", false},
+		{"own mosquitto gone: stand down after the fence", hi, with(func(o *Obs) { o.Active, o.Since, o.Local, o.LastLocal = true, t0, false, now.Add(-4*time.Second) }), StandDown, "own mosquitto took no beat", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
