@@ -61,7 +61,7 @@ var hints = []struct{ path, hint string }{
 	{"nodes.*.interface", `an interface name such as "eth0"`},
 	{"vip.address", `the VIP with its prefix length, e.g. "10.0.0.100/24"`},
 	{"vip.routerID", "VRRP virtual_router_id is 1..255 and must be unique on the network segment"},
-	{"vip.advertInterval", "whole seconds, 1..255"},
+	{"vip.advertInterval", "seconds, 0.05..40.95, in hundredths (VRRP version 3)"},
 	{"ports.*", "a TCP port, 1..65535"},
 	{"tls.*", "an absolute path on the nodes"},
 	{"mqtt.maxKeepalive", "seconds, 10..65535"},

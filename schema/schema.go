@@ -160,7 +160,7 @@ type rawVIP struct {
 	Address        string   `json:"address"`
 	RouterID       int      `json:"routerID"`
 	Interface      string   `json:"interface"`
-	AdvertInterval int      `json:"advertInterval"`
+	AdvertInterval float64  `json:"advertInterval"`
 	Unicast        bool     `json:"unicast"`
 	DNSNames       []string `json:"dnsNames"`
 }

@@ -44,7 +44,7 @@ type VIP struct {
 	Prefix         int
 	RouterID       int
 	Interface      string
-	AdvertInterval int
+	AdvertInterval float64 // seconds, in hundredths (VRRP version 3)
 	Unicast        bool
 	DNSNames       []string // names clients use for the VIP
 }
