@@ -338,24 +338,36 @@ func sourceAddrs(t *testing.T, n int) []string {
 // and returns it with the name of the broker it reached.
 func connectFrom(t *testing.T, src, id string) (net.Conn, string) {
 	t.Helper()
-	tc := tlsConfig(t)
+	c, broker, err := dialFrom(tlsConfig(t), src, id, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, broker
+}
+
+// dialFrom is connectFrom for goroutines: it returns its error.
+func dialFrom(tc *tls.Config, src, id string, timeout time.Duration) (net.Conn, string, error) {
+	tc = tc.Clone()
 	tc.ServerName = cfg.VIP()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}, Config: tc}
 	c, err := d.DialContext(ctx, "tcp", vip())
 	if err != nil {
-		t.Fatalf("connect from %s: %v", src, err)
+		return nil, "", fmt.Errorf("connect from %s: %w", src, err)
 	}
 	broker := c.(*tls.Conn).ConnectionState().PeerCertificates[0].Subject.CommonName
 	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, byte(len(id))}, id...)
+	c.SetDeadline(time.Now().Add(timeout))
 	c.Write(append([]byte{0x10, byte(len(body))}, body...))
 	ack := make([]byte, 4)
 	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
-		t.Fatalf("CONNACK from %s: % x %v", broker, ack, err)
+		c.Close()
+		return nil, "", fmt.Errorf("CONNACK from %s: % x %v", broker, ack, err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return c, broker
+	c.SetDeadline(time.Time{})
+	return c, broker, nil
 }
 
 // TestRemovedBrokerClientsMove (issue 12, 4): a commit removing a broker

@@ -3,8 +3,11 @@
 package e2e
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -211,7 +214,7 @@ func TestBridgeMasterPowerOff(t *testing.T) {
 	if err := cfg.PowerOff(t.Context(), active); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cfg.PowerOn(t.Context(), active) })
+	t.Cleanup(func() { cfg.PowerOn(context.Background(), active) })
 	report(t, "bridge master %s powered off (%s to cut and kill it)", active, time.Since(t0).Round(time.Millisecond))
 	waitFor(t, 30*time.Second, standby+" takes over", func() bool {
 		s := agentStatus(t, standby).Bridge
@@ -348,4 +351,187 @@ func TestBridgeTugOfWar(t *testing.T) {
 	if b.Conflicts == 0 || b.StandDowns == 0 {
 		t.Errorf("%s did not report the tug of war it ended: %+v", standby, b)
 	}
+}
+
+// TestVIPHolderPowerOff: the load balancer holding the VIP loses power
+// (keepalived sends no last advert): the other one serves the VIP after
+// about three missed adverts, a persistent QoS1 subscriber through the VIP
+// loses nothing, and the VIP stays put when the old holder comes back.
+func TestVIPHolderPowerOff(t *testing.T) {
+	holder := waitVIP(t, 15*time.Second)
+	other := map[string]string{"lb1": "lb2", "lb2": "lb1"}[holder]
+	t.Logf("this host's clients go to %s through either load balancer", lbsAgree(t))
+	s := startStream(t, "vip-poweroff")
+	time.Sleep(time.Second)
+
+	tc := tlsConfig(t)
+	tc.ServerName = cfg.VIP()
+	t0 := time.Now()
+	go cfg.PowerOff(t.Context(), holder)
+	t.Cleanup(func() { cfg.PowerOn(context.Background(), holder) })
+	var back time.Duration
+	for {
+		// The old holder answers until its link is cut: only a handshake
+		// after the cut counts.
+		if time.Since(t0) > 50*time.Millisecond && handshake(vip(), tc) && vipHolder(t) == other {
+			back = time.Since(t0)
+			break
+		}
+		if time.Since(t0) > 30*time.Second {
+			t.Fatalf("the VIP does not serve from %s", other)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	report(t, "VIP holder %s powered off: VIP serving TLS from %s after %s (target 1 s)", holder, other, back.Round(time.Millisecond))
+	time.Sleep(3 * time.Second)
+	s.finish(t)
+	// Bound: 3x the 1 s target.
+	if back > 3*time.Second {
+		t.Errorf("VIP back after %s, want within 3 s", back)
+	}
+
+	if err := cfg.PowerOn(t.Context(), holder); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 90*time.Second, holder+" serves again", func() bool {
+		st := agentStatus(t, holder)
+		return st.Applied != "" && len(st.Checks) > 0 && st.Checks[0].OK
+	})
+	time.Sleep(3 * time.Second)
+	if h := vipHolder(t); h != other {
+		t.Errorf("the VIP moved again when %s came back, to %q", holder, h)
+	}
+}
+
+// TestBrokerPowerOff: a broker loses power under 200 idle clients through
+// the VIP. The load balancers find its host gone, mark it down and close
+// the connections to it: its clients reconnect to the other broker (time
+// to 95%); the others keep theirs. Powered on, it takes clients again.
+func TestBrokerPowerOff(t *testing.T) {
+	const perSrc = 10
+	srcs := sourceAddrs(t, 20)
+	tc := tlsConfig(t)
+	type idle struct {
+		src, broker string
+		closed      chan struct{}
+	}
+	var clients []*idle
+	per := map[string]int{}
+	for i, src := range srcs {
+		for j := range perSrc {
+			c, broker := connectFrom(t, src, fmt.Sprintf("idle-%d-%d", i, j))
+			cl := &idle{src, broker, make(chan struct{})}
+			go func() {
+				io.Copy(io.Discard, c)
+				close(cl.closed)
+			}()
+			clients = append(clients, cl)
+			per[broker]++
+		}
+	}
+	victim := "broker1"
+	if per["broker2"] > per["broker1"] {
+		victim = "broker2"
+	}
+	if per[victim] == 0 || per[victim] == len(clients) {
+		t.Fatalf("clients per broker %v: need some on each", per)
+	}
+	t.Logf("%d idle clients through the VIP: %v; powering off %s", len(clients), per, victim)
+
+	t0 := time.Now()
+	if err := cfg.PowerOff(t.Context(), victim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cfg.PowerOn(context.Background(), victim) })
+	// Each client of the victim reconnects (from its address) when its
+	// connection closes; record when it is back, on which broker.
+	type result struct {
+		at     time.Duration
+		broker string
+	}
+	results := make(chan result, len(clients))
+	var moving int
+	for i, cl := range clients {
+		if cl.broker != victim {
+			continue
+		}
+		moving++
+		go func() {
+			select {
+			case <-cl.closed:
+			case <-time.After(60 * time.Second):
+				results <- result{-1, ""}
+				return
+			}
+			for time.Since(t0) < 60*time.Second {
+				c, b, err := dialFrom(tc, cl.src, fmt.Sprintf("moved-%d", i), 5*time.Second)
+				if err == nil {
+					t.Cleanup(func() { c.Close() })
+					results <- result{time.Since(t0), b}
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			results <- result{-1, ""}
+		}()
+	}
+	var times []time.Duration
+	for range moving {
+		r := <-results
+		if r.at < 0 {
+			continue
+		}
+		if r.broker == victim {
+			t.Errorf("a client reconnected to %s, which is powered off", victim)
+		}
+		times = append(times, r.at)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	if len(times) < moving*95/100 {
+		t.Fatalf("only %d of %d clients of %s reconnected within 60 s", len(times), moving, victim)
+	}
+	p95 := times[(moving*95+99)/100-1]
+	kept := 0
+	for _, cl := range clients {
+		if cl.broker == victim {
+			continue
+		}
+		select {
+		case <-cl.closed:
+		default:
+			kept++
+		}
+	}
+	report(t, "%s powered off under %d idle clients: its %d clients reconnected to another broker, 95%% within %s (first %s, last %s; target 5 s); %d of %d clients of the other broker kept their connections",
+		victim, len(clients), moving, p95.Round(time.Millisecond), times[0].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond), kept, len(clients)-moving)
+	// Bound: 3x the 5 s target.
+	if p95 > 15*time.Second {
+		t.Errorf("95%% of the clients back after %s, want within 15 s", p95)
+	}
+	if kept != len(clients)-moving {
+		t.Errorf("%d clients of the other broker lost their connections", len(clients)-moving-kept)
+	}
+	if !handshake(vip(), func() *tls.Config { c := tc.Clone(); c.ServerName = cfg.VIP(); return c }()) {
+		t.Errorf("the VIP does not serve with %s off", victim)
+	}
+
+	if err := cfg.PowerOn(t.Context(), victim); err != nil {
+		t.Fatal(err)
+	}
+	var src string
+	for _, cl := range clients {
+		if cl.broker == victim {
+			src = cl.src
+			break
+		}
+	}
+	back := waitFor(t, 90*time.Second, victim+" takes clients again", func() bool {
+		c, b, err := dialFrom(tc, src, "rejoin", 5*time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return b == victim
+	})
+	report(t, "%s powered on: clients from %s land on it again %s later", victim, src, back.Round(time.Millisecond))
 }

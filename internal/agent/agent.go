@@ -140,6 +140,12 @@ type Agent struct {
 	electorKey   string
 	stopElector  context.CancelFunc
 
+	// On a load balancer: brokers whose host is gone, marked down in nginx.
+	downBrokers  map[string]bool
+	brokerEvents chan brokerEvent
+	watchKey     string
+	stopWatch    context.CancelFunc
+
 	mu    sync.Mutex
 	st    control.Status
 	said  string       // the last STATUS line sent
@@ -183,7 +189,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 		d.BridgeOnDisk = bridgeOnDisk
 	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), m: newMetrics()}
+		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), brokerEvents: make(chan brokerEvent), m: newMetrics()}
 	a.bridgeActive, a.bridgeSince = d.BridgeOnDisk()
 	a.m.reg.MustRegister(bridgeCollector{a})
 	a.fault = newFault(d.FaultFile, a.log)
@@ -247,6 +253,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.checkHealth(ctx)
 		case req := <-a.flips:
 			req.reply <- a.flipBridge(ctx, req.active, req.reason)
+		case e := <-a.brokerEvents:
+			a.onBrokerEvent(ctx, e)
 		case path := <-a.drift:
 			a.log.Warn("a managed file changed on disk; reverting it", "path", path)
 			a.m.drift.Inc()

@@ -414,6 +414,12 @@ func TestVIPPolicy(t *testing.T) {
 	if h.a.fault.Holds(faultHealth) {
 		t.Fatal("gave up the VIP for a busy nginx (no answer, but its workers progress)")
 	}
+	down := fail(3)
+	down.BrokerDown = true
+	h.a.onResult(down)
+	if h.a.fault.Holds(faultHealth) {
+		t.Fatal("gave up the VIP because a broker behind nginx does not answer")
+	}
 	h.a.onResult(fail(3))
 	if !h.a.fault.Holds(faultHealth) || faultFile(t, h) != "1" {
 		t.Fatal("kept the VIP although nginx failed and the peer serves")

@@ -18,6 +18,7 @@ import (
 	"github.com/mqha/mqha/internal/election"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/unit"
 )
 
 // The bridge role with standbys: the election (internal/election) decides,
@@ -63,8 +64,31 @@ func elected(cl *cluster.Cluster, n cluster.Node) bool {
 // flipBridge makes the node run the bridge role decided: the applied
 // commit rendered with it, converged, its daemon verified.
 func (a *Agent) flipBridge(ctx context.Context, active bool, reason string) error {
+	prev, prevSince := a.bridgeActive, a.bridgeSince
+	err := a.runtimeChange(ctx, reason, func() {
+		a.bridgeActive = active
+		if active {
+			a.bridgeSince = a.d.Now()
+		}
+	}, func() { a.bridgeActive, a.bridgeSince = prev, prevSince }, nil)
+	if err != nil {
+		return fmt.Errorf("run the bridge role (active %v): %w", active, err)
+	}
+	return nil
+}
+
+// runtimeChange converges the applied commit again after set changed what
+// the node decides at run time (its bridge role, brokers marked down):
+// rendered, validated, written, units driven, the daemons verified, like
+// any change, but without waiting for the fleet's turn order (a take-over
+// or a dead broker must not wait for a slot). On failure undo restores the
+// state.
+//
+// afterUnits, if set, runs once the units took the change (before the
+// verification).
+func (a *Agent) runtimeChange(ctx context.Context, why string, set, undo, afterUnits func()) error {
 	if a.view == nil {
-		return fmt.Errorf("no applied commit to run the bridge role with")
+		return fmt.Errorf("no applied commit to converge")
 	}
 	// Our own writes are no drift: the watcher starts again on what the
 	// node runs after.
@@ -73,35 +97,42 @@ func (a *Agent) flipBridge(ctx context.Context, active bool, reason string) erro
 		a.stopDrift, a.drift = nil, nil
 	}
 	defer func() { a.watchDrift(ctx, a.view) }()
-	prev, prevSince := a.bridgeActive, a.bridgeSince
-	a.bridgeActive = active
-	if active {
-		a.bridgeSince = a.d.Now()
-	}
+	set()
 	v, err := a.derive(&View{Commit: a.view.Commit, Subject: a.view.Subject, Cluster: a.view.Cluster, Node: a.view.Node,
 		TLS: a.view.TLS, Certs: a.view.Certs})
 	if err == nil {
-		// Only the daemon itself must serve: a take-over while a broker is
-		// down is still a take-over (its bridge check reports that broker).
+		// Only the daemons themselves must serve: a take-over while a
+		// broker is down is still a take-over (the bridge check reports it).
 		verify := func(ctx context.Context, p *plan.Plan) error {
 			var checks []health.Check
-			for _, c := range v.checksOf[daemon.Mosquitto.Unit] {
-				if c.Unit != "" {
-					checks = append(checks, c)
+			for _, u := range p.Units {
+				if u.Action == unit.None || u.Action == unit.Stop {
+					continue
+				}
+				for _, c := range v.checksOf[u.Name] {
+					if c.Unit != "" {
+						checks = append(checks, c)
+					}
 				}
 			}
 			m := &health.Monitor{Checks: checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}
 			return m.Verify(ctx, a.cfg.VerifyTimeout)
 		}
 		start := time.Now()
-		_, err = a.d.Converge(ctx, v, Hooks{Verify: verify, Settle: a.cfg.Settle})
+		timing := func(stage string, _ time.Duration) {
+			if stage == "units" && afterUnits != nil {
+				afterUnits()
+				afterUnits = nil
+			}
+		}
+		_, err = a.d.Converge(ctx, v, Hooks{Verify: verify, Settle: a.cfg.Settle, Timing: timing})
 		if err == nil {
-			a.log.Info("bridge role applied", "active", active, "took", time.Since(start).Round(time.Millisecond), "reason", reason)
+			a.log.Info("run-time change applied", "what", why, "took", time.Since(start).Round(time.Millisecond))
 		}
 	}
 	if err != nil {
-		a.bridgeActive, a.bridgeSince = prev, prevSince
-		return fmt.Errorf("run the bridge role (active %v): %w", active, err)
+		undo()
+		return err
 	}
 	a.view = v
 	a.rebuildMonitor(v)

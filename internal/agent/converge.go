@@ -116,6 +116,7 @@ func (a *Agent) verify(ctx context.Context, v *View, p *plan.Plan) error {
 func (a *Agent) rebuild(ctx context.Context, v *View) {
 	a.rebuildMonitor(v)
 	a.runElection(ctx, v)
+	a.runBrokerWatch(ctx, v)
 	a.watchDrift(ctx, v)
 }
 

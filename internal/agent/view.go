@@ -66,6 +66,9 @@ func (a *Agent) load(hash string) (*View, error) {
 func (a *Agent) derive(v *View) (*View, error) {
 	host := a.d.Host()
 	host.ActiveBridge = a.bridgeActive || !elected(v.Cluster, v.Node)
+	if v.Node.Has(cluster.LB) {
+		host.DownBrokers = a.downBrokers
+	}
 	out, err := render.NodeOn(v.Cluster, a.node, host)
 	if err != nil {
 		return nil, err

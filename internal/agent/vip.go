@@ -39,6 +39,8 @@ func (a *Agent) onResult(r health.Result) {
 	switch {
 	case !r.OK && r.Busy && !held:
 		a.log.Warn("nginx does not answer but is busy, not hung: keeping the VIP", "err", r.Error)
+	case !r.OK && r.BrokerDown && !held:
+		a.log.Warn("a broker behind nginx does not answer: keeping the VIP (the other load balancer has the same brokers)", "err", r.Error)
 	case !r.OK && r.Failures >= 2 && !held:
 		// Only hand the VIP to a peer that serves: with every load balancer
 		// failing alike (a bad certificate, all brokers down) moving it

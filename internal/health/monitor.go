@@ -4,6 +4,7 @@ package health
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -59,6 +60,10 @@ type Result struct {
 	// time, or waiting on I/O): overloaded, not hung. Policies that act on
 	// failures (the VIP) leave a busy daemon alone, as repairs do.
 	Busy bool `json:"busy,omitempty"`
+	// BrokerDown: a load balancer's check failed because a broker behind
+	// it does not answer while others do; the other load balancer can do
+	// no better, so the VIP stays (probe.ErrBrokerDown).
+	BrokerDown bool `json:"brokerDown,omitempty"`
 
 	nextRepair time.Time
 	backoff    time.Duration
@@ -194,6 +199,7 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	r.OK = err == nil
 	r.Error = ""
 	r.Busy = false
+	r.BrokerDown = errors.Is(err, probe.ErrBrokerDown)
 	switch {
 	case err == nil:
 		if r.Failures > 0 {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,9 +32,16 @@ var ErrNoAnswer = errors.New("no answer")
 // answers, directly either: not the load balancer's fault.
 var ErrUpstream = errors.New("no broker answers")
 
+// ErrBrokerDown marks a load balancer check that failed while some broker
+// does not answer directly and others do: the path may lead to that broker
+// (nginx picks it by the client's address), so the load balancer is not to
+// blame, and the other load balancer, with the same brokers, can do no
+// better.
+var ErrBrokerDown = errors.New("a broker behind the load balancer does not answer")
+
 // NoAnswer reports whether err says the daemon did not answer in time.
 func NoAnswer(err error) bool {
-	if err == nil || errors.Is(err, ErrUpstream) {
+	if err == nil || errors.Is(err, ErrUpstream) || errors.Is(err, ErrBrokerDown) {
 		return false
 	}
 	var ne net.Error
@@ -214,8 +222,10 @@ func TLSThrough(addr string, tc *tls.Config) Probe {
 }
 
 // ThroughLB is TLSThrough at a load balancer's client port; when it fails,
-// the brokers are asked directly, and if none answers the failure wraps
-// ErrUpstream: the load balancer may be fine, there is nothing to pass to.
+// the brokers are asked directly: if none answers the failure wraps
+// ErrUpstream (the load balancer may be fine, there is nothing to pass
+// to), if some do not it wraps ErrBrokerDown (the path may lead to one of
+// them); only when all answer is the path itself at fault.
 func ThroughLB(addr string, brokers []string, tc *tls.Config) Probe {
 	through := TLSThrough(addr, tc)
 	return func(ctx context.Context) error {
@@ -226,16 +236,28 @@ func ThroughLB(addr string, brokers []string, tc *tls.Config) Probe {
 		// A fresh deadline: the first attempt may have used all of ctx's.
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer cancel()
-		ok := make(chan bool, len(brokers))
-		for _, b := range brokers {
-			go func() { ok <- TLSThrough(b, tc)(bctx) == nil }()
+		type answer struct {
+			broker string
+			ok     bool
 		}
+		answers := make(chan answer, len(brokers))
+		for _, b := range brokers {
+			go func() { answers <- answer{b, TLSThrough(b, tc)(bctx) == nil} }()
+		}
+		var silent []string
 		for range brokers {
-			if <-ok {
-				return err // a broker answers directly: the fault is on this path
+			if a := <-answers; !a.ok {
+				silent = append(silent, a.broker)
 			}
 		}
-		return fmt.Errorf("%w directly either (%d tried): %w", ErrUpstream, len(brokers), err)
+		switch len(silent) {
+		case 0:
+			return err // every broker answers directly: the fault is on this path
+		case len(brokers):
+			return fmt.Errorf("%w directly either (%d tried): %w", ErrUpstream, len(brokers), err)
+		}
+		slices.Sort(silent)
+		return fmt.Errorf("%w (%s, directly): %w", ErrBrokerDown, strings.Join(silent, ", "), err)
 	}
 }
 

@@ -70,6 +70,10 @@ type Host struct {
 	// standbys only; a lone bridge node always is). Like the limits, a fact
 	// of the node at run time that the definition cannot know.
 	ActiveBridge bool
+	// DownBrokers are brokers a load balancer's agent finds gone (their
+	// host does not answer TCP): nginx sends no client there until they
+	// answer again. A run-time fact, like ActiveBridge.
+	DownBrokers map[string]bool
 }
 
 // The nginx layouts of the distributions the packages target.
@@ -105,6 +109,7 @@ type data struct {
 	ActiveBridge      bool
 	BridgesDir        string
 	BeatTopics        string
+	DownBrokers       map[string]bool
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
@@ -154,6 +159,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	d.Bridges = daemon.Bridges(c, n)
 	d.Standby = n.Has(cluster.Bridge) && daemon.HasStandby(c)
 	d.ActiveBridge, d.BridgesDir, d.BeatTopics = h.ActiveBridge, daemon.BridgesDir, daemon.BeatTopics(c.Name)
+	d.DownBrokers = h.DownBrokers
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {

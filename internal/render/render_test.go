@@ -233,3 +233,28 @@ func TestGoldenRHEL(t *testing.T) {
 		}
 	}
 }
+
+// A broker whose host is gone is marked down in the load balancers' nginx,
+// and only that one.
+func TestDownBroker(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := render.NodeOn(c, "lb1", render.Host{DownBrokers: map[string]bool{"broker1": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range out.Files {
+		if f.Path != "/etc/nginx/nginx.conf" {
+			continue
+		}
+		s := string(f.Content)
+		if !strings.Contains(s, "server 10.20.0.21:8883 max_fails=0 down; # broker1: host gone") ||
+			!strings.Contains(s, "server 10.20.0.22:8883 max_fails=0; # broker2") {
+			t.Errorf("upstream servers:\n%s", s)
+		}
+		return
+	}
+	t.Fatal("no nginx.conf")
+}

@@ -1,0 +1,217 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
+)
+
+// A load balancer watches the brokers' hosts. When one is gone (powered
+// off, cut off), nginx's connections to it hang until the clients' own
+// keepalive gives up (minutes, for many clients), and every client that
+// hashes to it waits proxy_connect_timeout on each connect. So the agent
+// marks it down in nginx and closes the connections to it: its clients
+// reconnect to the others at once. It comes back when it answers again.
+//
+// Gone is not slow: a persistent MQTT connection to each broker's bridge
+// listener notices a silent broker within ~3 s (keepalive 1 s), and only
+// TCP connects that get no answer at all for goneAfter confirm it. A busy
+// mosquitto still has a kernel that answers SYNs on a listener no client
+// storm fills. Never every broker: with none answering, this load balancer
+// is the one cut off, and that is the VIP policy's business.
+
+const (
+	goneAfter   = time.Second
+	goneAttempt = 500 * time.Millisecond
+)
+
+// brokerEvent says a broker's host is gone or answers again.
+type brokerEvent struct {
+	name string
+	gone bool
+}
+
+// confirmGone probes addr with TCP connects for d: gone only when none
+// gets an answer (a refusal is an answer: the host is up).
+func confirmGone(ctx context.Context, addr string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		c, err := (&net.Dialer{Timeout: goneAttempt}).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return false
+		}
+		var ne net.Error
+		if !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, syscall.EHOSTUNREACH) {
+			return false // refused: the host answers
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return true
+}
+
+// watchBrokers runs on a load balancer until ctx ends, sending an event
+// when a broker's host goes or comes back.
+func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls.Config, events chan<- brokerEvent) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, b := range cl.WithRole(cluster.Broker) {
+		if b.Name == self {
+			continue
+		}
+		addr := net.JoinHostPort(b.Address, strconv.Itoa(cl.Ports.Bridge))
+		lost := make(chan struct{}, 1)
+		back := make(chan struct{}, 1)
+		signal := func(ch chan struct{}) {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+		o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID("mqha-" + cl.Name + "-watch-" + self).
+			SetTLSConfig(daemon.WithName(tc, b.Address)).SetCleanSession(true).
+			SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(time.Second).
+			SetConnectTimeout(2 * time.Second).SetKeepAlive(time.Second).SetPingTimeout(time.Second).
+			SetConnectionLostHandler(func(mqtt.Client, error) { signal(lost) }).
+			SetOnConnectHandler(func(mqtt.Client) { signal(back) })
+		c := mqtt.NewClient(o)
+		c.Connect()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Disconnect(100)
+			gone := false
+			tick := time.NewTicker(time.Second)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-lost:
+				case <-back:
+				case <-tick.C:
+				}
+				switch {
+				case !gone && !c.IsConnectionOpen() && confirmGone(ctx, addr, goneAfter):
+					gone = true
+				case gone && (c.IsConnectionOpen() || !confirmGone(ctx, addr, goneAttempt)):
+					gone = false
+				default:
+					continue
+				}
+				select {
+				case events <- brokerEvent{b.Name, gone}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+}
+
+// runBrokerWatch starts, restarts or stops the watch of the brokers' hosts
+// as v says: on load balancers only, anew when the brokers change.
+func (a *Agent) runBrokerWatch(ctx context.Context, v *View) {
+	if !v.Node.Has(cluster.LB) {
+		if a.stopWatch != nil {
+			a.stopWatch()
+			a.stopWatch, a.watchKey = nil, ""
+		}
+		return
+	}
+	key := electorKey(v)
+	if a.stopWatch != nil && key == a.watchKey {
+		return
+	}
+	if a.stopWatch != nil {
+		a.stopWatch()
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	a.stopWatch, a.watchKey = cancel, key
+	go watchBrokers(wctx, v.Cluster, v.Node.Name, v.TLS, a.brokerEvents)
+}
+
+// onBrokerEvent updates the brokers this load balancer marks down and
+// converges nginx on it; a broker gone also loses its connections, so its
+// clients reconnect to the others now.
+func (a *Agent) onBrokerEvent(ctx context.Context, e brokerEvent) {
+	v := a.view
+	if v == nil || !v.Node.Has(cluster.LB) {
+		return
+	}
+	b, ok := v.Cluster.Node(e.name)
+	if !ok || a.downBrokers[e.name] == e.gone {
+		return
+	}
+	down := map[string]bool{}
+	for k, x := range a.downBrokers {
+		down[k] = x
+	}
+	if e.gone {
+		down[e.name] = true
+		live := 0
+		for _, x := range v.Cluster.WithRole(cluster.Broker) {
+			if !down[x.Name] {
+				live++
+			}
+		}
+		if live == 0 {
+			a.log.Warn("no broker's host answers this load balancer: marking none down (this node is the one cut off?)", "broker", e.name)
+			return
+		}
+		a.log.Warn("a broker's host does not answer: marking it down and moving its clients", "broker", e.name, "address", b.Address)
+	} else {
+		delete(down, e.name)
+		a.log.Info("a broker's host answers again: sending clients to it again", "broker", e.name)
+	}
+	prev := a.downBrokers
+	closed := false
+	closeConns := func() {
+		if !e.gone || closed {
+			return
+		}
+		closed = true
+		// nginx sends no new client there now: the clients whose
+		// connections close reconnect to the others at once.
+		if err := a.d.CloseConns(ctx, b.Address, v.Cluster.Ports.Broker); err != nil {
+			a.log.Error("close the connections to a broker whose host is gone", "broker", e.name, "err", err)
+		}
+	}
+	err := a.runtimeChange(ctx, "brokers down "+names(down), func() { a.downBrokers = down }, func() { a.downBrokers = prev }, closeConns)
+	if err != nil {
+		a.log.Error("mark a broker down in nginx", "broker", e.name, "err", err)
+	}
+	closeConns() // the connections to a dead host are dead, marked or not
+}
+
+func names(m map[string]bool) string {
+	var out []string
+	for k, x := range m {
+		if x {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	if len(out) == 0 {
+		return "none"
+	}
+	s := out[0]
+	for _, x := range out[1:] {
+		s += "," + x
+	}
+	return s
+}
