@@ -25,7 +25,7 @@ import (
 // reconnect to the others at once. It comes back when it answers again.
 //
 // Gone is not slow: a persistent MQTT connection to each broker's bridge
-// listener notices a silent broker within ~3 s (keepalive 1 s), and only
+// listener notices a silent broker within ~2 s (keepalive 1 s, ping timeout 0.5 s), and only
 // TCP connects that get no answer at all for goneAfter confirm it. A busy
 // mosquitto still has a kernel that answers SYNs on a listener no client
 // storm fills. Never every broker: with none answering, this load balancer
@@ -85,7 +85,7 @@ func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls
 		o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID("mqha-" + cl.Name + "-watch-" + self).
 			SetTLSConfig(daemon.WithName(tc, b.Address)).SetCleanSession(true).
 			SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(time.Second).
-			SetConnectTimeout(2 * time.Second).SetKeepAlive(time.Second).SetPingTimeout(time.Second).
+			SetConnectTimeout(2 * time.Second).SetKeepAlive(time.Second).SetPingTimeout(500 * time.Millisecond).
 			SetConnectionLostHandler(func(mqtt.Client, error) { signal(lost) }).
 			SetOnConnectHandler(func(mqtt.Client) { signal(back) })
 		c := mqtt.NewClient(o)
