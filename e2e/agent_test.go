@@ -3,11 +3,14 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -146,6 +149,79 @@ func TestGitServerDown(t *testing.T) {
 	}
 	d := waitFor(t, 90*time.Second, "fetch recovers", func() bool { return agentStatus(t, "broker1").FetchError == "" })
 	report(t, "git server back: fetch recovered after %s (back-off at most 1 min)", d.Round(time.Millisecond))
+}
+
+// TestGitServerHangs: a git server that accepts connections and never
+// answers. Every pull waits for its deadline off the agent's loop, so
+// health repair (a hung broker replaced) and drift revert go on; the status
+// says what the server did; the nodes recover when it answers again.
+func TestGitServerHangs(t *testing.T) {
+	if err := cfg.StopGit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.StartGit(context.Background())
+	l, err := net.Listen("tcp", net.JoinHostPort(cfg.HostAddr(), "9418"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	hung := time.Now()
+	time.Sleep(6 * time.Second) // every node's poll (5 s) is now waiting on the server
+
+	tc := tlsConfig(t)
+	addr := brokerAddr(t, "broker2")
+	pid := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+	on(t, "broker2", "kill", "-STOP", pid)
+	stopped := time.Now()
+	waitFor(t, 20*time.Second, "hung mosquitto replaced while the git server hangs", func() bool {
+		now := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+		return now != pid && now != "0" && handshake(addr, tc)
+	})
+	repaired := time.Since(stopped)
+
+	want := on(t, "lb2", "cat", "/etc/nginx/nginx.conf")
+	edited := time.Now()
+	on(t, "lb2", "sh", "-c", "sed -i 's/proxy_connect_timeout 2s/proxy_connect_timeout 60s/' /etc/nginx/nginx.conf")
+	waitFor(t, 10*time.Second, "hand edit reverted while the git server hangs", func() bool { return on(t, "lb2", "cat", "/etc/nginx/nginx.conf") == want })
+	reverted := time.Since(edited)
+
+	waitFor(t, 60*time.Second, "the fetch deadline in status", func() bool {
+		return strings.Contains(agentStatus(t, "broker1").FetchError, "fetch-timeout")
+	})
+	mu.Lock()
+	n := len(held)
+	mu.Unlock()
+	report(t, "git server hanging (%d connections held): hung broker replaced after %s, hand edit reverted after %s; broker1 says %q %s after the hang began",
+		n, repaired.Round(time.Millisecond), reverted.Round(time.Millisecond), agentStatus(t, "broker1").FetchError, time.Since(hung).Round(time.Second))
+	if repaired > 15*time.Second {
+		t.Errorf("hung broker replaced after %s, want within 15 s", repaired)
+	}
+	if reverted > 3*time.Second {
+		t.Errorf("hand edit reverted after %s, want within 3 s", reverted)
+	}
+	l.Close()
+	mu.Lock()
+	for _, c := range held {
+		c.Close()
+	}
+	mu.Unlock()
+	if err := cfg.StartGit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	d := waitFor(t, 90*time.Second, "fetch recovers", func() bool { return agentStatus(t, "broker1").FetchError == "" })
+	report(t, "git server answering again: fetch recovered after %s", d.Round(time.Millisecond))
 }
 
 // TestDrift (j): a hand edit of nginx.conf on a load balancer is reverted

@@ -377,6 +377,12 @@ type stream struct {
 
 func startStream(t *testing.T, name string) *stream {
 	t.Helper()
+	return startStreamEvery(t, name, 20*time.Millisecond)
+}
+
+// startStreamEvery publishes one message every interval.
+func startStreamEvery(t *testing.T, name string, every time.Duration) *stream {
+	t.Helper()
 	topic := fmt.Sprintf("e2e/stream/%s/%d", name, time.Now().UnixNano())
 	s := &stream{in: subscribe(t, client(t, vip(), "e2e-"+name+"-sub", false), topic), stop: make(chan struct{}), done: make(chan struct{})}
 	pub := client(t, vip(), "e2e-"+name+"-pub", false)
@@ -390,14 +396,15 @@ func startStream(t *testing.T, name string) *stream {
 			}
 			pub.Publish(topic, 1, false, fmt.Sprintf("m%05d", i))
 			s.sent.Add(1)
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(every)
 		}
 	}()
 	return s
 }
 
-// finish stops publishing and checks that every message arrived.
-func (s *stream) finish(t *testing.T) {
+// finish stops publishing, checks that every message arrived, and returns
+// how many were lost.
+func (s *stream) finish(t *testing.T) int {
 	t.Helper()
 	close(s.stop)
 	<-s.done
@@ -410,6 +417,7 @@ func (s *stream) finish(t *testing.T) {
 	if s.in.unique() != total {
 		t.Errorf("lost %d of %d messages", total-s.in.unique(), total)
 	}
+	return total - s.in.unique()
 }
 
 // revert removes a file a test committed and waits for the fleet to

@@ -206,7 +206,15 @@ func (f *crossFlow) finish(t *testing.T, wait time.Duration) (sent, received, lo
 // standby takes over, the QoS1 messages published meanwhile (queued by
 // broker1 in the bridge's session) cross, and the old master comes back as
 // a standby without taking the role back.
-func TestBridgeMasterPowerOff(t *testing.T) {
+func TestBridgeMasterPowerOff(t *testing.T) { bridgeMasterPowerOff(t) }
+
+// lossFigures are what a node loss cost.
+type lossFigures struct {
+	Takeover, Outage, Restored time.Duration
+	Sent, Lost, Dups           int
+}
+
+func bridgeMasterPowerOff(t *testing.T) lossFigures {
 	active, standby := withStandby(t)
 	f := startCrossFlow(t, 10*time.Millisecond)
 	time.Sleep(2 * time.Second)
@@ -251,6 +259,7 @@ func TestBridgeMasterPowerOff(t *testing.T) {
 			t.Errorf("%s saw %d tugs of war", n, c)
 		}
 	}
+	return lossFigures{Takeover: took, Outage: gap, Restored: restored, Sent: sent, Lost: lost, Dups: dups}
 }
 
 // TestBridgePartitions: (1) the standby cut off from the active one only
@@ -357,7 +366,10 @@ func TestBridgeTugOfWar(t *testing.T) {
 // (keepalived sends no last advert): the other one serves the VIP after
 // about three missed adverts, a persistent QoS1 subscriber through the VIP
 // loses nothing, and the VIP stays put when the old holder comes back.
-func TestVIPHolderPowerOff(t *testing.T) {
+func TestVIPHolderPowerOff(t *testing.T) { vipHolderPowerOff(t) }
+
+// vipHolderPowerOff returns how long until the VIP served again.
+func vipHolderPowerOff(t *testing.T) time.Duration {
 	holder := waitVIP(t, 15*time.Second)
 	other := map[string]string{"lb1": "lb2", "lb2": "lb1"}[holder]
 	t.Logf("this host's clients go to %s through either load balancer", lbsAgree(t))
@@ -401,13 +413,17 @@ func TestVIPHolderPowerOff(t *testing.T) {
 	if h := vipHolder(t); h != other {
 		t.Errorf("the VIP moved again when %s came back, to %q", holder, h)
 	}
+	return back
 }
 
 // TestBrokerPowerOff: a broker loses power under 200 idle clients through
 // the VIP. The load balancers find its host gone, mark it down and close
 // the connections to it: its clients reconnect to the other broker (time
 // to 95%); the others keep theirs. Powered on, it takes clients again.
-func TestBrokerPowerOff(t *testing.T) {
+func TestBrokerPowerOff(t *testing.T) { brokerPowerOff(t) }
+
+// brokerPowerOff returns when 95% of the broker's clients were back.
+func brokerPowerOff(t *testing.T) time.Duration {
 	const perSrc = 10
 	srcs := sourceAddrs(t, 20)
 	tc := tlsConfig(t)
@@ -534,4 +550,5 @@ func TestBrokerPowerOff(t *testing.T) {
 		return b == victim
 	})
 	report(t, "%s powered on: clients from %s land on it again %s later", victim, src, back.Round(time.Millisecond))
+	return p95
 }

@@ -131,7 +131,13 @@ type Agent struct {
 	reload  chan reloadRequest
 	hook    chan struct{}
 	recheck chan struct{} // a failed check runs again soon
-	flips   chan flipRequest
+
+	// Pulls run off the loop (network); the loop settles what they found.
+	pulls     chan pulled
+	pulling   bool         // a pull is under way
+	pullAgain bool         // and another is wanted right after
+	waiting   []chan error // sync requests waiting for the pull under way
+	flips     chan flipRequest
 
 	// The bridge role, with standbys: what this node runs, and the election.
 	bridgeActive bool
@@ -189,7 +195,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 		d.BridgeOnDisk = bridgeOnDisk
 	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), brokerEvents: make(chan brokerEvent), m: newMetrics()}
+		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), brokerEvents: make(chan brokerEvent), pulls: make(chan pulled), m: newMetrics()}
 	a.bridgeActive, a.bridgeSince = d.BridgeOnDisk()
 	a.m.reg.MustRegister(bridgeCollector{a})
 	a.fault = newFault(d.FaultFile, a.log)
@@ -218,9 +224,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		"signatures", a.d.Verifier != nil, "version", a.d.Version)
 
 	a.beat.Store(time.Now().UnixNano())
-	a.tick(ctx, true)
+	// The recorded commit from the local mirror first, then READY: the
+	// first pull runs off the loop, so a git server that does not answer
+	// holds up neither the start nor the repairs.
+	a.enforce(ctx)
 	a.checkWarnings(ctx)
 	a.d.Notify("READY=1")
+	a.startPull(ctx, true)
 	poll := time.NewTicker(a.cfg.Poll)
 	defer poll.Stop()
 	checks := time.NewTicker(a.cfg.HealthInterval)
@@ -231,19 +241,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.d.Notify("STOPPING=1")
 			return nil
 		case <-poll.C:
-			a.tick(ctx, false)
+			a.startPull(ctx, false)
 			// Limits in force and certificate dates change slowly: checked
 			// every poll, not every health round.
 			a.checkWarnings(ctx)
 		case req := <-a.sync:
-			req.reply <- a.syncNow(ctx, req.retry)
+			a.syncNow(ctx, req)
+		case r := <-a.pulls:
+			a.pullDone(ctx, r)
 		case req := <-a.reload:
 			err := a.applyConfig(req.cfg, req.verifier)
 			poll.Reset(a.cfg.Poll)
 			checks.Reset(a.cfg.HealthInterval)
 			req.reply <- err
 		case <-a.hook:
-			a.tick(ctx, true)
+			a.startPull(ctx, true)
 		case <-checks.C:
 			a.checkHealth(ctx)
 		case u := <-units:
@@ -311,14 +323,20 @@ type syncRequest struct {
 	reply chan error
 }
 
-// syncNow pulls and converges at once; retry first forgets the refused
-// commit (the operator fixed what refused it on this node).
-func (a *Agent) syncNow(ctx context.Context, retry bool) error {
-	if retry && a.refused != "" {
+// syncNow pulls and converges at once, answering when that pull is
+// settled; retry first forgets the refused commit (the operator fixed what
+// refused it on this node).
+func (a *Agent) syncNow(ctx context.Context, req syncRequest) {
+	if req.retry && a.refused != "" {
 		a.log.Info("retrying the refused commit on request", "commit", source.Short(a.refused))
 		a.refused = ""
 	}
-	return a.tick(ctx, true)
+	a.waiting = append(a.waiting, req.reply)
+	if a.pulling {
+		a.pullAgain = true // the pull under way may predate the push
+		return
+	}
+	a.startPull(ctx, true)
 }
 
 func (a *Agent) Sync(ctx context.Context, retry bool) error {
@@ -382,6 +400,7 @@ func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
 		}
 	}
 	a.cfg.Poll, a.cfg.HealthInterval, a.cfg.VerifyTimeout, a.cfg.Settle = cfg.Poll, cfg.HealthInterval, cfg.VerifyTimeout, cfg.Settle
+	a.cfg.FetchTimeout = cfg.FetchTimeout
 	a.cfg.AllowRewind, a.cfg.WebhookSecretFile, a.cfg.TrustedKeys = cfg.AllowRewind, cfg.WebhookSecretFile, cfg.TrustedKeys
 	a.d.Verifier = verifier
 	a.log.Info("configuration reloaded", "poll", a.cfg.Poll, "health_interval", a.cfg.HealthInterval,

@@ -35,12 +35,20 @@ type fakeSource struct {
 	descends func(hash, ancestor string) bool
 	heads    int // calls of Head
 	reads    []string
+	hang     bool // Head waits for its deadline, as a server that never answers
 }
 
-func (f *fakeSource) Head(context.Context) (string, error) {
+func (f *fakeSource) Head(ctx context.Context) (string, error) {
+	f.mu.Lock()
+	f.heads++
+	hang := f.hang
+	f.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return "", ctx.Err()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.heads++
 	return f.head, f.headErr
 }
 func (f *fakeSource) Fetch(_ context.Context, hash string) error {
@@ -523,6 +531,22 @@ func TestStagesRecorded(t *testing.T) {
 	}
 }
 
+// sync asks the agent to pull now, as the control socket does, and plays
+// the loop's part until the answer comes: the pull runs off the loop.
+func (h *harness) sync(retry bool) error {
+	reply := make(chan error, 1)
+	ctx := context.Background()
+	h.a.syncNow(ctx, syncRequest{retry, reply})
+	for {
+		select {
+		case err := <-reply:
+			return err
+		case r := <-h.a.pulls:
+			h.a.pullDone(ctx, r)
+		}
+	}
+}
+
 // sync --retry tries a refused commit again; a plain sync does not.
 func TestSyncRetry(t *testing.T) {
 	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
@@ -532,12 +556,12 @@ func TestSyncRetry(t *testing.T) {
 	h.src.head = "c2"
 	h.tick(t, false)
 	h.conv.calls = nil
-	h.a.syncNow(context.Background(), false)
+	h.sync(false)
 	if strings.Contains(strings.Join(h.conv.calls, " "), "c2") {
 		t.Fatal("a plain sync retried the refused commit")
 	}
 	delete(h.conv.fail, "c2") // the operator fixed the node
-	if err := h.a.syncNow(context.Background(), true); err != nil {
+	if err := h.sync(true); err != nil {
 		t.Fatal(err)
 	}
 	if s := h.a.Status(); s.Applied != "c2" || s.Refused != "" {
@@ -586,5 +610,53 @@ func TestCertificateExpiryWarned(t *testing.T) {
 		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) || len(s.Certificates) != 1 {
 			t.Errorf("%s left: warnings %q (want %q), certificates %+v", tt.left, got, tt.want, s.Certificates)
 		}
+	}
+}
+
+// A git server that accepts and never answers: the pull runs off the loop
+// (startPull returns at once, so health repair and drift revert go on) and
+// ends at fetch-timeout with an error that says so; the applied commit
+// stays enforced and the next try backs off.
+func TestHungServerDoesNotHoldTheLoop(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	h.tick(t, false)
+	h.a.cfg.FetchTimeout = 200 * time.Millisecond
+	h.src.mu.Lock()
+	h.src.hang = true
+	h.src.mu.Unlock()
+	start := time.Now()
+	h.a.startPull(context.Background(), true)
+	if d := time.Since(start); d > 50*time.Millisecond || !h.a.pulling {
+		t.Fatalf("startPull held the loop for %s (pulling %v)", d, h.a.pulling)
+	}
+	h.a.startPull(context.Background(), true) // a push meanwhile: queued, not a second pull
+	var r pulled
+	select {
+	case r = <-h.a.pulls:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pull never ended: no deadline")
+	}
+	if d := time.Since(start); d < 200*time.Millisecond || d > 2*time.Second {
+		t.Errorf("the pull ended after %s, want about the fetch-timeout (200ms)", d)
+	}
+	h.src.mu.Lock()
+	h.src.hang = false
+	h.src.mu.Unlock()
+	h.a.pullDone(context.Background(), r)
+	if s := h.a.Status(); !strings.Contains(s.FetchError, "fetch-timeout") || s.Applied != "c1" {
+		t.Errorf("status after the hang: applied %q, fetch error %q", s.Applied, s.FetchError)
+	}
+	if !h.a.pulling {
+		t.Error("the push that came during the hang was dropped")
+	}
+	select {
+	case r = <-h.a.pulls:
+		h.a.pullDone(context.Background(), r)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queued pull never ran")
+	}
+	if s := h.a.Status(); s.FetchError != "" {
+		t.Errorf("fetch error after the server answers: %q", s.FetchError)
 	}
 }

@@ -21,16 +21,19 @@ import (
 
 // Config is /etc/mqha/agent.conf: "key = value" lines, # comments.
 type Config struct {
-	Repo       string        // git URL: file://, git://, https://, ssh://
-	Branch     string        // default main
-	Path       string        // directory of the cluster package in the repo
-	Node       string        // default: the hostname
-	Poll       time.Duration // default 5s
-	StateDir   string        // default /var/lib/mqha
-	TokenFile  string        // https: file holding a token (sent as basic auth password)
-	SSHKey     string        // ssh: private key file
-	KnownHosts string        // ssh: known_hosts file
-	Settle     time.Duration // how long units must stay up after a change
+	Repo   string        // git URL: file://, git://, https://, ssh://
+	Branch string        // default main
+	Path   string        // directory of the cluster package in the repo
+	Node   string        // default: the hostname
+	Poll   time.Duration // default 5s
+	// FetchTimeout bounds each network call to the repository (ls-remote,
+	// fetch, deepening): a git server that never answers costs this.
+	FetchTimeout time.Duration // default 30s
+	StateDir     string        // default /var/lib/mqha
+	TokenFile    string        // https: file holding a token (sent as basic auth password)
+	SSHKey       string        // ssh: private key file
+	KnownHosts   string        // ssh: known_hosts file
+	Settle       time.Duration // how long units must stay up after a change
 
 	HealthInterval    time.Duration // health checks, default 3s
 	VerifyTimeout     time.Duration // health after an apply before rolling back, default 20s
@@ -42,7 +45,7 @@ type Config struct {
 }
 
 func defaultConfig() Config {
-	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
+	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, FetchTimeout: 30 * time.Second, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
 		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket}
 }
 
@@ -59,6 +62,7 @@ var keys = []key{
 	{"path", str(func(c *Config) *string { return &c.Path })},
 	{"node", str(func(c *Config) *string { return &c.Node })},
 	{"poll", dur(func(c *Config) *time.Duration { return &c.Poll }, time.Second)},
+	{"fetch-timeout", dur(func(c *Config) *time.Duration { return &c.FetchTimeout }, time.Second)},
 	{"settle", dur(func(c *Config) *time.Duration { return &c.Settle }, 0)},
 	{"state-dir", str(func(c *Config) *string { return &c.StateDir })},
 	{"token-file", str(func(c *Config) *string { return &c.TokenFile })},

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,33 +13,98 @@ import (
 const maxBackoff = time.Minute
 
 // tick looks for a new commit and converges on it, or keeps enforcing the
-// applied one. force skips the fetch back-off (a push trigger, sync).
+// applied one. force skips the fetch back-off (a push trigger, sync). It is
+// pull and settle in one call; the running agent does pull off its loop.
 //
 // The pull policy: while the remote is unreachable, checks back off from
 // the poll interval to maxBackoff and the applied commit stays enforced; a
 // refused commit is not retried until the branch moves (or the agent
 // restarts: what refused it may have been fixed on the node).
 func (a *Agent) tick(ctx context.Context, force bool) error {
-	target := ""
-	if force || a.d.Now().After(a.nextTry) {
-		head, err := a.d.Source.Head(ctx)
-		a.fetched(err)
-		if err != nil {
-			a.backoff = min(max(2*a.backoff, a.cfg.Poll), maxBackoff)
-			a.nextTry = a.d.Now().Add(a.backoff)
-			a.log.Warn("cannot reach the cluster repository; enforcing the last good commit", "err", err, "retry_in", a.backoff, "applied", source.Short(a.applied))
-		} else {
-			a.backoff, a.nextTry = 0, time.Time{}
-			if head != a.applied && head != a.refused {
-				target = head
-			}
-		}
-	}
-	if target == "" {
+	if !force && a.d.Now().Before(a.nextTry) {
 		return a.enforce(ctx)
 	}
-	if err := a.convergeNew(ctx, target); err != nil {
-		a.refuse(target, err)
+	return a.settle(ctx, a.pull(ctx, a.pullFrom()))
+}
+
+// pullFrom is what a pull needs to know of the loop's state.
+type pullState struct {
+	applied, refused string
+	allowRewind      bool
+	timeout          time.Duration
+}
+
+func (a *Agent) pullFrom() pullState {
+	return pullState{a.applied, a.refused, a.cfg.AllowRewind, a.cfg.FetchTimeout}
+}
+
+// pulled is what one look at the remote found, its network work done.
+type pulled struct {
+	err    error  // asking the remote for the branch head
+	target string // a new head, fetched ("" none)
+	terr   error  // fetching target or checking its history: refuses it
+	took   time.Duration
+}
+
+// pull does the network part of a tick: ls-remote, and for a new head the
+// fetch and the ancestry check, each with its own deadline (fetch-timeout),
+// so a git server that accepts and never answers costs one deadline, never
+// the loop. It reads only what st says and may run off the loop.
+func (a *Agent) pull(ctx context.Context, st pullState) pulled {
+	mark := time.Now()
+	bounded := func(f func(context.Context) error) error {
+		ctx, cancel := context.WithTimeout(ctx, st.timeout)
+		defer cancel()
+		err := f(ctx)
+		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (no answer within fetch-timeout %s)", err, st.timeout)
+		}
+		return err
+	}
+	var head string
+	err := bounded(func(ctx context.Context) (err error) { head, err = a.d.Source.Head(ctx); return err })
+	if err != nil || head == st.applied || head == st.refused {
+		return pulled{err: err}
+	}
+	r := pulled{target: head}
+	if r.terr = bounded(func(ctx context.Context) error { return a.d.Source.Fetch(ctx, head) }); r.terr != nil {
+		return r
+	}
+	if st.applied != "" && !st.allowRewind {
+		var ok bool
+		r.terr = bounded(func(ctx context.Context) (err error) {
+			ok, err = a.d.Source.Descends(ctx, head, st.applied)
+			return err
+		})
+		if r.terr == nil && !ok {
+			r.terr = fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(head), source.Short(st.applied))
+		}
+	}
+	r.took = time.Since(mark)
+	return r
+}
+
+// settle is the local part of a tick, in the loop: the back-off, then the
+// new commit converged (signature checked before anything of it is read)
+// or refused, else the applied one enforced.
+func (a *Agent) settle(ctx context.Context, r pulled) error {
+	a.fetched(r.err)
+	if r.err != nil {
+		a.backoff = min(max(2*a.backoff, a.cfg.Poll), maxBackoff)
+		a.nextTry = a.d.Now().Add(a.backoff)
+		a.log.Warn("cannot reach the cluster repository; enforcing the last good commit", "err", r.err, "retry_in", a.backoff, "applied", source.Short(a.applied))
+	} else {
+		a.backoff, a.nextTry = 0, time.Time{}
+	}
+	if r.target == "" || r.target == a.applied || r.target == a.refused {
+		return a.enforce(ctx)
+	}
+	err := r.terr
+	if err == nil {
+		err = a.convergeNew(ctx, r.target, r.took)
+	}
+	if err != nil {
+		a.refuse(r.target, err)
 		a.enforce(ctx) // the previous files are back; keep them enforced
 		return err
 	}
@@ -46,14 +112,11 @@ func (a *Agent) tick(ctx context.Context, force bool) error {
 	return nil
 }
 
-// convergeNew checks a new commit (signature, history) before anything of
-// it is read, then loads and applies it.
-func (a *Agent) convergeNew(ctx context.Context, hash string) error {
+// convergeNew checks a fetched commit's signature before anything of it is
+// read, then loads and applies it.
+func (a *Agent) convergeNew(ctx context.Context, hash string, fetching time.Duration) error {
 	a.stages = nil
 	mark := time.Now()
-	if err := a.d.Source.Fetch(ctx, hash); err != nil {
-		return err
-	}
 	if a.d.Verifier != nil {
 		who, err := a.d.Verifier.Verify(hash)
 		if err != nil {
@@ -61,16 +124,7 @@ func (a *Agent) convergeNew(ctx context.Context, hash string) error {
 		}
 		a.log.Info("signature verified", "commit", source.Short(hash), "signer", who)
 	}
-	if a.applied != "" && !a.cfg.AllowRewind {
-		ok, err := a.d.Source.Descends(ctx, hash, a.applied)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(hash), source.Short(a.applied))
-		}
-	}
-	a.timing("fetch+trust", time.Since(mark))
+	a.timing("fetch+trust", fetching+time.Since(mark))
 	mark = time.Now()
 	v, err := a.load(hash)
 	if err != nil {
@@ -78,6 +132,43 @@ func (a *Agent) convergeNew(ctx context.Context, hash string) error {
 	}
 	a.timing("load", time.Since(mark))
 	return a.apply(ctx, v)
+}
+
+// startPull pulls in a goroutine of its own; the loop settles the result
+// (a.pulls). One pull at a time: a forced one asked for meanwhile runs
+// right after.
+func (a *Agent) startPull(ctx context.Context, force bool) {
+	if a.pulling {
+		a.pullAgain = a.pullAgain || force
+		return
+	}
+	if !force && a.d.Now().Before(a.nextTry) {
+		a.enforce(ctx)
+		return
+	}
+	a.pulling = true
+	st := a.pullFrom()
+	go func() {
+		r := a.pull(ctx, st)
+		select {
+		case a.pulls <- r:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// pullDone settles a pull in the loop and answers whoever waits for it.
+func (a *Agent) pullDone(ctx context.Context, r pulled) {
+	a.pulling = false
+	err := a.settle(ctx, r)
+	for _, w := range a.waiting {
+		w <- err
+	}
+	a.waiting = nil
+	if a.pullAgain {
+		a.pullAgain = false
+		a.startPull(ctx, true)
+	}
 }
 
 // enforce re-applies the applied commit: a no-op unless something drifted
