@@ -238,8 +238,14 @@ func bridgeMasterPowerOff(t *testing.T) lossFigures {
 	if restored > 9*time.Second {
 		t.Errorf("cross-broker delivery restored after %s, want within 9 s", restored)
 	}
-	if lost > 0 {
-		t.Errorf("%d acknowledged QoS1 messages lost", lost)
+	// What broker1 queued for the bridge session during the gap (~200
+	// messages) must all arrive: the standby took the session over. Only
+	// messages inside the dead master at the instant of the power cut can
+	// be lost (MQTT acknowledges hop by hop: broker1 forgot them once the
+	// master had them); mosquitto keeps at most 20 in flight per bridge
+	// connection.
+	if lost > 20 {
+		t.Errorf("%d acknowledged QoS1 messages lost: more than were in flight in the dead bridge master", lost)
 	}
 
 	if err := cfg.PowerOn(t.Context(), active); err != nil {

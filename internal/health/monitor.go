@@ -114,9 +114,21 @@ func (m *Monitor) Results() []Result {
 // Once runs every check once and repairs what fails. It returns whether all
 // checks passed.
 func (m *Monitor) Once(ctx context.Context) bool {
+	// The probes run at once: a round costs its slowest probe, not their
+	// sum (the caller's loop waits for it). Repairs follow in check order.
+	errs := make([]error, len(m.Checks))
+	var wg sync.WaitGroup
+	for i, c := range m.Checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.probe(ctx, c)
+		}()
+	}
+	wg.Wait()
 	ok := true
-	for _, c := range m.Checks {
-		r := m.check(ctx, c)
+	for i, c := range m.Checks {
+		r := m.check(ctx, c, errs[i])
 		ok = ok && r.OK
 		if m.OnResult != nil {
 			m.OnResult(r)
@@ -180,7 +192,8 @@ func (m *Monitor) now() time.Time {
 	return time.Now()
 }
 
-func (m *Monitor) check(ctx context.Context, c Check) Result {
+// check records the outcome err of c's probe and repairs what it can.
+func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
 	m.mu.Lock()
 	if m.results == nil {
 		m.results = map[string]*Result{}
@@ -192,7 +205,6 @@ func (m *Monitor) check(ctx context.Context, c Check) Result {
 	}
 	m.mu.Unlock()
 
-	err := m.probe(ctx, c)
 	now := m.now()
 	m.mu.Lock()
 	r.At = now

@@ -221,6 +221,10 @@ func TLSThrough(addr string, tc *tls.Config) Probe {
 	}
 }
 
+// directAfter is how long ThroughLB waits for the path before it also asks
+// the brokers directly.
+const directAfter = 300 * time.Millisecond
+
 // ThroughLB is TLSThrough at a load balancer's client port; when it fails,
 // the brokers are asked directly: if none answers the failure wraps
 // ErrUpstream (the load balancer may be fine, there is nothing to pass
@@ -229,13 +233,26 @@ func TLSThrough(addr string, tc *tls.Config) Probe {
 func ThroughLB(addr string, brokers []string, tc *tls.Config) Probe {
 	through := TLSThrough(addr, tc)
 	return func(ctx context.Context) error {
-		err := through(ctx)
-		if err == nil || len(brokers) == 0 {
-			return err
+		done := make(chan error, 1)
+		go func() { done <- through(ctx) }()
+		var err error
+		select {
+		case err = <-done:
+			if err == nil || len(brokers) == 0 {
+				return err // a healthy path answers within milliseconds
+			}
+		case <-time.After(directAfter):
 		}
-		// A fresh deadline: the first attempt may have used all of ctx's.
+		// The path is slow or failed: the brokers are asked directly, while
+		// the path may still answer, so that a dead broker costs one
+		// probe's time, not two (a round of checks waiting on a dead broker
+		// holds up the agent's loop).
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer cancel()
+		if d, ok := ctx.Deadline(); ok && time.Until(d) > time.Second {
+			bctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), d)
+			defer cancel()
+		}
 		type answer struct {
 			broker string
 			ok     bool
@@ -243,6 +260,11 @@ func ThroughLB(addr string, brokers []string, tc *tls.Config) Probe {
 		answers := make(chan answer, len(brokers))
 		for _, b := range brokers {
 			go func() { answers <- answer{b, TLSThrough(b, tc)(bctx) == nil} }()
+		}
+		if err == nil {
+			if err = <-done; err == nil || len(brokers) == 0 {
+				return err
+			}
 		}
 		var silent []string
 		for range brokers {
