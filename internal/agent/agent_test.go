@@ -396,6 +396,21 @@ func TestFaultReasons(t *testing.T) {
 	}
 }
 
+// A fault the file held before the agent started is owned by health: kept
+// until nginx is seen serving, then cleared (it used to stay forever).
+func TestFaultFromBeforeAStartIsCleared(t *testing.T) {
+	h := newHarness(t, "lb1", "", map[string]string{"c1": ""})
+	os.WriteFile(h.a.fault.path, []byte("1\n"), 0o644)
+	h.a.fault = newFault(h.a.fault.path, h.a.log)
+	if !h.a.fault.Holds(faultHealth) || faultFile(t, h) != "1" {
+		t.Fatal("a fault from before the start was dropped or not owned")
+	}
+	h.a.onResult(health.Result{Name: "nginx", OK: true})
+	if h.a.fault.Holds(faultHealth) || faultFile(t, h) != "0" {
+		t.Fatal("nginx serves, yet the fault from before the start holds")
+	}
+}
+
 // The VIP policy: nginx failing twice gives up the VIP, but only to a peer
 // that serves and never while nginx is busy rather than hung; a healthy
 // nginx takes part again.

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 
 	"github.com/mqha/mqha/internal/atomicfile"
@@ -25,11 +27,21 @@ type Fault struct {
 	reasons map[string]bool
 }
 
+// newFault takes over the file as an earlier run left it (it lives in /run
+// and outlasts an agent restart): a fault the file holds stays held, as
+// health's, until nginx is seen serving, which clears it. A fault nobody
+// owned would keep this load balancer out of VRRP until a reboot. The
+// gate's reason is dropped: no rollout is under way at start.
 func newFault(path string, log *slog.Logger) *Fault {
 	if path == "" {
 		path = daemon.FaultFile
 	}
-	return &Fault{path: path, log: log, reasons: map[string]bool{}}
+	f := &Fault{path: path, log: log, reasons: map[string]bool{}}
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != "0" && strings.TrimSpace(string(b)) != "" {
+		f.reasons[faultHealth] = true
+		log.Warn("keepalived's fault file holds a fault from before this start: kept until nginx is seen serving", "file", path)
+	}
+	return f
 }
 
 // Set adds reason and writes the file.

@@ -120,7 +120,12 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 		return nil
 	}
 	log.Error("apply failed, rolling back", "node", p.Node, "err", err)
-	if rerr := a.rollback(ctx, p, written, before, log); rerr != nil {
+	// The rollback runs to its end even when ctx ended (SIGTERM while
+	// applying): the previous files and unit states must be back before
+	// the agent exits. Bounded on its own.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	if rerr := a.rollback(rctx, p, written, before, log); rerr != nil {
 		return fmt.Errorf("%w; ROLLBACK FAILED too, the node needs attention: %v", err, rerr)
 	}
 	return fmt.Errorf("%w (rolled back to the previous files and unit states)", err)
@@ -200,6 +205,9 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 	a.since("verify", mark)
 	return nil
 }
+
+// rollbackTimeout bounds a rollback (unit restarts of up to 10 s each).
+const rollbackTimeout = 2 * time.Minute
 
 func (a *Applier) rollback(ctx context.Context, p *plan.Plan, written []plan.Change, before map[string]unit.State, log *slog.Logger) error {
 	var errs []error

@@ -25,6 +25,16 @@ type fakeSystemd struct {
 	calls  []string
 }
 
+// cancelAware is systemd over D-Bus: calls with an ended context fail.
+type cancelAware struct{ *fakeSystemd }
+
+func (c cancelAware) Do(ctx context.Context, a unit.Action, u string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.fakeSystemd.Do(ctx, a, u)
+}
+
 func (f *fakeSystemd) State(_ context.Context, u string) (unit.State, error) {
 	s := f.states[u]
 	if s == "" {
@@ -219,6 +229,22 @@ func TestUnhealthyAfterApplyIsRolledBack(t *testing.T) {
 	}
 	if !gated {
 		t.Error("the gate was not consulted")
+	}
+	if got := read(t, root, daemon.Mosquitto.Conf); got != old[daemon.Mosquitto.Conf] {
+		t.Errorf("not restored: %q", got)
+	}
+}
+
+// SIGTERM while verifying: the rollback still runs to its end.
+func TestRollbackOutlivesCancellation(t *testing.T) {
+	old := map[string]string{daemon.Mosquitto.Conf: "# previous good config\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &apply.Applier{Root: root, Systemd: cancelAware{sd}, Validator: fakeValidator{},
+		Verify: func(context.Context, *plan.Plan) error { cancel(); return errors.New("stopping") }}
+	err := a.Apply(ctx, p)
+	if err == nil || strings.Contains(err.Error(), "ROLLBACK FAILED") || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("got %v", err)
 	}
 	if got := read(t, root, daemon.Mosquitto.Conf); got != old[daemon.Mosquitto.Conf] {
 		t.Errorf("not restored: %q", got)
