@@ -224,9 +224,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		"signatures", a.d.Verifier != nil, "version", a.d.Version)
 
 	a.beat.Store(time.Now().UnixNano())
-	// The recorded commit from the local mirror first, then READY: the
-	// first pull runs off the loop, so a git server that does not answer
-	// holds up neither the start nor the repairs.
+	// An apply a crash interrupted is finished first (its files are on
+	// disk, its units may still run the old ones); then the recorded
+	// commit from the local mirror, then READY: the first pull runs off
+	// the loop, so a git server that does not answer holds up neither the
+	// start nor the repairs.
+	if did, err := apply.Replay(ctx, JournalPath(a.cfg.StateDir), a.d.Systemd); err != nil {
+		a.log.Error("finish the apply an earlier run left half done", "err", err)
+	} else if len(did) > 0 {
+		a.log.Warn("finished the apply an earlier run left half done", "did", did)
+	}
 	a.enforce(ctx)
 	a.checkWarnings(ctx)
 	a.d.Notify("READY=1")

@@ -48,10 +48,14 @@ func ConvergeOutput(ctx context.Context, out *render.Output, sd apply.Systemd, s
 	if err != nil {
 		return nil, err
 	}
-	a := &apply.Applier{Root: "/", BackupDir: filepath.Join(stateDir, "backup"), Systemd: sd,
+	a := &apply.Applier{Root: "/", BackupDir: filepath.Join(stateDir, "backup"), Journal: JournalPath(stateDir), Systemd: sd,
 		Validator: daemon.Validator{}, Settle: settle, Log: log, Gate: h.Gate, Verify: h.Verify, Timing: h.Timing}
 	return p, a.Apply(ctx, p)
 }
+
+// JournalPath is where an apply journals its unit actions (see
+// apply.Applier.Journal).
+func JournalPath(stateDir string) string { return filepath.Join(stateDir, "apply-journal.json") }
 
 // UnitStates asks systemd for the state of every managed unit.
 func UnitStates(ctx context.Context, sd interface {

@@ -7,6 +7,7 @@ package apply
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +54,13 @@ type Applier struct {
 	// Timing, if set, is told how long each stage took: validate, gate,
 	// units (writes, daemon-reload, unit jobs), settle, verify.
 	Timing func(stage string, d time.Duration)
-	Log    *slog.Logger
+	// Journal, if set, is a file that lists the unit actions of an apply
+	// from before its first write until it is done or rolled back: an
+	// agent killed in between finds it at start and Replays it, so that
+	// the daemons run the files on disk (which already match the commit,
+	// so the next plan would do nothing) before anything is recorded.
+	Journal string
+	Log     *slog.Logger
 }
 
 // since reports the time since start as stage and returns now.
@@ -114,9 +121,13 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 		before[u.Name] = st
 	}
 
+	if err := a.journal(p); err != nil {
+		return fmt.Errorf("journal the unit actions before writing: %w (nothing was written)", err)
+	}
 	var written []plan.Change
 	err := a.forward(ctx, p, log, &written)
 	if err == nil {
+		a.journalDone(log)
 		return nil
 	}
 	log.Error("apply failed, rolling back", "node", p.Node, "err", err)
@@ -128,7 +139,87 @@ func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
 	if rerr := a.rollback(rctx, p, written, before, log); rerr != nil {
 		return fmt.Errorf("%w; ROLLBACK FAILED too, the node needs attention: %v", err, rerr)
 	}
+	a.journalDone(log)
 	return fmt.Errorf("%w (rolled back to the previous files and unit states)", err)
+}
+
+// pending is the journal's content.
+type pending struct {
+	Node         string   `json:"node"`
+	DaemonReload bool     `json:"daemonReload"`
+	Units        []string `json:"units"` // units a step of the apply touches
+}
+
+func (a *Applier) journal(p *plan.Plan) error {
+	if a.Journal == "" {
+		return nil
+	}
+	j := pending{Node: p.Node, DaemonReload: p.DaemonReload}
+	for _, u := range p.Units {
+		if u.Action != unit.None {
+			j.Units = append(j.Units, u.Name)
+		}
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(a.Journal, b, 0o644)
+}
+
+func (a *Applier) journalDone(log *slog.Logger) {
+	if a.Journal == "" {
+		return
+	}
+	if err := os.Remove(a.Journal); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Error("remove the apply journal", "file", a.Journal, "err", err)
+	}
+}
+
+// Replay finishes an apply that a crash interrupted, from its journal:
+// daemon-reload if it needed one, and every unit it touched restarted if it
+// runs (so it reads the files on disk) or left as it is. It returns what it
+// did; no journal, nothing.
+func Replay(ctx context.Context, journal string, sd Systemd) ([]string, error) {
+	b, err := os.ReadFile(journal)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var j pending
+	if err := json.Unmarshal(b, &j); err != nil {
+		os.Remove(journal)
+		return nil, fmt.Errorf("apply journal %s unreadable (%w); removed", journal, err)
+	}
+	var did []string
+	var errs []error
+	if j.DaemonReload {
+		if err := sd.DaemonReload(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		did = append(did, "daemon-reload")
+	}
+	for _, u := range j.Units {
+		st, err := sd.State(ctx, u)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !st.Running() {
+			continue // the enforce that follows starts what must run
+		}
+		if err := sd.Do(ctx, unit.Restart, u); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		did = append(did, "restart "+u)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return did, fmt.Errorf("replay the apply journal %s: %w", journal, err)
+	}
+	return did, os.Remove(journal)
 }
 
 func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, written *[]plan.Change) error {

@@ -300,3 +300,66 @@ func TestSettleOnlyAfterAStart(t *testing.T) {
 		})
 	}
 }
+
+// killedAt is systemd with the agent killed at its first unit job: the
+// files are written, no unit took them.
+type killedAt struct{ *fakeSystemd }
+
+func (k killedAt) Do(context.Context, unit.Action, string) error { panic("agent killed") }
+
+// An agent killed between writing the files and restarting the units
+// leaves its journal; at start Replay restarts the units that run, so the
+// daemons take the files on disk, which the next plan finds up to date.
+func TestJournalReplaysAnInterruptedApply(t *testing.T) {
+	old := map[string]string{daemon.Mosquitto.Conf: "# previous good config\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
+	journal := filepath.Join(t.TempDir(), "apply-journal.json")
+	a := &apply.Applier{Root: root, Systemd: killedAt{sd}, Validator: fakeValidator{}, Journal: journal}
+	func() {
+		defer func() { recover() }()
+		a.Apply(context.Background(), p)
+	}()
+	if got := read(t, root, daemon.Mosquitto.Conf); got == old[daemon.Mosquitto.Conf] {
+		t.Fatal("the test needs the files written before the kill")
+	}
+	if _, err := os.Stat(journal); err != nil {
+		t.Fatalf("no journal left by the interrupted apply: %v", err)
+	}
+	sd.calls = nil
+	did, err := apply.Replay(context.Background(), journal, sd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(sd.calls, "|") != "daemon-reload|restart mosquitto.service" || len(did) == 0 {
+		t.Errorf("replay did %v (calls %v), want mosquitto restarted", did, sd.calls)
+	}
+	if _, err := os.Stat(journal); !os.IsNotExist(err) {
+		t.Error("the journal outlived its replay")
+	}
+	if did, _ := apply.Replay(context.Background(), journal, sd); did != nil {
+		t.Errorf("a second replay did %v", did)
+	}
+}
+
+// A finished apply, and a rolled back one, leave no journal.
+func TestJournalRemovedWhenDone(t *testing.T) {
+	for _, verify := range []error{nil, errors.New("not serving")} {
+		old := map[string]string{daemon.Mosquitto.Conf: "# previous good config\n"}
+		root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
+		journal := filepath.Join(t.TempDir(), "apply-journal.json")
+		seen := false
+		a := &apply.Applier{Root: root, Systemd: sd, Validator: fakeValidator{}, Journal: journal,
+			Verify: func(context.Context, *plan.Plan) error {
+				_, err := os.Stat(journal)
+				seen = err == nil
+				return verify
+			}}
+		a.Apply(context.Background(), p)
+		if !seen {
+			t.Error("no journal while the apply ran")
+		}
+		if _, err := os.Stat(journal); !os.IsNotExist(err) {
+			t.Errorf("journal left after an apply (verify error %v)", verify)
+		}
+	}
+}
