@@ -503,8 +503,11 @@ func TestLimitWarnings(t *testing.T) {
 		want []string
 	}{
 		{"lb1", render.Host{}, nil},
-		{"lb1", render.Host{NoFileMax: 20000}, []string{"nginx holds at most 9488 clients per worker (this host allows 20000 descriptors per process), fewer than limits.clients 50000"}},
-		{"broker1", render.Host{NoFileMax: 20000}, []string{"mosquitto holds at most 18976 clients (this host allows 20000 descriptors per process)"}},
+		// Processors unknown: one worker per processor is assumed enough.
+		{"lb1", render.Host{NoFileMax: 20000}, []string{"nginx holds at most 9488 clients (this host allows 20000 descriptors per process), fewer than limits.clients, 50000"}},
+		// Two processors: six workers hold 50,000.
+		{"lb1", render.Host{NoFileMax: 20000, CPUs: 2}, nil},
+		{"broker1", render.Host{NoFileMax: 20000}, []string{"mosquitto holds at most 18976 clients (this host allows 20000 descriptors per process), fewer than its share of limits.clients (over the brokers), 25000: add brokers"}},
 		{"broker1", render.Host{NoFileMax: 1 << 20}, nil},
 	} {
 		h := newHarness(t, tt.node, "", map[string]string{"c1": ""})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 // and the distribution's nginx layout (its user and module directory).
 func LocalHost() render.Host {
 	h := nginxLayout()
+	h.CPUs = runtime.NumCPU()
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Max < 1<<31 {
 		h.NoFileMax = int(rl.Max)
@@ -48,12 +50,12 @@ func (a *Agent) checkWarnings(ctx context.Context) {
 		name := strings.TrimSuffix(l.Unit, ".service")
 		if l.Clients < l.Wanted {
 			ok = false
-			per := ""
-			if name == "nginx" {
-				per = " per worker"
+			what, fix := "limits.clients", "raise the host's limit"
+			if name == "mosquitto" {
+				what, fix = "its share of limits.clients (over the brokers)", "add brokers, or raise the host's limit"
 			}
-			warns = append(warns, fmt.Sprintf("%s holds at most %d clients%s (this host allows %d descriptors per process), fewer than limits.clients %d: add brokers or nginx workers, or raise the host's limit",
-				name, l.Clients, per, l.NoFile, l.Wanted))
+			warns = append(warns, fmt.Sprintf("%s holds at most %d clients (this host allows %d descriptors per process), fewer than %s, %d: %s",
+				name, l.Clients, l.NoFile, what, l.Wanted, fix))
 		}
 		if pid, err := a.d.Systemd.MainPID(ctx, l.Unit); err == nil && pid > 0 {
 			for _, p := range append([]int{pid}, health.Children("/proc", pid)...) {

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"path"
 	"sort"
+	"strconv"
 	"text/template"
 
 	"github.com/mqha/mqha/internal/cluster"
@@ -35,6 +36,7 @@ type File struct {
 }
 
 const (
+	maxWorkers      = 64 // nginx workers at most, whatever the descriptor limits
 	fdHeadroom      = 1024
 	proxyTimeoutPct = 200 // nginx idle timeout, in % of the longest MQTT keepalive
 )
@@ -66,6 +68,10 @@ type Host struct {
 	// NginxUser and NginxModules are the distribution's nginx worker user
 	// and dynamic-module include; empty: Debian's (DebianNginx).
 	NginxUser, NginxModules string
+	// CPUs is the number of processors (0: unknown): nginx runs one worker
+	// per processor unless that many cannot hold limits.clients within
+	// NoFileMax.
+	CPUs int
 	// ActiveBridge: this bridge node is the elected bridge master (with
 	// standbys only; a lone bridge node always is). Like the limits, a fact
 	// of the node at run time that the definition cannot know.
@@ -105,11 +111,16 @@ type data struct {
 	Bridges []daemon.Bridge // connections of the bridge master
 	// Standby: the bridge role is elected; the connections go to
 	// daemon.BridgesFile (none on a standby), included from BridgesDir.
-	Standby           bool
-	ActiveBridge      bool
-	BridgesDir        string
-	BeatTopics        string
-	DownBrokers       map[string]bool
+	Standby      bool
+	ActiveBridge bool
+	BridgesDir   string
+	BeatTopics   string
+	DownBrokers  map[string]bool
+	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
+	// one worker's descriptors hold too few clients; ReusePort spreads the
+	// connections evenly over them then.
+	WorkerProcesses   string
+	ReusePort         bool
 	NoFile            int
 	WorkerConnections int
 	MosquittoNoFile   int
@@ -151,6 +162,12 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	d.NginxUser, d.NginxModules = cmp.Or(h.NginxUser, DebianNginx.NginxUser), cmp.Or(h.NginxModules, DebianNginx.NginxModules)
 	d.WorkerConnections = max(d.NoFile-fdHeadroom, 1)
 	d.MaxConnections = max(d.MosquittoNoFile-fdHeadroom, 1)
+	d.WorkerProcesses = "auto"
+	workers := max(h.CPUs, 1)
+	if perWorker := d.WorkerConnections / 2; h.CPUs > 0 && perWorker*h.CPUs < c.Limits.Clients {
+		workers = min((c.Limits.Clients+perWorker-1)/perWorker, maxWorkers)
+		d.WorkerProcesses, d.ReusePort = strconv.Itoa(workers), true
+	}
 	for _, p := range c.WithRole(cluster.LB) {
 		if p.Name != n.Name {
 			d.Peers = append(d.Peers, p)
@@ -174,10 +191,13 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		out.Units = append(out.Units, dm.Unit)
 		switch dm.Name {
 		case daemon.Mosquitto.Name:
-			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.MosquittoNoFile, Clients: d.MaxConnections, Wanted: c.Limits.Clients})
+			// The load balancers spread clients over the brokers (by address).
+			brokers := max(len(c.WithRole(cluster.Broker)), 1)
+			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.MosquittoNoFile, Clients: d.MaxConnections, Wanted: (c.Limits.Clients + brokers - 1) / brokers})
 		case daemon.Nginx.Name:
-			// Per worker: worker_processes auto spreads clients over cores.
-			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.NoFile, Clients: d.WorkerConnections / 2, Wanted: c.Limits.Clients})
+			// Every worker holds its share (reuseport spreads them evenly
+			// when there are more workers than processors).
+			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.NoFile, Clients: d.WorkerConnections / 2 * workers, Wanted: c.Limits.Clients})
 		}
 		if err := add(dm.Unit, dm.Conf, dm.ConfTemplate, Config, 0o644); err != nil {
 			return nil, err
