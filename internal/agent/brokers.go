@@ -32,7 +32,7 @@ import (
 // is the one cut off, and that is the VIP policy's business.
 
 const (
-	goneAfter   = time.Second
+	goneAfter   = 600 * time.Millisecond // one connect attempt unanswered, and a pause
 	goneAttempt = 500 * time.Millisecond
 )
 
