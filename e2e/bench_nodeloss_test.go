@@ -172,6 +172,9 @@ func lbLoss(t *testing.T, how string) (vip, clients95 time.Duration, lost int) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	n := len(srcs) * perSrc
+	// A client learns that its connection is dead when it next sends
+	// (its PINGREQ, within 5 s): only then is it counted as cut or not.
+	time.Sleep(time.Until(t0.Add(7 * time.Second)))
 	waitFor(t, 60*time.Second, "95% of the held clients back", func() bool {
 		d, _ := h.backAfter(t0, n, 95)
 		return d < time.Hour
