@@ -44,7 +44,7 @@ func TestPackages(t *testing.T) {
 		for _, want := range []string{
 			"-rwxr-xr-x root/root .* ./usr/bin/mqha-agent",
 			"-rw-r--r-- root/root .* ./lib/systemd/system/mqha-agent.service",
-			"-rw-r--r-- root/root .* ./etc/mqha/agent.conf",
+			"-rw-r----- root/root .* ./etc/mqha/agent.conf",
 			"./usr/share/man/man8/mqha-agent.8.gz",
 			"./usr/share/doc/mqha-agent/copyright",
 			"./usr/share/doc/mqha-agent/changelog.Debian.gz",

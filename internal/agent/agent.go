@@ -116,10 +116,12 @@ type Agent struct {
 	log  *slog.Logger
 
 	applied string // the last commit applied successfully
-	view    *View  // applied, loaded once (nil until first needed)
-	refused string // last commit refused; not retried until the branch moves
-	backoff time.Duration
-	nextTry time.Time
+	// stateWarning says the recorded state was damaged (until restart).
+	stateWarning string
+	view         *View  // applied, loaded once (nil until first needed)
+	refused      string // last commit refused; not retried until the branch moves
+	backoff      time.Duration
+	nextTry      time.Time
 
 	stages    []control.Stage // of the commit being converged
 	monitor   *health.Monitor

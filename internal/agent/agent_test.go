@@ -678,3 +678,21 @@ func TestHungServerDoesNotHoldTheLoop(t *testing.T) {
 		t.Errorf("fetch error after the server answers: %q", s.FetchError)
 	}
 }
+
+// A damaged applied-state file is said in status and ignored, not taken
+// for a commit.
+func TestDamagedStateFile(t *testing.T) {
+	for _, content := range []string{"not a hash\n", "deadbeef\n"} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "applied"), []byte(content), 0o644)
+		h := newHarness(t, "broker1", dir, map[string]string{"c1": ""})
+		if h.a.applied != "" || !strings.Contains(h.a.stateWarning, "ignored") {
+			t.Errorf("state %q: applied %q, warning %q", content, h.a.applied, h.a.stateWarning)
+		}
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "applied"), []byte("c1\n"), 0o644)
+	if h := newHarness(t, "broker1", dir, map[string]string{"c1": ""}); h.a.applied != "c1" || h.a.stateWarning != "" {
+		t.Errorf("a good state file: applied %q, warning %q", h.a.applied, h.a.stateWarning)
+	}
+}

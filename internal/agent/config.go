@@ -124,7 +124,18 @@ func ParseConfig(name string, data []byte) (Config, error) {
 		if err != nil || (u.Scheme != "file" && u.Scheme != "git" && u.Scheme != "https" && u.Scheme != "http" && u.Scheme != "ssh") {
 			return c, fmt.Errorf("%s: repo %q: want a file://, git://, http(s):// or ssh:// URL", name, c.Repo)
 		}
-		if c.TokenFile != "" && !strings.HasPrefix(u.Scheme, "http") {
+		if u.User != nil && u.Scheme != "ssh" {
+			// A token as user or password ends up in logs, errors, the
+			// status and process listings.
+			return c, fmt.Errorf("%s: repo URL carries credentials (%s@): put a token in token-file (https) or use ssh-key, and remove them from the URL", name, u.User.Username())
+		}
+		if _, set := u.User.Password(); set {
+			return c, fmt.Errorf("%s: repo URL carries a password: use ssh-key with known-hosts, and remove it from the URL", name)
+		}
+		if c.TokenFile != "" && u.Scheme == "http" {
+			return c, fmt.Errorf("%s: token-file over plain http would send the token in clear: use an https:// repo URL", name)
+		}
+		if c.TokenFile != "" && u.Scheme != "https" {
 			return c, fmt.Errorf("%s: token-file only applies to https repositories", name)
 		}
 		if c.SSHKey != "" && u.Scheme != "ssh" {

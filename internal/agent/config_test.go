@@ -24,6 +24,11 @@ func TestParseConfig(t *testing.T) {
 		{"poll too short", "poll = 10ms\n", "below the minimum", nil},
 		{"bad scheme", "repo = ftp://h/c\n", "want a file://, git://", nil},
 		{"token on ssh", "repo = ssh://git@h/c\ntoken-file = /t\n", "token-file only applies to https", nil},
+		{"token in the URL", "repo = https://ghp_secret@h/c\n", "repo URL carries credentials (ghp_secret@)", nil},
+		{"password in the URL", "repo = https://u:pw@h/c\n", "repo URL carries credentials", nil},
+		{"password in an ssh URL", "repo = ssh://git:pw@h/c\n", "repo URL carries a password", nil},
+		{"token over plain http", "repo = http://h/c\ntoken-file = /t\n", "token in clear: use an https:// repo URL", nil},
+		{"ssh user is no secret", "repo = ssh://git@h/c\nssh-key = /k\n", "", func(c Config) bool { return c.SSHKey == "/k" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

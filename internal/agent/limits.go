@@ -78,6 +78,9 @@ func (a *Agent) checkWarnings(ctx context.Context) {
 			warns = append(warns, fmt.Sprintf("the %s certificate %s expires in %d days (%s): renew it (mqha-agent pki)", c.Name, c.File, int(left.Hours()/24), c.NotAfter.Format("2006-01-02")))
 		}
 	}
+	if a.stateWarning != "" {
+		warns = append(warns, a.stateWarning)
+	}
 	a.update(func(s *control.Status) { s.Warnings, s.Certificates = warns, v.Certs })
 }
 

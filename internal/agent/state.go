@@ -2,8 +2,10 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -20,6 +22,24 @@ import (
 // restoreState reads what a previous run recorded.
 func (a *Agent) restoreState() {
 	a.applied = a.readState("applied")
+	if a.applied != "" {
+		// A damaged state file must not pass for a commit (nor, empty,
+		// silently turn the rewind protection off): said, and ignored.
+		why := "not a commit hash"
+		if commitHash.MatchString(a.applied) {
+			if _, err := a.d.Source.Read(a.applied, a.cfg.Path); err != nil {
+				why = "a commit the local mirror does not hold (" + err.Error() + ")"
+			} else {
+				why = ""
+			}
+		}
+		if why != "" {
+			a.stateWarning = fmt.Sprintf("state file %s holds %q, %s: ignored; the next commit is applied without the ancestry check, as on a new node",
+				filepath.Join(a.cfg.StateDir, "applied"), a.applied, why)
+			a.log.Error("damaged state file", "warning", a.stateWarning)
+			a.applied = ""
+		}
+	}
 	a.st.Applied = a.applied
 	if a.applied != "" {
 		a.m.setApplied(a.applied)
@@ -28,6 +48,8 @@ func (a *Agent) restoreState() {
 	// made it fail (trusted keys, a missing package) may have been fixed.
 	a.st.Refused, a.st.RefusedReason, _ = strings.Cut(a.readState("refused"), " ")
 }
+
+var commitHash = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // applyDone records v as the applied commit.
 func (a *Agent) applyDone(v *View) {
