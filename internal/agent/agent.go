@@ -129,10 +129,12 @@ type Agent struct {
 	drift     <-chan string
 	stopDrift context.CancelFunc
 
-	sync    chan syncRequest // the control socket's "pull now"
-	reload  chan reloadRequest
-	hook    chan struct{}
-	recheck chan struct{} // a failed check runs again soon
+	sync   chan syncRequest // the control socket's "pull now"
+	reload chan reloadRequest
+	hook   chan struct{}
+	// deliveries are the webhook's recent delivery ids (replays refused).
+	deliveries seen
+	recheck    chan struct{} // a failed check runs again soon
 
 	// Pulls run off the loop (network); the loop settles what they found.
 	pulls     chan pulled
@@ -264,7 +266,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			checks.Reset(a.cfg.HealthInterval)
 			req.reply <- err
 		case <-a.hook:
-			a.startPull(ctx, true)
+			// Not forced: the back-off holds while the repository is
+			// unreachable, whoever signs requests.
+			a.startPull(ctx, false)
 		case <-checks.C:
 			a.checkHealth(ctx)
 		case u := <-units:

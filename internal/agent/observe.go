@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,7 +85,10 @@ func (a *Agent) ServeHTTP(ctx context.Context) {
 	if a.cfg.Listen == "" {
 		return
 	}
-	srv := &http.Server{Addr: a.cfg.Listen, Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	// Every phase bounded: a client that trickles bytes or never reads
+	// holds no connection for long.
+	srv := &http.Server{Addr: a.cfg.Listen, Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
@@ -100,29 +105,58 @@ func (a *Agent) handler() http.Handler {
 	return mux
 }
 
+// Webhook limits: a push notification is a few KiB; a secret shorter than
+// minSecret is guessable; a delivery id seen among the last recentDeliveries
+// is a replay.
+const (
+	maxHookBody      = 1 << 20
+	minSecret        = 16
+	recentDeliveries = 1024
+)
+
 // webhook accepts a git server's push notification signed with the shared
 // secret (X-Hub-Signature-256: sha256=HMAC of the body, as GitHub, Gitea and
-// Forgejo send it) and pulls at once.
+// Forgejo send it) and asks for a pull. A replayed delivery (same
+// X-GitHub-Delivery id) is refused; the pull keeps the back-off while the
+// repository is unreachable, so signed requests cannot hammer it.
 func (a *Agent) webhook(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.WebhookSecretFile == "" {
 		http.Error(w, "webhook not configured", http.StatusNotFound)
 		return
 	}
-	secret, err := os.ReadFile(a.cfg.WebhookSecretFile)
+	raw, err := os.ReadFile(a.cfg.WebhookSecretFile)
 	if err != nil {
+		a.log.Error("webhook secret unreadable", "file", a.cfg.WebhookSecretFile, "err", err)
 		http.Error(w, "webhook secret unreadable", http.StatusInternalServerError)
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	secret := strings.TrimSpace(string(raw))
+	if len(secret) < minSecret {
+		a.log.Error("webhook refused: its secret is too short to protect anything", "file", a.cfg.WebhookSecretFile, "bytes", len(secret), "minimum", minSecret)
+		http.Error(w, "webhook secret too short", http.StatusServiceUnavailable)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxHookBody))
 	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("body over %d bytes", maxHookBody), http.StatusRequestEntityTooLarge)
+			return
+		}
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	mac := hmac.New(sha256.New, []byte(strings.TrimSpace(string(secret))))
+	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write(body)
 	want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
 	if !hmac.Equal([]byte(r.Header.Get("X-Hub-Signature-256")), []byte(want)) {
 		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	// The delivery id is not signed, but a replay of a signed body with a
+	// new id only asks for a pull, which the back-off bounds.
+	if id := r.Header.Get("X-GitHub-Delivery"); id != "" && !a.deliveries.add(id) {
+		http.Error(w, "delivery already received", http.StatusConflict)
 		return
 	}
 	select {
@@ -130,4 +164,30 @@ func (a *Agent) webhook(w http.ResponseWriter, r *http.Request) {
 	default: // a pull is already pending
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// seen remembers the last ids it was given.
+type seen struct {
+	mu    sync.Mutex
+	ids   map[string]bool
+	order []string
+}
+
+// add reports whether id is new, and remembers it.
+func (s *seen) add(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = map[string]bool{}
+	}
+	if s.ids[id] {
+		return false
+	}
+	s.ids[id] = true
+	s.order = append(s.order, id)
+	if len(s.order) > recentDeliveries {
+		delete(s.ids, s.order[0])
+		s.order = s.order[1:]
+	}
+	return true
 }

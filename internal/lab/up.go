@@ -440,11 +440,14 @@ func (c Config) Notify(ctx context.Context) (int, error) {
 	mac := hmac.New(sha256.New, bytes.TrimSpace(secret))
 	mac.Write(body)
 	sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	// One id per push, as a git server sends: the agents refuse replays.
+	delivery := fmt.Sprintf("lab-%d", time.Now().UnixNano())
 	var errs []error
 	ok := 0
 	for _, n := range s.Nodes {
 		req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s:%d/hook", n.Addr, WebhookPort), bytes.NewReader(body))
 		req.Header.Set("X-Hub-Signature-256", sig)
+		req.Header.Set("X-GitHub-Delivery", delivery)
 		resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
 		if err != nil {
 			errs = append(errs, err)
