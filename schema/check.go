@@ -86,6 +86,7 @@ func check(v, user cue.Value, c *cluster.Cluster) Errors {
 	k.roles(c)
 	k.lbs(c)
 	k.ports(c)
+	k.tls(c)
 	k.errs.sort()
 	return k.errs
 }
@@ -250,6 +251,24 @@ func (k *checker) ports(c *cluster.Cluster) {
 				k.fail([]any{"ports", field}, fmt.Sprintf("give ports.%s and ports.%s different values", a.field, b.field),
 					"port %d is both the %s and the %s on node %s", a.port, a.what, b.what, n.Name)
 			}
+		}
+	}
+}
+
+// publicBundles are where distributions keep the public CAs that web
+// clients trust.
+var publicBundles = []string{"/etc/ssl/certs/", "/etc/pki/tls/certs/", "/etc/pki/ca-trust/", "/usr/share/ca-certificates/",
+	"/usr/local/share/ca-certificates/", "/etc/ssl/cert.pem", "/etc/pki/tls/cert.pem"}
+
+// tls refuses the system's public CA bundle as the cluster CA: mutual TLS
+// would then accept any certificate a public CA ever signed as a node or
+// a client, bridge included.
+func (k *checker) tls(c *cluster.Cluster) {
+	for _, b := range publicBundles {
+		if c.TLS.CA == b || strings.HasSuffix(b, "/") && strings.HasPrefix(c.TLS.CA, b) {
+			k.fail([]any{"tls", "ca"}, "use the cluster's own CA certificate (mqha-agent pki init makes one, default /etc/mqha/tls/ca.crt)",
+				"tls.ca %s is the system's public CA bundle: every certificate a public CA signed would pass as a node or client of the cluster", c.TLS.CA)
+			return
 		}
 	}
 }

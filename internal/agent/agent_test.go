@@ -749,3 +749,28 @@ func TestWebhook(t *testing.T) {
 		}
 	}
 }
+
+// timeoutRecorder is systemd that records the bound it is given.
+type timeoutRecorder struct {
+	fakeSystemd
+	got time.Duration
+}
+
+func (r *timeoutRecorder) SetTimeout(d time.Duration) { r.got = d }
+
+// timeouts.unit of the applied commit bounds the agent's systemd calls.
+func TestUnitTimeoutHonoured(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "timeouts: unit: 7"})
+	rec := &timeoutRecorder{}
+	h.a.d.Systemd = rec
+	h.src.head = "c1"
+	h.tick(t, false)
+	if rec.got != 30*time.Second {
+		t.Errorf("bound %s after c1, want the default 30s", rec.got)
+	}
+	h.src.head = "c2"
+	h.tick(t, false)
+	if rec.got != 7*time.Second {
+		t.Errorf("bound %s after c2, want timeouts.unit 7s", rec.got)
+	}
+}

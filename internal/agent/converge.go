@@ -118,6 +118,10 @@ func (a *Agent) verify(ctx context.Context, v *View, p *plan.Plan) error {
 // rebuild points the health monitor, the unit watcher, the drift watcher
 // and the bridge election at what v says.
 func (a *Agent) rebuild(ctx context.Context, v *View) {
+	// The definition's bound on systemd calls and unit jobs.
+	if t, ok := a.d.Systemd.(interface{ SetTimeout(time.Duration) }); ok {
+		t.SetTimeout(time.Duration(v.Cluster.Timeouts.Unit) * time.Second)
+	}
 	a.rebuildMonitor(v)
 	a.runElection(ctx, v)
 	a.runBrokerWatch(ctx, v)

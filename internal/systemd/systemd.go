@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 // DBus is a connection to systemd. It is not safe for concurrent use.
 type DBus struct {
 	conn    *sd.Conn
-	timeout time.Duration
+	timeout atomic.Int64 // ns; the definition's timeouts.unit, which may change
 }
 
 // Connect opens the system bus (or, as root without a bus daemon, systemd's
@@ -41,7 +42,9 @@ func Connect(ctx context.Context, timeout time.Duration) (*DBus, error) {
 		if r.err != nil {
 			return nil, fmt.Errorf("connect to systemd over D-Bus: %w (is systemd PID 1 and dbus running?)", r.err)
 		}
-		return &DBus{conn: r.conn, timeout: timeout}, nil
+		d := &DBus{conn: r.conn}
+		d.SetTimeout(timeout)
+		return d, nil
 	case <-timer.C:
 		go func() { // close the late connection, if it ever comes
 			if r := <-ch; r.conn != nil {
@@ -54,9 +57,15 @@ func Connect(ctx context.Context, timeout time.Duration) (*DBus, error) {
 
 func (d *DBus) Close() { d.conn.Close() }
 
+// SetTimeout bounds every later call and job (timeouts.unit).
+func (d *DBus) SetTimeout(t time.Duration) { d.timeout.Store(int64(t)) }
+
+// Timeout is the bound in force.
+func (d *DBus) Timeout() time.Duration { return time.Duration(d.timeout.Load()) }
+
 // State returns the unit's load and active state.
 func (d *DBus) State(ctx context.Context, name string) (unit.State, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	props, err := d.conn.GetUnitPropertiesContext(ctx, name)
 	if err != nil {
@@ -70,7 +79,7 @@ func (d *DBus) State(ctx context.Context, name string) (unit.State, error) {
 
 // MainPID returns the unit's main process, 0 when it has none.
 func (d *DBus) MainPID(ctx context.Context, name string) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	p, err := d.conn.GetServicePropertyContext(ctx, name, "MainPID")
 	if err != nil {
@@ -85,7 +94,7 @@ func (d *DBus) MainPID(ctx context.Context, name string) (int, error) {
 
 // DaemonReload makes systemd re-read unit files and drop-ins.
 func (d *DBus) DaemonReload(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	if err := d.conn.ReloadContext(ctx); err != nil {
 		return fmt.Errorf("systemctl daemon-reload: %w", err)
@@ -95,7 +104,7 @@ func (d *DBus) DaemonReload(ctx context.Context) error {
 
 // Do runs action on unit and waits for its job to finish.
 func (d *DBus) Do(ctx context.Context, action unit.Action, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	type jobFunc func(context.Context, string, string, chan<- string) (int, error)
 	var f jobFunc
@@ -127,13 +136,13 @@ func (d *DBus) Do(ctx context.Context, action unit.Action, name string) error {
 		}
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%s %s: no result within %s (see systemctl status %s)", action, name, d.timeout, name)
+		return fmt.Errorf("%s %s: no result within %s (see systemctl status %s)", action, name, d.Timeout(), name)
 	}
 }
 
 // Enable makes unit start at boot; Disable undoes it.
 func (d *DBus) Enable(ctx context.Context, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	if _, _, err := d.conn.EnableUnitFilesContext(ctx, []string{name}, false, true); err != nil {
 		return fmt.Errorf("enable %s: %w", name, err)
@@ -142,7 +151,7 @@ func (d *DBus) Enable(ctx context.Context, name string) error {
 }
 
 func (d *DBus) Disable(ctx context.Context, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	if _, err := d.conn.DisableUnitFilesContext(ctx, []string{name}, false); err != nil {
 		return fmt.Errorf("disable %s: %w", name, err)
@@ -152,7 +161,7 @@ func (d *DBus) Disable(ctx context.Context, name string) error {
 
 // Kill sends sig to the unit's main process.
 func (d *DBus) Kill(ctx context.Context, name string, sig syscall.Signal) error {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout())
 	defer cancel()
 	if err := d.conn.KillUnitWithTarget(ctx, name, sd.Main, int32(sig)); err != nil {
 		return fmt.Errorf("kill %s: %w", name, err)
