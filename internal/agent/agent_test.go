@@ -774,3 +774,23 @@ func TestUnitTimeoutHonoured(t *testing.T) {
 		t.Errorf("bound %s after c2, want timeouts.unit 7s", rec.got)
 	}
 }
+
+// A commit whose load never finished (the agent died in it) is refused at
+// the next start and not tried again into the same end.
+func TestLoadThatKilledTheAgentIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "applied"), []byte("c1\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "trying"), []byte("c2\n"), 0o644)
+	h := newHarness(t, "broker1", dir, map[string]string{"c1": "", "c2": ""})
+	if s := h.a.Status(); s.Refused != "c2" || !strings.Contains(s.RefusedReason, "loading it did not finish") {
+		t.Fatalf("status %+v", s)
+	}
+	h.src.head = "c2"
+	h.tick(t, false)
+	if strings.Contains(strings.Join(h.conv.calls, " "), "c2") {
+		t.Error("the commit that killed the agent was loaded again")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "trying")); !os.IsNotExist(err) {
+		t.Error("the trying mark outlived the start")
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/mqha/mqha/internal/source"
@@ -126,7 +128,11 @@ func (a *Agent) convergeNew(ctx context.Context, hash string, fetching time.Dura
 	}
 	a.timing("fetch+trust", fetching+time.Since(mark))
 	mark = time.Now()
+	// Until the load returns: a load that takes the agent down refuses
+	// this commit at the next start (restoreState).
+	a.writeState("trying", hash)
 	v, err := a.load(hash)
+	os.Remove(filepath.Join(a.cfg.StateDir, "trying"))
 	if err != nil {
 		return err
 	}

@@ -47,6 +47,14 @@ func (a *Agent) restoreState() {
 	// A commit refused before a restart is shown, and tried once more: what
 	// made it fail (trusted keys, a missing package) may have been fixed.
 	a.st.Refused, a.st.RefusedReason, _ = strings.Cut(a.readState("refused"), " ")
+	// A commit whose load never finished took the agent down with it (a
+	// crash, the OOM killer, the watchdog): refused for good, not tried
+	// again into the same end.
+	if t := a.readState("trying"); t != "" && t != a.applied {
+		a.refuse(t, fmt.Errorf("commit %s: loading it did not finish: the agent was killed or crashed while reading or evaluating it (see journalctl -u mqha-agent); refused until the branch moves (mqha-agent sync --retry tries it again)", source.Short(t)))
+		a.refused = t
+	}
+	os.Remove(filepath.Join(a.cfg.StateDir, "trying"))
 }
 
 var commitHash = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
