@@ -76,6 +76,7 @@ func (c *cmd) run(args []string) error {
 	if err != nil {
 		return err
 	}
+	repo.MaxBytes = cfg.MaxDefinitionSize
 	deps.Source = repo
 	if trust != nil {
 		deps.Verifier = trustedRepo{repo, trust}

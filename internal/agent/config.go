@@ -29,11 +29,14 @@ type Config struct {
 	// FetchTimeout bounds each network call to the repository (ls-remote,
 	// fetch, deepening): a git server that never answers costs this.
 	FetchTimeout time.Duration // default 30s
-	StateDir     string        // default /var/lib/mqha
-	TokenFile    string        // https: file holding a token (sent as basic auth password)
-	SSHKey       string        // ssh: private key file
-	KnownHosts   string        // ssh: known_hosts file
-	Settle       time.Duration // how long units must stay up after a change
+	// MaxDefinitionSize bounds the .cue files of a commit together, in
+	// bytes (source.DefaultMaxBytes): checked before any is read.
+	MaxDefinitionSize int64
+	StateDir          string        // default /var/lib/mqha
+	TokenFile         string        // https: file holding a token (sent as basic auth password)
+	SSHKey            string        // ssh: private key file
+	KnownHosts        string        // ssh: known_hosts file
+	Settle            time.Duration // how long units must stay up after a change
 
 	HealthInterval    time.Duration // health checks, default 3s
 	VerifyTimeout     time.Duration // health after an apply before rolling back, default 20s
@@ -63,6 +66,7 @@ var keys = []key{
 	{"node", str(func(c *Config) *string { return &c.Node })},
 	{"poll", dur(func(c *Config) *time.Duration { return &c.Poll }, time.Second)},
 	{"fetch-timeout", dur(func(c *Config) *time.Duration { return &c.FetchTimeout }, time.Second)},
+	{"max-definition-size", func(c *Config, v string) (err error) { c.MaxDefinitionSize, err = size(v); return err }},
 	{"settle", dur(func(c *Config) *time.Duration { return &c.Settle }, 0)},
 	{"state-dir", str(func(c *Config) *string { return &c.StateDir })},
 	{"token-file", str(func(c *Config) *string { return &c.TokenFile })},
@@ -149,6 +153,24 @@ func ParseConfig(name string, data []byte) (Config, error) {
 		return c, fmt.Errorf("%s: branch is empty", name)
 	}
 	return c, sc.Err()
+}
+
+// size parses a byte count with an optional K, M or G (binary) suffix.
+func size(v string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(v, "K"):
+		mult, v = 1<<10, strings.TrimSuffix(v, "K")
+	case strings.HasSuffix(v, "M"):
+		mult, v = 1<<20, strings.TrimSuffix(v, "M")
+	case strings.HasSuffix(v, "G"):
+		mult, v = 1<<30, strings.TrimSuffix(v, "G")
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 8M)", v)
+	}
+	return n * mult, nil
 }
 
 func duration(v string, min time.Duration) (time.Duration, error) {

@@ -28,6 +28,8 @@ func TestParseConfig(t *testing.T) {
 		{"password in the URL", "repo = https://u:pw@h/c\n", "repo URL carries credentials", nil},
 		{"password in an ssh URL", "repo = ssh://git:pw@h/c\n", "repo URL carries a password", nil},
 		{"token over plain http", "repo = http://h/c\ntoken-file = /t\n", "token in clear: use an https:// repo URL", nil},
+		{"definition size", "repo = git://h/c\nmax-definition-size = 16M\n", "", func(c Config) bool { return c.MaxDefinitionSize == 16<<20 }},
+		{"bad size", "repo = git://h/c\nmax-definition-size = lots\n", "is not a size", nil},
 		{"ssh user is no secret", "repo = ssh://git@h/c\nssh-key = /k\n", "", func(c Config) bool { return c.SSHKey == "/k" }},
 	}
 	for _, tt := range tests {
@@ -49,7 +51,7 @@ func TestParseConfig(t *testing.T) {
 // TestEveryKeyParses sets each key of the table once, so that a key added
 // to the table without a working setter fails here.
 func TestEveryKeyParses(t *testing.T) {
-	values := map[string]string{"poll": "2s", "fetch-timeout": "10s", "settle": "1s", "health-interval": "1s", "verify-timeout": "5s", "allow-rewind": "true"}
+	values := map[string]string{"poll": "2s", "fetch-timeout": "10s", "max-definition-size": "16M", "settle": "1s", "health-interval": "1s", "verify-timeout": "5s", "allow-rewind": "true"}
 	for _, k := range Keys() {
 		v, ok := values[k]
 		if !ok {

@@ -28,6 +28,9 @@ type Repo struct {
 	URL    string
 	Branch string
 	Auth   transport.AuthMethod // nil for file:// and git:// or anonymous https
+	// MaxBytes bounds the .cue files of a commit that Read reads (0:
+	// DefaultMaxBytes).
+	MaxBytes int64
 
 	mu   sync.Mutex
 	repo *git.Repository
@@ -118,7 +121,7 @@ func (r *Repo) Read(hash, dir string) (*Commit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", Short(hash), err)
 	}
-	return readCommit(c, dir)
+	return readCommit(c, dir, r.MaxBytes)
 }
 
 // ReadWorkTree reads revision rev (HEAD, a branch, a hash) of the git work
@@ -154,11 +157,24 @@ func ReadWorkTree(dir, rev string) (c *Commit, top string, ok bool, err error) {
 	if err != nil {
 		return nil, top, true, err
 	}
-	c, err = readCommit(obj, filepath.ToSlash(rel))
+	c, err = readCommit(obj, filepath.ToSlash(rel), 0)
 	return c, top, true, err
 }
 
-func readCommit(c *object.Commit, dir string) (*Commit, error) {
+// Bounds on what a commit makes the agent read: only .cue files are read
+// (the definition is nothing else), at most MaxFiles of them and
+// DefaultMaxBytes together (agent.conf max-definition-size), checked from
+// the tree before any content is read: a 512 MiB blob in the repository
+// costs nothing.
+const (
+	MaxFiles        = 1000
+	DefaultMaxBytes = 8 << 20
+)
+
+func readCommit(c *object.Commit, dir string, maxBytes int64) (*Commit, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxBytes
+	}
 	hash := c.Hash.String()
 	tree, err := c.Tree()
 	if err != nil {
@@ -170,25 +186,38 @@ func readCommit(c *object.Commit, dir string) (*Commit, error) {
 			return nil, fmt.Errorf("commit %s has no directory %q: %w", Short(hash), dir, err)
 		}
 	}
-	files := fstest.MapFS{}
+	// First the sizes, from the tree and the objects' headers.
+	var cue []*object.File
+	var total int64
 	err = tree.Files().ForEach(func(f *object.File) error {
-		if !f.Mode.IsFile() {
+		if !f.Mode.IsFile() || !strings.HasSuffix(f.Name, ".cue") {
 			return nil
 		}
-		rd, err := f.Reader()
-		if err != nil {
-			return err
+		cue = append(cue, f)
+		total += f.Size
+		switch {
+		case len(cue) > MaxFiles:
+			return fmt.Errorf("more than %d .cue files under %q: a definition is a handful of files; refused", MaxFiles, dir)
+		case total > maxBytes:
+			return fmt.Errorf("the .cue files under %q exceed %d bytes together (%s alone is %d bytes): refused; raise max-definition-size in agent.conf if the definition really is that large", dir, maxBytes, f.Name, f.Size)
 		}
-		defer rd.Close()
-		b, err := io.ReadAll(rd)
-		if err != nil {
-			return err
-		}
-		files[f.Name] = &fstest.MapFile{Data: b, Mode: 0o644}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read commit %s: %w", Short(hash), err)
+	}
+	files := fstest.MapFS{}
+	for _, f := range cue {
+		rd, err := f.Reader()
+		if err != nil {
+			return nil, fmt.Errorf("read commit %s: %w", Short(hash), err)
+		}
+		b, err := io.ReadAll(io.LimitReader(rd, f.Size+1))
+		rd.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read commit %s: %s: %w", Short(hash), f.Name, err)
+		}
+		files[f.Name] = &fstest.MapFile{Data: b, Mode: 0o644}
 	}
 	subject, _, _ := strings.Cut(c.Message, "\n")
 	return &Commit{Hash: hash, Subject: subject, Author: c.Author.Name, Files: files}, nil

@@ -242,3 +242,52 @@ func TestPGPSignatures(t *testing.T) {
 		}
 	}
 }
+
+// Only .cue files are read, within the caps, checked from the tree before
+// any content: a big blob next to the definition costs nothing, a
+// definition over max-definition-size is refused with the limit named.
+func TestReadBounded(t *testing.T) {
+	up := t.TempDir()
+	git(t, up, "init", "-q", "-b", "main")
+	example, _ := os.ReadFile("../../cluster-repo-example/cluster.cue")
+	os.WriteFile(filepath.Join(up, "cluster.cue"), example, 0o644)
+	big := make([]byte, 32<<20)
+	os.WriteFile(filepath.Join(up, "firmware.bin"), big, 0o644)
+	git(t, up, "add", ".")
+	git(t, up, "commit", "-qm", "a blob next to the definition")
+	r, err := source.Open(filepath.Join(t.TempDir(), "mirror.git"), "file://"+up, "main", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	head, _ := r.Head(ctx)
+	if err := r.Fetch(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Read(head, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fs.Stat(c.Files, "firmware.bin"); err == nil {
+		t.Error("a file that is not .cue was read")
+	}
+	if _, err := schema.Load(c.Files, "."); err != nil {
+		t.Fatal(err)
+	}
+
+	os.WriteFile(filepath.Join(up, "huge.cue"), bytes.Repeat([]byte("// padding\n"), 1<<20), 0o644)
+	git(t, up, "add", ".")
+	git(t, up, "commit", "-qm", "an 11 MiB .cue file")
+	head, _ = r.Head(ctx)
+	if err := r.Fetch(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Read(head, ".")
+	if err == nil || !strings.Contains(err.Error(), "max-definition-size") || !strings.Contains(err.Error(), "huge.cue") {
+		t.Errorf("an 11 MiB definition: %v, want a refusal naming the file and max-definition-size", err)
+	}
+	r.MaxBytes = 16 << 20
+	if _, err := r.Read(head, "."); err != nil {
+		t.Errorf("with max-definition-size raised: %v", err)
+	}
+}
