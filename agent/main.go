@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqha/mqha/internal/agent"
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/systemd"
@@ -96,6 +97,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		code, err = c.status(args[1:])
 	case "sync":
 		err = c.syncNow(args[1:])
+	case evaluate.Command:
+		// Hidden: the agent evaluates each commit's definition in a
+		// child of its own binary, bounded (internal/evaluate).
+		return evaluate.Serve(os.Stdin, stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "mqha-agent", version)
 	case "help", "-h", "--help":

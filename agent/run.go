@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/mqha/mqha/internal/agent"
+	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/drift"
+	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/systemd"
 )
@@ -21,9 +24,9 @@ import (
 // run wires `mqha-agent run`: configuration, repository, systemd, and the
 // agent (internal/agent), which does the rest.
 func (c *cmd) run(args []string) error {
-	fs, _ := c.flags("run")
-	conf := fs.String("config", "/etc/mqha/agent.conf", "agent configuration file")
-	if err := parse(fs, args); err != nil {
+	flags, _ := c.flags("run")
+	conf := flags.String("config", "/etc/mqha/agent.conf", "agent configuration file")
+	if err := parse(flags, args); err != nil {
 		return err
 	}
 	data, err := os.ReadFile(*conf)
@@ -59,6 +62,16 @@ func (c *cmd) run(args []string) error {
 		WatchFiles: func(ctx context.Context, files []string) (<-chan string, error) {
 			return drift.Watch(ctx, files, 200*time.Millisecond)
 		}}
+	// Each commit's definition is evaluated in a child of this binary,
+	// bounded in time and memory: a commit is input from whoever can push.
+	if exe, err := os.Executable(); err == nil {
+		lim := evaluate.Limits{Timeout: cfg.LoadTimeout, Memory: cfg.LoadMemory}
+		deps.LoadDefinition = func(ctx context.Context, files fs.FS) (*cluster.Cluster, error) {
+			return evaluate.Child(ctx, exe, files, lim)
+		}
+	} else {
+		c.log.Warn("cannot find this binary: definitions are evaluated in the agent itself, without bounds", "err", err)
+	}
 	var trust *source.Trust
 	if cfg.TrustedKeys != "" {
 		if trust, err = source.LoadTrust(cfg.TrustedKeys); err != nil {

@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"strings"
 	"sync"
@@ -24,12 +25,14 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/election"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/schema"
 )
 
 // Source is the cluster repository as the agent uses it.
@@ -99,6 +102,10 @@ type Deps struct {
 	Now func() time.Time
 	// Host is what this host allows, for sizing (nil: LocalHost).
 	Host func() render.Host
+	// LoadDefinition evaluates a commit's files into the cluster
+	// definition (nil: in this process; the agent's run command evaluates
+	// in a bounded child, internal/evaluate).
+	LoadDefinition func(ctx context.Context, files fs.FS) (*cluster.Cluster, error)
 	// BridgeOnDisk is the bridge role the node ran before the agent started
 	// and since when (nil: read from daemon.BridgesFile).
 	BridgeOnDisk func() (active bool, since time.Time)
@@ -194,6 +201,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	}
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
+	}
+	if d.LoadDefinition == nil {
+		d.LoadDefinition = func(_ context.Context, files fs.FS) (*cluster.Cluster, error) { return schema.Load(files, ".") }
 	}
 	if d.BridgeOnDisk == nil {
 		d.BridgeOnDisk = bridgeOnDisk

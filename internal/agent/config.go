@@ -32,6 +32,10 @@ type Config struct {
 	// MaxDefinitionSize bounds the .cue files of a commit together, in
 	// bytes (source.DefaultMaxBytes): checked before any is read.
 	MaxDefinitionSize int64
+	// LoadTimeout and LoadMemory bound the evaluation of a commit's
+	// definition (a child process): default 20s and 256M.
+	LoadTimeout time.Duration
+	LoadMemory  int64
 	StateDir          string        // default /var/lib/mqha
 	TokenFile         string        // https: file holding a token (sent as basic auth password)
 	SSHKey            string        // ssh: private key file
@@ -48,7 +52,7 @@ type Config struct {
 }
 
 func defaultConfig() Config {
-	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, FetchTimeout: 30 * time.Second, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
+	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, FetchTimeout: 30 * time.Second, LoadTimeout: 20 * time.Second, LoadMemory: 256 << 20, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
 		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket}
 }
 
@@ -67,6 +71,8 @@ var keys = []key{
 	{"poll", dur(func(c *Config) *time.Duration { return &c.Poll }, time.Second)},
 	{"fetch-timeout", dur(func(c *Config) *time.Duration { return &c.FetchTimeout }, time.Second)},
 	{"max-definition-size", func(c *Config, v string) (err error) { c.MaxDefinitionSize, err = size(v); return err }},
+	{"load-timeout", dur(func(c *Config) *time.Duration { return &c.LoadTimeout }, time.Second)},
+	{"load-memory", func(c *Config, v string) (err error) { c.LoadMemory, err = size(v); return err }},
 	{"settle", dur(func(c *Config) *time.Duration { return &c.Settle }, 0)},
 	{"state-dir", str(func(c *Config) *string { return &c.StateDir })},
 	{"token-file", str(func(c *Config) *string { return &c.TokenFile })},

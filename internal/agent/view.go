@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -13,7 +14,6 @@ import (
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
-	"github.com/mqha/mqha/schema"
 )
 
 // View is one commit as this node sees it, computed once when the commit
@@ -44,7 +44,7 @@ func (a *Agent) load(hash string) (*View, error) {
 	}
 	v := &View{Commit: hash, Subject: commit.Subject}
 	wrap := func(err error) error { return fmt.Errorf("commit %s (%s): %w", source.Short(hash), v.Subject, err) }
-	if v.Cluster, err = schema.Load(commit.Files, "."); err != nil {
+	if v.Cluster, err = a.d.LoadDefinition(context.Background(), commit.Files); err != nil {
 		return nil, wrap(err)
 	}
 	var ok bool
