@@ -36,11 +36,11 @@ type Config struct {
 	// definition (a child process): default 20s and 256M.
 	LoadTimeout time.Duration
 	LoadMemory  int64
-	StateDir          string        // default /var/lib/mqha
-	TokenFile         string        // https: file holding a token (sent as basic auth password)
-	SSHKey            string        // ssh: private key file
-	KnownHosts        string        // ssh: known_hosts file
-	Settle            time.Duration // how long units must stay up after a change
+	StateDir    string        // default /var/lib/mqha
+	TokenFile   string        // https: file holding a token (sent as basic auth password)
+	SSHKey      string        // ssh: private key file
+	KnownHosts  string        // ssh: known_hosts file
+	Settle      time.Duration // how long units must stay up after a change
 
 	HealthInterval    time.Duration // health checks, default 3s
 	VerifyTimeout     time.Duration // health after an apply before rolling back, default 20s
