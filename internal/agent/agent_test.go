@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,9 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/schema"
 
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
@@ -792,5 +796,36 @@ func TestLoadThatKilledTheAgentIsRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "trying")); !os.IsNotExist(err) {
 		t.Error("the trying mark outlived the start")
+	}
+}
+
+// Reading and evaluating a new commit runs off the loop too: a definition
+// that takes its full load-timeout does not hold up health repair.
+func TestEvaluationOffTheLoop(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": ""})
+	h.src.head = "c1"
+	h.tick(t, false)
+	release := make(chan struct{})
+	h.a.d.LoadDefinition = func(ctx context.Context, files fs.FS) (*cluster.Cluster, error) {
+		<-release
+		return schema.Load(files, ".")
+	}
+	h.src.mu.Lock()
+	h.src.head = "c2"
+	h.src.mu.Unlock()
+	start := time.Now()
+	h.a.startPull(context.Background(), true)
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Fatalf("startPull held the loop for %s while the commit was evaluated", d)
+	}
+	close(release)
+	select {
+	case r := <-h.a.pulls:
+		h.a.pullDone(context.Background(), r)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the evaluation never ended")
+	}
+	if s := h.a.Status(); s.Applied != "c2" {
+		t.Errorf("applied %q after the evaluation, want c2", s.Applied)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/mqha/mqha/internal/atomicfile"
 	"github.com/mqha/mqha/internal/source"
 )
 
@@ -34,18 +35,23 @@ type pullState struct {
 	applied, refused string
 	allowRewind      bool
 	timeout          time.Duration
+	verifier         Verifier
+	deps             Deps
+	path, stateDir   string
 }
 
 func (a *Agent) pullFrom() pullState {
-	return pullState{a.applied, a.refused, a.cfg.AllowRewind, a.cfg.FetchTimeout}
+	return pullState{a.applied, a.refused, a.cfg.AllowRewind, a.cfg.FetchTimeout, a.d.Verifier, a.d, a.cfg.Path, a.cfg.StateDir}
 }
 
 // pulled is what one look at the remote found, its network work done.
 type pulled struct {
-	err    error  // asking the remote for the branch head
-	target string // a new head, fetched ("" none)
-	terr   error  // fetching target or checking its history: refuses it
-	took   time.Duration
+	err    error         // asking the remote for the branch head
+	target string        // a new head, fetched ("" none)
+	terr   error         // fetching, checking or evaluating target: refuses it
+	took   time.Duration // fetching and checking target
+	def    *evaluated    // target evaluated
+	eval   time.Duration // reading and evaluating it
 }
 
 // pull does the network part of a tick: ls-remote, and for a new head the
@@ -81,8 +87,29 @@ func (a *Agent) pull(ctx context.Context, st pullState) pulled {
 		if r.terr == nil && !ok {
 			r.terr = fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(head), source.Short(st.applied))
 		}
+		if r.terr != nil {
+			return r
+		}
+	}
+	// The signature before anything of the commit is read.
+	if st.verifier != nil {
+		who, err := st.verifier.Verify(head)
+		if err != nil {
+			r.terr = fmt.Errorf("commit %s: untrusted: %w", source.Short(head), err)
+			return r
+		}
+		a.log.Info("signature verified", "commit", source.Short(head), "signer", who)
 	}
 	r.took = time.Since(mark)
+	// Reading and evaluating, bounded, off the loop too. Until it returns
+	// a mark says which commit: a load that takes the agent down refuses
+	// it at the next start (restoreState).
+	trying := filepath.Join(st.stateDir, "trying")
+	atomicfile.Write(trying, []byte(head+"\n"), 0o644)
+	mark = time.Now()
+	r.def, r.terr = evaluateCommit(st.deps, st.path, head)
+	r.eval = time.Since(mark)
+	os.Remove(trying)
 	return r
 }
 
@@ -103,7 +130,7 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 	}
 	err := r.terr
 	if err == nil {
-		err = a.convergeNew(ctx, r.target, r.took)
+		err = a.convergeNew(ctx, r.def, r.took, r.eval)
 	}
 	if err != nil {
 		a.refuse(r.target, err)
@@ -114,29 +141,17 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 	return nil
 }
 
-// convergeNew checks a fetched commit's signature before anything of it is
-// read, then loads and applies it.
-func (a *Agent) convergeNew(ctx context.Context, hash string, fetching time.Duration) error {
+// convergeNew converges on an evaluated commit (checked, read and
+// evaluated off the loop by pull).
+func (a *Agent) convergeNew(ctx context.Context, def *evaluated, fetching, evaluating time.Duration) error {
 	a.stages = nil
+	a.timing("fetch+trust", fetching)
 	mark := time.Now()
-	if a.d.Verifier != nil {
-		who, err := a.d.Verifier.Verify(hash)
-		if err != nil {
-			return fmt.Errorf("commit %s: untrusted: %w", source.Short(hash), err)
-		}
-		a.log.Info("signature verified", "commit", source.Short(hash), "signer", who)
-	}
-	a.timing("fetch+trust", fetching+time.Since(mark))
-	mark = time.Now()
-	// Until the load returns: a load that takes the agent down refuses
-	// this commit at the next start (restoreState).
-	a.writeState("trying", hash)
-	v, err := a.load(hash)
-	os.Remove(filepath.Join(a.cfg.StateDir, "trying"))
+	v, err := a.view0(def)
 	if err != nil {
 		return err
 	}
-	a.timing("load", time.Since(mark))
+	a.timing("load", evaluating+time.Since(mark))
 	return a.apply(ctx, v)
 }
 

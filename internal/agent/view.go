@@ -38,15 +38,41 @@ type TLSFiles = cluster.TLS
 // does not load is refused too, so that the fleet gate and the post-apply
 // verification (which need it) never silently turn off.
 func (a *Agent) load(hash string) (*View, error) {
-	commit, err := a.d.Source.Read(hash, a.cfg.Path)
+	def, err := evaluateCommit(a.d, a.cfg.Path, hash)
 	if err != nil {
 		return nil, err
 	}
-	v := &View{Commit: hash, Subject: commit.Subject}
-	wrap := func(err error) error { return fmt.Errorf("commit %s (%s): %w", source.Short(hash), v.Subject, err) }
-	if v.Cluster, err = a.d.LoadDefinition(context.Background(), commit.Files); err != nil {
-		return nil, wrap(err)
+	return a.view0(def)
+}
+
+// evaluated is a commit's evaluated definition.
+type evaluated struct {
+	hash, subject string
+	cluster       *cluster.Cluster
+}
+
+// evaluateCommit reads and evaluates commit hash: what a commit can make
+// expensive, bounded (source caps, the evaluation's child). It touches no
+// state of the loop, so it may run off it.
+func evaluateCommit(d Deps, path, hash string) (*evaluated, error) {
+	commit, err := d.Source.Read(hash, path)
+	if err != nil {
+		return nil, err
 	}
+	c, err := d.LoadDefinition(context.Background(), commit.Files)
+	if err != nil {
+		return nil, fmt.Errorf("commit %s (%s): %w", source.Short(hash), commit.Subject, err)
+	}
+	return &evaluated{hash, commit.Subject, c}, nil
+}
+
+// view0 is the View of an evaluated definition for this node: its place,
+// its certificate, its files and checks.
+func (a *Agent) view0(def *evaluated) (*View, error) {
+	hash := def.hash
+	v := &View{Commit: hash, Subject: def.subject, Cluster: def.cluster}
+	wrap := func(err error) error { return fmt.Errorf("commit %s (%s): %w", source.Short(hash), v.Subject, err) }
+	var err error
 	var ok bool
 	if v.Node, ok = v.Cluster.Node(a.node); !ok {
 		return nil, wrap(fmt.Errorf("node %q is not in the cluster definition", a.node))
