@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
@@ -415,4 +416,59 @@ func TestDebRemoveReinstall(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "broker2 applies the head again", func() bool { return agentStatus(t, "broker2").Applied == head })
 	report(t, "apt-get remove kept mosquitto serving; dpkg -i again: agent %s and %s, on the head commit", enabled, active)
+}
+
+// TestHostileCommit: a commit holding a CUE bomb (461 bytes that computed
+// for minutes in the agent) and a 30 MiB blob. Every node refuses it naming
+// the bound, keeps serving the applied commit, and repairs a hung broker
+// while the evaluation runs; the agents' memory stays far below their
+// unit's limit.
+func TestHostileCommit(t *testing.T) {
+	blob := make([]byte, 30<<20)
+	rand.Read(blob)
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "cluster", "firmware.bin"), blob, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.Remove(filepath.Join(cfg.Dir, "cluster", "firmware.bin"))
+		revert(t, "bomb.cue")
+	})
+	head := commit(t, "e2e: a hostile commit", map[string]string{"bomb.cue": "package cluster\n\nimport \"list\"\n\n_big: [for x in list.Range(0,1000,1) for y in list.Range(0,1000,1) {x*y}]\n"})
+	pushed := time.Now()
+
+	time.Sleep(3 * time.Second) // the nodes are evaluating it now
+	tc := tlsConfig(t)
+	addr := brokerAddr(t, "broker2")
+	pid := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+	on(t, "broker2", "kill", "-STOP", pid)
+	stopped := time.Now()
+	waitFor(t, 20*time.Second, "hung mosquitto replaced while the commit is evaluated", func() bool {
+		now := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+		return now != pid && now != "0" && handshake(addr, tc)
+	})
+	repaired := time.Since(stopped)
+
+	var reason string
+	for _, n := range []string{"lb1", "lb2", "bridge", "broker1", "broker2"} {
+		waitFor(t, 90*time.Second, n+" refuses the hostile commit", func() bool { return agentStatus(t, n).Refused == head })
+		reason = agentStatus(t, n).RefusedReason
+		if !strings.Contains(reason, "raise load-") {
+			t.Errorf("%s refused it without naming the bound: %s", n, reason)
+		}
+	}
+	peak := 0
+	for _, n := range []string{"lb1", "broker1"} {
+		out := on(t, n, "sh", "-c", "grep VmHWM /proc/$(systemctl show -p MainPID --value mqha-agent)/status")
+		var kb int
+		fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(out, "VmHWM:")), "%d", &kb)
+		peak = max(peak, kb>>10)
+	}
+	report(t, "hostile commit (CUE bomb + 30 MiB blob): refused everywhere within %s: %q; a hung broker replaced after %s meanwhile; agents' peak RSS %d MiB (unit limit 512 MiB)",
+		time.Since(pushed).Round(time.Second), reason, repaired.Round(time.Millisecond), peak)
+	if repaired > 15*time.Second {
+		t.Errorf("hung broker replaced after %s during the evaluation, want within 15 s", repaired)
+	}
+	if peak > 256 {
+		t.Errorf("an agent peaked at %d MiB", peak)
+	}
 }
