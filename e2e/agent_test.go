@@ -79,14 +79,7 @@ func TestMosquittoKilled(t *testing.T) {
 		t.Errorf("took %s, want under 3 s", d)
 	}
 
-	pid := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
-	on(t, "broker2", "kill", "-STOP", pid)
-	stopped := time.Now()
-	waitFor(t, 20*time.Second, "hung mosquitto replaced", func() bool {
-		now := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
-		return now != pid && now != "0" && serving()
-	})
-	d := time.Since(stopped)
+	d := hangBroker(t, "broker2", "")
 	report(t, "kill -STOP mosquitto: detected by the MQTT probe, killed, restarted and serving after %s", d.Round(time.Millisecond))
 	if d > 15*time.Second {
 		t.Errorf("took %s, hard bound 15 s (target 9 s)", d)
@@ -181,16 +174,7 @@ func TestGitServerHangs(t *testing.T) {
 	hung := time.Now()
 	time.Sleep(6 * time.Second) // every node's poll (5 s) is now waiting on the server
 
-	tc := tlsConfig(t)
-	addr := brokerAddr(t, "broker2")
-	pid := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
-	on(t, "broker2", "kill", "-STOP", pid)
-	stopped := time.Now()
-	waitFor(t, 20*time.Second, "hung mosquitto replaced while the git server hangs", func() bool {
-		now := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
-		return now != pid && now != "0" && handshake(addr, tc)
-	})
-	repaired := time.Since(stopped)
+	repaired := hangBroker(t, "broker2", " while the git server hangs")
 
 	want := on(t, "lb2", "cat", "/etc/nginx/nginx.conf")
 	edited := time.Now()
@@ -437,16 +421,7 @@ func TestHostileCommit(t *testing.T) {
 	pushed := time.Now()
 
 	time.Sleep(3 * time.Second) // the nodes are evaluating it now
-	tc := tlsConfig(t)
-	addr := brokerAddr(t, "broker2")
-	pid := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
-	on(t, "broker2", "kill", "-STOP", pid)
-	stopped := time.Now()
-	waitFor(t, 20*time.Second, "hung mosquitto replaced while the commit is evaluated", func() bool {
-		now := strings.TrimSpace(on(t, "broker2", "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
-		return now != pid && now != "0" && handshake(addr, tc)
-	})
-	repaired := time.Since(stopped)
+	repaired := hangBroker(t, "broker2", " while the commit is evaluated")
 
 	var reason string
 	for _, n := range []string{"lb1", "lb2", "bridge", "broker1", "broker2"} {

@@ -151,8 +151,6 @@ func lbLoss(t *testing.T, how string) (vip, clients95 time.Duration, lost int) {
 	s := startStreamEvery(t, "lbloss-"+how, 5*time.Millisecond)
 	time.Sleep(2 * time.Second)
 
-	tc := tlsConfig(t)
-	tc.ServerName = cfg.VIP()
 	t0 := time.Now()
 	switch how {
 	case "nginx":
@@ -161,16 +159,7 @@ func lbLoss(t *testing.T, how string) (vip, clients95 time.Duration, lost int) {
 		go cfg.PowerOff(context.Background(), holder)
 		t.Cleanup(func() { cfg.PowerOn(context.Background(), holder) })
 	}
-	for {
-		if time.Since(t0) > 50*time.Millisecond && handshake(net.JoinHostPort(cfg.VIP(), "9000"), tc) && vipHolder(t) == other {
-			vip = time.Since(t0)
-			break
-		}
-		if time.Since(t0) > 30*time.Second {
-			t.Fatalf("the VIP does not serve from %s", other)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	vip = vipServesFrom(t, t0, other)
 	n := len(srcs) * perSrc
 	// A client learns that its connection is dead when it next sends
 	// (its PINGREQ, within 5 s): only then is it counted as cut or not.

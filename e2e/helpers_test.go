@@ -486,3 +486,38 @@ func metricsOf(t *testing.T, name string) string {
 	}
 	return string(body)
 }
+
+// hangBroker stops (SIGSTOP) mosquitto on node and waits until the agent
+// found it hung, killed it and it serves again; it returns how long that
+// took (the callers bound it).
+func hangBroker(t *testing.T, node, while string) time.Duration {
+	t.Helper()
+	tc := tlsConfig(t)
+	addr := brokerAddr(t, node)
+	pid := strings.TrimSpace(on(t, node, "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+	on(t, node, "kill", "-STOP", pid)
+	stopped := time.Now()
+	waitFor(t, 20*time.Second, "hung mosquitto replaced"+while, func() bool {
+		now := strings.TrimSpace(on(t, node, "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
+		return now != pid && now != "0" && handshake(addr, tc)
+	})
+	return time.Since(stopped)
+}
+
+// vipServesFrom waits until the VIP serves TLS from load balancer lb and
+// returns how long after t0. The old holder may answer until a fault takes
+// effect: only a handshake after t0 and from lb counts.
+func vipServesFrom(t *testing.T, t0 time.Time, lb string) time.Duration {
+	t.Helper()
+	tc := tlsConfig(t)
+	tc.ServerName = cfg.VIP()
+	for {
+		if time.Since(t0) > 50*time.Millisecond && handshake(vip(), tc) && vipHolder(t) == lb {
+			return time.Since(t0)
+		}
+		if time.Since(t0) > 30*time.Second {
+			t.Fatalf("the VIP does not serve from %s", lb)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

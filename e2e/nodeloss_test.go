@@ -382,24 +382,10 @@ func vipHolderPowerOff(t *testing.T) time.Duration {
 	s := startStream(t, "vip-poweroff")
 	time.Sleep(time.Second)
 
-	tc := tlsConfig(t)
-	tc.ServerName = cfg.VIP()
 	t0 := time.Now()
 	go cfg.PowerOff(t.Context(), holder)
 	t.Cleanup(func() { cfg.PowerOn(context.Background(), holder) })
-	var back time.Duration
-	for {
-		// The old holder answers until its link is cut: only a handshake
-		// after the cut counts.
-		if time.Since(t0) > 50*time.Millisecond && handshake(vip(), tc) && vipHolder(t) == other {
-			back = time.Since(t0)
-			break
-		}
-		if time.Since(t0) > 30*time.Second {
-			t.Fatalf("the VIP does not serve from %s", other)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	back := vipServesFrom(t, t0, other)
 	report(t, "VIP holder %s powered off: VIP serving TLS from %s after %s (target 1 s)", holder, other, back.Round(time.Millisecond))
 	time.Sleep(3 * time.Second)
 	s.finish(t)
