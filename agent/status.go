@@ -83,6 +83,9 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 	for _, c := range s.Certificates {
 		fmt.Fprintf(w, "cert %-5s %s expires %s (in %d days)\n", c.Name+":", c.File, c.NotAfter.Format("2006-01-02"), int(time.Until(c.NotAfter).Hours()/24))
 	}
+	for _, i := range s.Insecure {
+		fmt.Fprintf(c.stdout, "INSECURE  %s\n", i)
+	}
 	for _, warning := range s.Warnings {
 		fmt.Fprintf(c.stdout, "WARNING   %s\n", warning)
 	}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,6 +216,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 	a.fault = newFault(d.FaultFile, a.log)
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
 	a.restoreState()
+	a.st.Insecure = a.insecurity()
 	return a
 }
 
@@ -426,10 +428,30 @@ func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
 	a.cfg.FetchTimeout = cfg.FetchTimeout
 	a.cfg.AllowRewind, a.cfg.WebhookSecretFile, a.cfg.TrustedKeys = cfg.AllowRewind, cfg.WebhookSecretFile, cfg.TrustedKeys
 	a.d.Verifier = verifier
+	insecure := a.insecurity()
+	a.update(func(s *control.Status) { s.Insecure = insecure })
 	a.log.Info("configuration reloaded", "poll", a.cfg.Poll, "health_interval", a.cfg.HealthInterval,
 		"verify_timeout", a.cfg.VerifyTimeout, "signatures", verifier != nil, "allow_rewind", a.cfg.AllowRewind)
 	if len(fixed) > 0 {
 		return fmt.Errorf("%s changed: restart mqha-agent to apply (kept the running values)", strings.Join(fixed, ", "))
 	}
 	return nil
+}
+
+// insecurity is what lets a commit nobody trusted reach this node: commits
+// unsigned (no trusted-keys) and fetched over a transport that does not
+// authenticate the server (git://, http://; file:// is as trusted as the
+// file system, https and ssh authenticate the server); or an applied
+// commit that the trusted keys no longer vouch for (a key removed).
+func (a *Agent) insecurity() []string {
+	var out []string
+	if u, err := url.Parse(a.cfg.Repo); a.d.Verifier == nil && err == nil && (u.Scheme == "git" || u.Scheme == "http") {
+		out = append(out, fmt.Sprintf("commits are not signed (no trusted-keys) and %s:// does not authenticate the server: whoever can answer for %s can change this node; use https or ssh, and sign commits (trusted-keys)", u.Scheme, u.Host))
+	}
+	if a.d.Verifier != nil && a.applied != "" {
+		if _, err := a.d.Verifier.Verify(a.applied); err != nil {
+			out = append(out, fmt.Sprintf("the applied commit %s is not signed by a trusted key (%v): it keeps running until a trusted commit replaces it", source.Short(a.applied), err))
+		}
+	}
+	return out
 }

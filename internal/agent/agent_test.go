@@ -829,3 +829,25 @@ func TestEvaluationOffTheLoop(t *testing.T) {
 		t.Errorf("applied %q after the evaluation, want c2", s.Applied)
 	}
 }
+
+// status says, loudly, how an untrusted commit could reach the node:
+// unsigned over git://, or an applied commit no trusted key vouches for.
+func TestInsecureSaid(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	if s := h.a.Status(); len(s.Insecure) != 1 || !strings.Contains(s.Insecure[0], "git:// does not authenticate the server") {
+		t.Errorf("unsigned over git://: %q", s.Insecure)
+	}
+	if len(h.a.Status().Problems(time.Now())) != 0 {
+		t.Error("insecurity counted as a health problem")
+	}
+	h.src.head = "c1"
+	h.tick(t, false)
+	h.a.d.Verifier = verifier{errors.New("signed by a key no longer trusted")}
+	if got := h.a.insecurity(); len(got) != 1 || !strings.Contains(got[0], "applied commit c1 is not signed by a trusted key") {
+		t.Errorf("applied commit untrusted now: %q", got)
+	}
+	h.a.d.Verifier = verifier{}
+	if got := h.a.insecurity(); len(got) != 0 {
+		t.Errorf("signed and trusted: %q", got)
+	}
+}

@@ -71,7 +71,9 @@ func (a *Agent) applyDone(v *View) {
 	a.writeState("applied", v.Commit)
 	a.m.setApplied(v.Commit)
 	a.log.Info("converged", "commit", source.Short(v.Commit), "subject", v.Subject)
+	insecure := a.insecurity()
 	a.update(func(s *control.Status) {
+		s.Insecure = insecure
 		if newCommit {
 			s.Refused, s.RefusedReason = "", ""
 		}

@@ -49,6 +49,11 @@ type Status struct {
 	Unconfigured string `json:"unconfigured,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
+	// Insecure says how this node could be made to apply a commit nobody
+	// trusted (no signatures over an unauthenticated transport, an applied
+	// commit whose signer is no longer trusted). Shown loudly; not a
+	// health problem, so it does not change the exit code.
+	Insecure []string `json:"insecure,omitempty"`
 	// Bridge is the bridge election as this node sees it (bridge nodes of
 	// a cluster with standbys only).
 	Bridge *Bridge `json:"bridge,omitempty"`
