@@ -39,11 +39,13 @@ func TestSchemaErrorRefused(t *testing.T) {
 }
 
 // TestUnhealthyCommitRolledBack (f): a commit that passes validation but
-// leaves mosquitto unable to serve (its CA is the system bundle, so no
-// client certificate verifies) is rolled back by every broker.
+// leaves mosquitto unable to serve (its CA is the node's own certificate,
+// a valid certificate that signed nobody's, so no client certificate
+// verifies) is rolled back by every broker. (The system's public bundle,
+// which this test used before, is now refused by vet.)
 func TestUnhealthyCommitRolledBack(t *testing.T) {
 	conf := on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf")
-	head := commit(t, "e2e: wrong CA", map[string]string{"ca.cue": "package cluster\n\ntls: ca: \"/etc/ssl/certs/ca-certificates.crt\"\n"})
+	head := commit(t, "e2e: wrong CA", map[string]string{"ca.cue": "package cluster\n\ntls: ca: \"/etc/mqha/tls/node.crt\"\n"})
 	t.Cleanup(func() { revert(t, "ca.cue") })
 	start := time.Now()
 	for _, n := range []string{"broker1", "broker2"} {
