@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // TestSchemaErrorRefused (d): a commit that fails the schema is refused by
@@ -448,4 +451,68 @@ func TestHostileCommit(t *testing.T) {
 	if peak > 256 {
 		t.Errorf("an agent peaked at %d MiB", peak)
 	}
+}
+
+// TestClientCannotForgeNodeTopics: a client certificate of the cluster CA
+// can neither forge a bridge election beat ($mqha) nor a bridge's state
+// ($SYS/broker/connection), which the agents act on; a node's certificate
+// can use both.
+func TestClientCannotForgeNodeTopics(t *testing.T) {
+	nodeTLS := func(name string) *tls.Config {
+		dir := filepath.Join(cfg.Dir, "pki", name)
+		cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := tlsConfig(t)
+		c.Certificates = []tls.Certificate{cert}
+		return c
+	}
+	connect := func(tc *tls.Config, id string) mqtt.Client {
+		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + brokerAddr(t, "broker1")).SetClientID(id).
+			SetTLSConfig(tc).SetCleanSession(true).SetConnectTimeout(5 * time.Second))
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect as %s: %v", id, tok.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(100) })
+		return c
+	}
+	node := connect(nodeTLS("bridge"), "e2e-as-node-bridge")
+	got := make(chan string, 100)
+	for _, f := range []string{"$mqha/#", "$SYS/broker/connection/#"} {
+		if tok := node.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + " " + string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("a node subscribing to %s: %v", f, tok.Error())
+		}
+	}
+	drain := func(d time.Duration) []string {
+		var out []string
+		for end := time.After(d); ; {
+			select {
+			case m := <-got:
+				out = append(out, m)
+			case <-end:
+				return out
+			}
+		}
+	}
+	drain(time.Second) // retained state, beats of before
+
+	client := connect(tlsConfig(t), "e2e-forger")
+	client.Publish("$mqha/bridge/mqtt/forged", 1, false, `{"node":"forged","priority":254,"active":true,"since":"2000-01-01T00:00:00Z"}`).WaitTimeout(5 * time.Second)
+	client.Publish("$SYS/broker/connection/mqtt-bridge-to-broker1/state", 1, true, "0").WaitTimeout(5 * time.Second)
+	for _, m := range drain(2 * time.Second) {
+		if strings.Contains(m, "forged") || strings.HasSuffix(m, "/state 0") {
+			t.Errorf("a client certificate's message reached the nodes' topics: %s", m)
+		}
+	}
+	// The control: a node's own message on $mqha gets through.
+	node.Publish("$mqha/e2e/node", 1, false, "from a node").WaitTimeout(5 * time.Second)
+	ok := false
+	for _, m := range drain(2 * time.Second) {
+		ok = ok || m == "$mqha/e2e/node from a node"
+	}
+	if !ok {
+		t.Error("a node's own message on $mqha did not arrive: the test sees nothing")
+	}
+	report(t, "a client certificate's forged election beat and bridge state were dropped by broker1's ACL; a node's message on $mqha passed")
 }

@@ -203,6 +203,20 @@ const (
 // bridge to it works.
 func BeatTopics(cluster string) string { return "$mqha/bridge/" + cluster }
 
+// ACLFile is mosquitto's access control list, written by the agent on
+// every node that runs mosquitto: clients (any certificate of the cluster
+// CA) use every topic but the $ ones; only the cluster's nodes (their
+// certificate's name is the node's) use $mqha/# (health probes, the bridge
+// election's beats) and write $SYS/broker/connection/# (bridge state). A
+// client certificate can then neither forge a beat nor a bridge's state.
+const ACLFile = "/etc/mosquitto/mqha.acl"
+
+// ACLChange is what a change of ACLFile needs: mosquitto re-reads it on
+// SIGHUP.
+func ACLChange() (unit.Action, string) {
+	return unit.Reload, "access control list changed; mosquitto re-reads it on SIGHUP"
+}
+
 // BridgeCheck is the name of the check of a bridge master's connections; a
 // standby has none to check.
 const BridgeCheck = "bridge"
@@ -213,8 +227,11 @@ type Validator struct{ Tools validate.Tools }
 
 // Config checks the candidate content of the configuration file at path.
 func (v Validator) Config(ctx context.Context, path string, content []byte) error {
-	if path == BridgesFile {
+	switch path {
+	case BridgesFile:
 		return v.Tools.MosquittoBridges(ctx, content)
+	case ACLFile:
+		return v.Tools.MosquittoACL(ctx, content)
 	}
 	d, ok := ByConf(path)
 	if !ok {

@@ -507,7 +507,9 @@ func (c Config) waitServing(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	tc := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: c.VIP(), MinVersion: tls.VersionTLS12}
-	roundTrip := probe.MQTTRoundTrip(net.JoinHostPort(c.VIP(), "9000"), tc, "lab")
+	// A client certificate: a client's topic (the brokers keep $mqha for
+	// their nodes).
+	roundTrip := probe.MQTTRoundTripUnder("mqha-lab/health", net.JoinHostPort(c.VIP(), "9000"), tc, "lab")
 	deadline := time.Now().Add(timeout)
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -145,9 +145,15 @@ func decide(u string, changes []Change, states map[string]unit.State) (unit.Acti
 		}
 		// Several files (a configuration and what it includes): the
 		// strongest need wins.
-		action, reason := d.OnChange(confs[0].Old, confs[0].File.Content)
+		change := func(c *Change) (unit.Action, string) {
+			if c.File.Path == daemon.ACLFile {
+				return daemon.ACLChange()
+			}
+			return d.OnChange(c.Old, c.File.Content)
+		}
+		action, reason := change(confs[0])
 		for _, c := range confs[1:] {
-			a, r := d.OnChange(c.Old, c.File.Content)
+			a, r := change(c)
 			if strength[a] > strength[action] {
 				action, reason = a, r
 			}

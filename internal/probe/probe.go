@@ -97,6 +97,13 @@ const freshEvery = 20
 // connection between calls (every freshEvery-th call connects anew); any
 // failure drops it.
 func MQTTRoundTrip(addr string, tc *tls.Config, node string) Probe {
+	return MQTTRoundTripUnder("$mqha/health", addr, tc, node)
+}
+
+// MQTTRoundTripUnder is MQTTRoundTrip on a topic under prefix: a client
+// that is not a node (the brokers' ACL keeps $mqha for nodes) uses one of
+// its own.
+func MQTTRoundTripUnder(prefix, addr string, tc *tls.Config, node string) Probe {
 	var (
 		mu     sync.Mutex
 		c      mqtt.Client
@@ -133,7 +140,7 @@ func MQTTRoundTrip(addr string, tc *tls.Config, node string) Probe {
 			if c, err = connect(ctx, addr, tc, id); err != nil {
 				return err
 			}
-			topic = "$mqha/health/" + id
+			topic = prefix + "/" + id
 			if err := wait(ctx, c.Subscribe(topic, 1, handle), "subscribe"); err != nil {
 				return err
 			}

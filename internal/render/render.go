@@ -116,6 +116,8 @@ type data struct {
 	BridgesDir   string
 	BeatTopics   string
 	DownBrokers  map[string]bool
+	ACLFile      string
+	ACLNodes     []string // this node and the bridge nodes
 	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
 	// one worker's descriptors hold too few clients; ReusePort spreads the
 	// connections evenly over them then.
@@ -177,6 +179,13 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	d.Standby = n.Has(cluster.Bridge) && daemon.HasStandby(c)
 	d.ActiveBridge, d.BridgesDir, d.BeatTopics = h.ActiveBridge, daemon.BridgesDir, daemon.BeatTopics(c.Name)
 	d.DownBrokers = h.DownBrokers
+	d.ACLFile = daemon.ACLFile
+	d.ACLNodes = []string{n.Name}
+	for _, b := range c.WithRole(cluster.Bridge) {
+		if b.Name != n.Name {
+			d.ACLNodes = append(d.ACLNodes, b.Name)
+		}
+	}
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {
@@ -204,6 +213,11 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		}
 		if err := add(dm.Unit, dm.DropIn(), dm.DropInTemplate, DropIn, 0o644); err != nil {
 			return nil, err
+		}
+		if dm.Name == daemon.Mosquitto.Name {
+			if err := add(dm.Unit, daemon.ACLFile, "mosquitto.acl.tmpl", Config, 0o644); err != nil {
+				return nil, err
+			}
 		}
 		if dm.Name == daemon.Mosquitto.Name && d.Standby {
 			if err := add(dm.Unit, daemon.BridgesFile, "mosquitto.bridges.tmpl", Config, 0o644); err != nil {

@@ -86,8 +86,8 @@ func TestUnitsPerRole(t *testing.T) {
 		units []string
 		files int
 	}{
-		{"a", []string{daemon.Mosquitto.Unit, daemon.Nginx.Unit, daemon.Keepalived.Unit}, 6},
-		{"c", []string{daemon.Mosquitto.Unit}, 2},
+		{"a", []string{daemon.Mosquitto.Unit, daemon.Nginx.Unit, daemon.Keepalived.Unit}, 7},
+		{"c", []string{daemon.Mosquitto.Unit}, 3}, // conf, ACL, drop-in
 	}
 	for _, tt := range tests {
 		out, err := render.Node(c, tt.node)

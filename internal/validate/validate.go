@@ -106,7 +106,13 @@ func (t Tools) Keepalived(ctx context.Context, content []byte) error {
 // traffic leaves this host. It passes when the broker accepts a TCP
 // connection on its first listener.
 func (t Tools) Mosquitto(ctx context.Context, content []byte) error {
-	trial, port, err := trialMosquitto(content)
+	return t.mosquitto(ctx, content, false)
+}
+
+// mosquitto runs the trial; acl keeps the candidate's acl_file (the ACL's
+// own trial), else it is dropped: the live file is validated on its own.
+func (t Tools) mosquitto(ctx context.Context, content []byte, acl bool) error {
+	trial, port, err := trialMosquitto(content, acl)
 	if err != nil {
 		return err
 	}
@@ -176,12 +182,24 @@ func (t Tools) MosquittoBridges(ctx context.Context, content []byte) error {
 	return t.Mosquitto(ctx, append([]byte("listener 0\nallow_anonymous false\n"), content...))
 }
 
+// MosquittoACL checks an access control list in a trial broker of its own.
+func (t Tools) MosquittoACL(ctx context.Context, content []byte) error {
+	p, done, err := candidate("mqha-acl-*.acl", content)
+	if err != nil {
+		return err
+	}
+	defer done()
+	// The trial's user (mosquitto) must read it.
+	os.Chmod(p, 0o644)
+	return t.mosquitto(ctx, []byte("listener 0\nallow_anonymous false\nacl_file "+p+"\n"), true)
+}
+
 // trialGrace is how long a trial broker must stay up once it listens.
 const trialGrace = 500 * time.Millisecond
 
 // trialMosquitto rewrites a configuration for a trial start and returns it
 // with the port of its first listener.
-func trialMosquitto(content []byte) ([]byte, string, error) {
+func trialMosquitto(content []byte, acl bool) ([]byte, string, error) {
 	var b strings.Builder
 	// The standard log types, so that the "running" line (information) and
 	// any load error show whatever the candidate sets.
@@ -203,6 +221,10 @@ func trialMosquitto(content []byte) ([]byte, string, error) {
 			// The live directory, not the candidate: what it holds (the
 			// bridges) is validated as a file of its own.
 			continue
+		case "acl_file":
+			if !acl {
+				continue // the live file, validated on its own (MosquittoACL)
+			}
 		case "listener":
 			port, err := freePort()
 			if err != nil {
