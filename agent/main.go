@@ -51,6 +51,9 @@ commands:
                                                      (exit 0 healthy, 1 degraded, 2 cannot ask)
   sync    [--retry]                                  ask the running agent to pull and converge now
                                                      (--retry: try a refused commit again)
+  suspend [--reason TEXT] [--no-repair]              stop converging and reverting drift (an incident);
+                                                     health repair goes on unless --no-repair
+  resume                                             end a suspension and converge now
   version                                            print the version
 
 exit codes: 0 ok, 1 differences (diff) or degraded (status), 2 error
@@ -97,6 +100,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		code, err = c.status(args[1:])
 	case "sync":
 		err = c.syncNow(args[1:])
+	case "suspend", "resume":
+		err = c.suspend(args[0], args[1:])
 	case evaluate.Command:
 		// Hidden: the agent evaluates each commit's definition in a
 		// child of its own binary, bounded (internal/evaluate).

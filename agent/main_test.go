@@ -141,6 +141,10 @@ type fakeAgent struct{ s control.Status }
 
 func (f fakeAgent) Status() control.Status           { return f.s }
 func (f fakeAgent) Sync(context.Context, bool) error { return nil }
+func (f fakeAgent) Suspend(context.Context, string, bool) error {
+	return nil
+}
+func (f fakeAgent) Resume(context.Context) error { return nil }
 
 // status is a monitoring check: 0 healthy, 1 degraded, 2 cannot ask.
 func TestStatusExitCodes(t *testing.T) {

@@ -155,6 +155,12 @@ func (u unconfigured) Status() control.Status { return u.status }
 func (u unconfigured) Sync(context.Context, bool) error {
 	return errors.New("not configured: " + u.status.Unconfigured)
 }
+func (u unconfigured) Suspend(context.Context, string, bool) error {
+	return errors.New("not configured: " + u.status.Unconfigured)
+}
+func (u unconfigured) Resume(context.Context) error {
+	return errors.New("not configured: " + u.status.Unconfigured)
+}
 
 // trustedRepo verifies commits of repo against the trusted keys.
 type trustedRepo struct {

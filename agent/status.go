@@ -55,6 +55,30 @@ func (c *cmd) syncNow(args []string) error {
 	return c.printStatus(s, "text")
 }
 
+func (c *cmd) suspend(what string, args []string) error {
+	fs, _ := c.flags(what)
+	sock := fs.String("socket", control.DefaultSocket, "the agent's control socket")
+	reason, noRepair := new(string), new(bool)
+	if what == "suspend" {
+		reason = fs.String("reason", "", "why (shown in status)")
+		noRepair = fs.Bool("no-repair", false, "stop health repair too")
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var s *control.Status
+	var err error
+	if what == "suspend" {
+		s, err = control.NewClient(*sock).Suspend(c.ctx, *reason, *noRepair)
+	} else {
+		s, err = control.NewClient(*sock).Resume(c.ctx)
+	}
+	if err != nil {
+		return err
+	}
+	return c.printStatus(s, "text")
+}
+
 func (c *cmd) printStatus(s *control.Status, format string) error {
 	if format == "json" {
 		e := json.NewEncoder(c.stdout)
@@ -82,6 +106,16 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 	fmt.Fprintln(w)
 	for _, c := range s.Certificates {
 		fmt.Fprintf(w, "cert %-5s %s expires %s (in %d days)\n", c.Name+":", c.File, c.NotAfter.Format("2006-01-02"), int(time.Until(c.NotAfter).Hours()/24))
+	}
+	if p := s.Suspended; p != nil {
+		repair := "health repair on"
+		if p.NoRepair {
+			repair = "health repair OFF"
+		}
+		fmt.Fprintf(w, "SUSPENDED since %s (%s): %s\n", p.Since.Format(time.RFC3339), repair, p.Reason)
+		if s.Pending != "" {
+			fmt.Fprintf(w, "pending:  %s (applied on resume)\n", source.Short(s.Pending))
+		}
 	}
 	for _, i := range s.Insecure {
 		fmt.Fprintf(c.stdout, "INSECURE  %s\n", i)

@@ -142,7 +142,10 @@ type Agent struct {
 	hook   chan struct{}
 	// deliveries are the webhook's recent delivery ids (replays refused).
 	deliveries seen
-	recheck    chan struct{} // a failed check runs again soon
+	// suspended is the operator's pause (suspend.go); nil when none.
+	suspended *control.Suspension
+	suspends  chan suspendRequest
+	recheck   chan struct{} // a failed check runs again soon
 
 	// Pulls run off the loop (network); the loop settles what they found.
 	pulls     chan pulled
@@ -210,12 +213,13 @@ func New(cfg Config, node string, d Deps) *Agent {
 		d.BridgeOnDisk = bridgeOnDisk
 	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), brokerEvents: make(chan brokerEvent), pulls: make(chan pulled), m: newMetrics()}
+		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), brokerEvents: make(chan brokerEvent), pulls: make(chan pulled), suspends: make(chan suspendRequest), m: newMetrics()}
 	a.bridgeActive, a.bridgeSince = d.BridgeOnDisk()
 	a.m.reg.MustRegister(bridgeCollector{a})
 	a.fault = newFault(d.FaultFile, a.log)
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
 	a.restoreState()
+	a.restoreSuspension()
 	a.st.Insecure = a.insecurity()
 	return a
 }
@@ -290,6 +294,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.checkHealth(ctx)
 		case req := <-a.flips:
 			req.reply <- a.flipBridge(ctx, req.active, req.reason)
+		case req := <-a.suspends:
+			req.reply <- a.onSuspend(ctx, req)
 		case e := <-a.brokerEvents:
 			a.onBrokerEvent(ctx, e)
 		case path := <-a.drift:

@@ -90,6 +90,9 @@ func (a *Agent) runtimeChange(ctx context.Context, why string, set, undo, afterU
 	if a.view == nil {
 		return fmt.Errorf("no applied commit to converge")
 	}
+	if a.suspended != nil && a.suspended.NoRepair {
+		return fmt.Errorf("suspended with --no-repair: %s is not carried out", why)
+	}
 	// Our own writes are no drift: the watcher starts again on what the
 	// node runs after.
 	if a.stopDrift != nil {

@@ -153,7 +153,8 @@ func (a *Agent) watchDrift(ctx context.Context, v *View) {
 
 // rebuildMonitor points the health monitor and the unit watcher at v.
 func (a *Agent) rebuildMonitor(v *View) {
-	m := &health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult}
+	m := &health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult,
+		NoRepair: a.suspended != nil && a.suspended.NoRepair}
 	a.mu.Lock()
 	a.monitor = m
 	a.units = v.Output.Units

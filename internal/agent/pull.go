@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/atomicfile"
+	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/source"
 )
 
@@ -125,6 +126,13 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 	} else {
 		a.backoff, a.nextTry = 0, time.Time{}
 	}
+	if a.suspended != nil {
+		// Seen, said, not applied until resumed.
+		if r.target != "" && r.target != a.applied {
+			a.update(func(s *control.Status) { s.Pending = r.target })
+		}
+		return nil
+	}
 	if r.target == "" || r.target == a.applied || r.target == a.refused {
 		return a.enforce(ctx)
 	}
@@ -195,8 +203,8 @@ func (a *Agent) pullDone(ctx context.Context, r pulled) {
 // enforce re-applies the applied commit: a no-op unless something drifted
 // or a unit is down.
 func (a *Agent) enforce(ctx context.Context) error {
-	if a.applied == "" {
-		return nil
+	if a.applied == "" || a.suspended != nil {
+		return nil // suspended: hand edits stay
 	}
 	v := a.view
 	if v == nil || v.Commit != a.applied {

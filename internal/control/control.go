@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -54,6 +55,10 @@ type Status struct {
 	// commit whose signer is no longer trusted). Shown loudly; not a
 	// health problem, so it does not change the exit code.
 	Insecure []string `json:"insecure,omitempty"`
+	// Suspended is set while an operator suspended the agent.
+	Suspended *Suspension `json:"suspended,omitempty"`
+	// Pending is the branch head a suspended agent has not applied.
+	Pending string `json:"pending,omitempty"`
 	// Bridge is the bridge election as this node sees it (bridge nodes of
 	// a cluster with standbys only).
 	Bridge *Bridge `json:"bridge,omitempty"`
@@ -73,6 +78,14 @@ type Bridge struct {
 	Conflicts    int       `json:"conflicts"`
 	Conflict     bool      `json:"conflict,omitempty"`
 	LastConflict time.Time `json:"lastConflict,omitzero"`
+}
+
+// Suspension is an operator's pause of converging and drift revert.
+type Suspension struct {
+	Since  time.Time `json:"since"`
+	Reason string    `json:"reason,omitempty"`
+	// NoRepair: health repair is off too (by default it stays on).
+	NoRepair bool `json:"noRepair,omitempty"`
 }
 
 // Cert is a certificate the node uses and when it expires.
@@ -104,6 +117,13 @@ func (s Status) Problems(now time.Time) []string {
 	var out []string
 	if s.Unconfigured != "" {
 		out = append(out, "not configured: "+s.Unconfigured)
+	}
+	if p := s.Suspended; p != nil {
+		what := "converging and drift revert"
+		if p.NoRepair {
+			what += " and health repair"
+		}
+		out = append(out, fmt.Sprintf("suspended (%s) since %s: %s", what, p.Since.Format(time.RFC3339), p.Reason))
 	}
 	if s.Refused != "" && s.Refused != s.Applied {
 		out = append(out, "refused commit "+short(s.Refused)+": "+s.RefusedReason)
@@ -146,6 +166,11 @@ type Agent interface {
 	// Sync pulls and converges now and returns when that round is done;
 	// retry first forgets a refused commit, so that it is tried again.
 	Sync(ctx context.Context, retry bool) error
+	// Suspend stops converging and drift revert (and health repair with
+	// noRepair) until Resume, across restarts.
+	Suspend(ctx context.Context, reason string, noRepair bool) error
+	// Resume ends a suspension and converges at once.
+	Resume(ctx context.Context) error
 }
 
 // Serve listens on path until ctx ends.
@@ -166,6 +191,23 @@ func Serve(ctx context.Context, path string, a Agent) error {
 	})
 	mux.HandleFunc("POST /sync", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.Sync(r.Context(), r.URL.Query().Get("retry") == "1"); err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Status())
+	})
+	mux.HandleFunc("POST /suspend", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if err := a.Suspend(r.Context(), q.Get("reason"), q.Get("no-repair") == "1"); err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Status())
+	})
+	mux.HandleFunc("POST /resume", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.Resume(r.Context()); err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
@@ -223,3 +265,15 @@ func (c *Client) Sync(ctx context.Context, retry bool) (*Status, error) {
 	}
 	return c.do(ctx, "POST", "/sync")
 }
+
+// Suspend asks the agent to stop converging (see Agent.Suspend).
+func (c *Client) Suspend(ctx context.Context, reason string, noRepair bool) (*Status, error) {
+	q := url.Values{"reason": {reason}}
+	if noRepair {
+		q.Set("no-repair", "1")
+	}
+	return c.do(ctx, "POST", "/suspend?"+q.Encode())
+}
+
+// Resume ends a suspension.
+func (c *Client) Resume(ctx context.Context) (*Status, error) { return c.do(ctx, "POST", "/resume") }

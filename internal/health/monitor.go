@@ -87,6 +87,8 @@ type Monitor struct {
 	Procs func(ctx context.Context, unit string) (Sample, error)
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// NoRepair: check and report only (an operator suspended repairs).
+	NoRepair bool
 
 	mu      sync.Mutex
 	results map[string]*Result
@@ -236,7 +238,7 @@ func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
 		return snapshot
 	}
 	m.Log.Warn("health check failed", "check", c.Name, "err", err, "consecutive", snapshot.Failures)
-	if c.Unit == "" {
+	if c.Unit == "" || m.NoRepair {
 		return snapshot
 	}
 	st, serr := m.Units.State(ctx, c.Unit)

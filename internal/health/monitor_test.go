@@ -157,3 +157,20 @@ func TestVerifyWaitsForHealth(t *testing.T) {
 		t.Errorf("verify repaired: %v", u.calls)
 	}
 }
+
+// NoRepair (suspended with --no-repair): failures are checked and said,
+// nothing is started or killed.
+func TestNoRepair(t *testing.T) {
+	u := &fakeUnits{state: map[string]string{"u": "failed"}}
+	m := &Monitor{Checks: []Check{{Name: "c", Unit: "u", Probe: func(context.Context) error { return nil }, HungAfter: time.Second}},
+		Units: u, Timeout: time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), NoRepair: true}
+	for range 3 {
+		m.Once(context.Background())
+	}
+	if len(u.calls) != 0 {
+		t.Errorf("repaired while told not to: %v", u.calls)
+	}
+	if r := m.Results(); len(r) != 1 || r[0].OK {
+		t.Errorf("the failure is not said: %+v", r)
+	}
+}
