@@ -516,3 +516,34 @@ func TestClientCannotForgeNodeTopics(t *testing.T) {
 	}
 	report(t, "a client certificate's forged election beat and bridge state were dropped by broker1's ACL; a node's message on $mqha passed")
 }
+
+// TestSuspendResume (issue 9, 3): a suspended node neither applies a new
+// commit nor reverts a hand edit, and says so (status exit 1); resume
+// applies the commit and reverts the edit at once.
+func TestSuspendResume(t *testing.T) {
+	on(t, "broker1", "mqha-agent", "suspend", "--reason", "e2e incident")
+	t.Cleanup(func() { onAny(t, "broker1", "mqha-agent", "resume") })
+	head := commit(t, "e2e: while broker1 is suspended", map[string]string{"suspend.cue": "package cluster\n\n// nothing for the nodes\n"})
+	t.Cleanup(func() { revert(t, "suspend.cue") })
+	appliedAfter(t, head, time.Now(), 30*time.Second, "broker2", "lb1")
+	conf := "/etc/mosquitto/mosquitto.conf"
+	want := on(t, "broker1", "cat", conf)
+	on(t, "broker1", "sh", "-c", "echo '# a hand edit during the incident' >> "+conf)
+	time.Sleep(6 * time.Second) // a poll and more
+	s := agentStatus(t, "broker1")
+	if s.Applied == head || s.Pending != head || s.Suspended == nil || s.Suspended.Reason != "e2e incident" {
+		t.Errorf("suspended broker1: applied %s, pending %s, suspended %+v", s.Applied, s.Pending, s.Suspended)
+	}
+	if on(t, "broker1", "cat", conf) == want {
+		t.Error("a hand edit was reverted while suspended")
+	}
+	if text, code := statusOf(t, "broker1"); code != 1 || !strings.Contains(text, "SUSPENDED") {
+		t.Errorf("status of a suspended node exits %d:\n%s", code, text)
+	}
+	resumed := time.Now()
+	on(t, "broker1", "mqha-agent", "resume")
+	d := waitFor(t, 10*time.Second, "broker1 applies the commit on resume", func() bool { return agentStatus(t, "broker1").Applied == head })
+	waitFor(t, 10*time.Second, "the hand edit reverted on resume", func() bool { return on(t, "broker1", "cat", conf) == want })
+	report(t, "suspended broker1 kept its commit and a hand edit while the others applied %s; resumed, it applied it %s later and reverted the edit within %s",
+		head[:12], d.Round(time.Millisecond), time.Since(resumed).Round(time.Millisecond))
+}
