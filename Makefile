@@ -11,7 +11,7 @@ NFPM    := $(GO) tool -modfile=tools.mod nfpm
 DEB     := dist/mqha-agent_$(PKG_VERSION)-1_amd64.deb
 RPM     := dist/mqha-agent-$(PKG_VERSION)-1.x86_64.rpm
 
-.PHONY: build test test-deps lint bench bench-lab clean packages lab lab-down lab-status lab-node e2e
+.PHONY: build test test-deps lint fuzz bench bench-lab clean packages lab lab-down lab-status lab-node e2e
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
@@ -22,7 +22,16 @@ build:
 # daemons' checks and the lab); for unit tests alone: go test ./...
 test: lint test-deps
 	MQHA_REQUIRE_REAL=1 $(GO) test -count=1 ./...
+	$(MAKE) fuzz
 	$(MAKE) e2e
+
+# The fuzz targets, briefly (FUZZTIME each): the definition loader, the
+# renderers with fuzzed names and addresses, the agent.conf parser.
+FUZZTIME ?= 5s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./schema
+	$(GO) test -run '^$$' -fuzz '^FuzzNames$$' -fuzztime $(FUZZTIME) ./internal/render
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./internal/agent
 
 # Installs the Debian packages the tests need (.ci/packages), as root; says
 # what is missing otherwise.

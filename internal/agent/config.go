@@ -134,6 +134,9 @@ func ParseConfig(name string, data []byte) (Config, error) {
 		if err != nil || (u.Scheme != "file" && u.Scheme != "git" && u.Scheme != "https" && u.Scheme != "http" && u.Scheme != "ssh") {
 			return c, fmt.Errorf("%s: repo %q: want a file://, git://, http(s):// or ssh:// URL", name, c.Repo)
 		}
+		if u.Scheme != "file" && u.Host == "" || u.Scheme == "file" && u.Path == "" {
+			return c, fmt.Errorf("%s: repo %q names no server or path: want e.g. %s://git.example.net/ops/cluster.git", name, c.Repo, u.Scheme)
+		}
 		if u.User != nil && u.Scheme != "ssh" {
 			// A token as user or password ends up in logs, errors, the
 			// status and process listings.

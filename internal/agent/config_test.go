@@ -24,6 +24,7 @@ func TestParseConfig(t *testing.T) {
 		{"poll too short", "poll = 10ms\n", "below the minimum", nil},
 		{"bad scheme", "repo = ftp://h/c\n", "want a file://, git://", nil},
 		{"token on ssh", "repo = ssh://git@h/c\ntoken-file = /t\n", "token-file only applies to https", nil},
+		{"no host", "repo = git:\n", "names no server or path", nil},
 		{"token in the URL", "repo = https://ghp_secret@h/c\n", "repo URL carries credentials (ghp_secret@)", nil},
 		{"password in the URL", "repo = https://u:pw@h/c\n", "repo URL carries credentials", nil},
 		{"password in an ssh URL", "repo = ssh://git:pw@h/c\n", "repo URL carries a password", nil},
