@@ -44,6 +44,9 @@ commands:
   render  [--repo DIR] (--node NAME | --all) --out DIR
                                                      write the rendered files under DIR
   diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
+  diff    --from REV [--to REV] [--all | --node NAME] [--validate]
+                                                     what a change does to every node: a summary,
+                                                     then each node's diffs and plan (for a PR)
   apply   [--repo DIR] [--node NAME]                 validate, write and reload/restart (as root)
   pki     init|issue|client --dir DIR ...            cluster CA, node and client certificates
   run     [--config FILE]                            the agent: pull, converge, keep healthy, forever
@@ -232,10 +235,36 @@ func (c *cmd) load(src defSource, node string, host render.Host) (*cluster.Clust
 func (c *cmd) diff(args []string) (int, error) {
 	fs, repo := c.flags("diff")
 	src := c.defFlags(fs, repo)
-	node := fs.String("node", "", "node to diff (default: this host's name)")
+	node := fs.String("node", "", "node to diff (default: this host's name; with --from, every node)")
 	root := fs.String("root", "/", "compare with the files under this directory")
+	from := fs.String("from", "", "compare two commits for the fleet: from this one (e.g. origin/main)")
+	to := fs.String("to", "HEAD", "with --from: to this one")
+	all := fs.Bool("all", false, "with --from: every node (the default when --node is not given)")
+	check := fs.Bool("validate", false, "with --from: run the daemons' own checks on the changed files, where installed here")
 	if err := parse(fs, args); err != nil {
 		return exitError, err
+	}
+	if *from != "" {
+		if *all && *node != "" {
+			return exitError, errors.New("--all and --node: pick one")
+		}
+		f := false
+		old, err := c.definition(defSource{repo: src.repo, rev: from, worktree: &f})
+		if err != nil {
+			return exitError, fmt.Errorf("--from %s: %w", *from, err)
+		}
+		cur, err := c.definition(defSource{repo: src.repo, rev: to, worktree: src.worktree})
+		if err != nil {
+			return exitError, fmt.Errorf("--to %s: %w", *to, err)
+		}
+		changed, err := fleetDiff(c.ctx, c.stdout, old, cur, *node, *check)
+		switch {
+		case err != nil:
+			return exitError, err
+		case changed:
+			return exitChanges, nil
+		}
+		return exitOK, nil
 	}
 	if st, err := os.Stat(*root); err != nil || !st.IsDir() {
 		return exitError, fmt.Errorf("--root %s is not a directory", *root)

@@ -226,3 +226,48 @@ func TestVetReadsTheCommit(t *testing.T) {
 		t.Errorf("a file without a package line: exit %d %s", code, errs)
 	}
 }
+
+// diff --from REV: what a commit does to the whole fleet, summary first,
+// added and removed nodes said as such.
+func TestFleetDiff(t *testing.T) {
+	repo := copyExample(t)
+	gitIn := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@invalid")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+	}
+	gitIn("init", "-q", "-b", "main")
+	gitIn("add", "-A")
+	gitIn("commit", "-qm", "example")
+	if code, out, errs := mqha(t, "diff", "--repo", repo, "--from", "HEAD"); code != 0 || !strings.Contains(out, "broker1: no change") {
+		t.Errorf("no change: exit %d\n%s%s", code, out, errs)
+	}
+	os.WriteFile(filepath.Join(repo, "broker3.cue"), []byte("package cluster\n\nnodes: broker3: {address: \"10.20.0.23\", roles: [\"broker\"]}\n"), 0o644)
+	gitIn("add", "-A")
+	gitIn("commit", "-qm", "broker3")
+	code, out, errs := mqha(t, "diff", "--repo", repo, "--from", "HEAD~1")
+	summary, _, _ := strings.Cut(out, "\n===")
+	for _, want := range []string{
+		"bridge: 1 files changed; mosquitto restart",
+		"broker1: no change",
+		"broker3: 3 files changed; mosquitto start (added by the commit)",
+		"lb1: 1 files changed; nginx reload",
+	} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("summary lacks %q:\n%s", want, summary)
+		}
+	}
+	if code != 1 || !strings.Contains(out, "=== lb1") || !strings.Contains(out, "+        server 10.20.0.23:8883 max_fails=0; # broker3") {
+		t.Errorf("exit %d\n%s%s", code, out, errs)
+	}
+	// The other way: broker3 leaves.
+	if _, out, _ := mqha(t, "diff", "--repo", repo, "--from", "HEAD", "--to", "HEAD~1"); !strings.Contains(out, "broker3: removed by the commit") {
+		t.Errorf("a removed node is not said:\n%s", out)
+	}
+	if code, _, errs := mqha(t, "diff", "--repo", repo, "--from", "nope"); code != 2 || !strings.Contains(errs, "--from nope") {
+		t.Errorf("a bad revision: exit %d %s", code, errs)
+	}
+}
