@@ -54,6 +54,9 @@ commands:
                                                      (exit 0 healthy, 1 degraded, 2 cannot ask)
   sync    [--retry]                                  ask the running agent to pull and converge now
                                                      (--retry: try a refused commit again)
+  fleet   [--repo DIR] --cert F --key F [--ca F] [--broker ADDR] [-o json]
+                                                     every node's status, read through the VIP with a
+                                                     client certificate (exit 0 all on head and healthy)
   suspend [--reason TEXT] [--no-repair]              stop converging and reverting drift (an incident);
                                                      health repair goes on unless --no-repair
   resume                                             end a suspension and converge now
@@ -103,6 +106,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		code, err = c.status(args[1:])
 	case "sync":
 		err = c.syncNow(args[1:])
+	case "fleet":
+		code, err = c.fleet(args[1:])
 	case "suspend", "resume":
 		err = c.suspend(args[0], args[1:])
 	case evaluate.Command:

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mqha/mqha/schema"
+
 	"github.com/mqha/mqha/internal/control"
 )
 
@@ -269,5 +271,35 @@ func TestFleetDiff(t *testing.T) {
 	}
 	if code, _, errs := mqha(t, "diff", "--repo", repo, "--from", "nope"); code != 2 || !strings.Contains(errs, "--from nope") {
 		t.Errorf("a bad revision: exit %d %s", code, errs)
+	}
+}
+
+// The fleet view marks what disagrees with the head: a node on another
+// commit, a node without a status, a node with a problem.
+func TestFleetView(t *testing.T) {
+	cl, err := schema.LoadDir("../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := strings.Repeat("a", 40)
+	ok := func() control.Status { return control.Status{Applied: head, PublishedAt: time.Now()} }
+	st := map[string]control.Status{"lb1": ok(), "lb2": ok(), "bridge": ok(), "broker1": ok(), "broker2": ok()}
+	if code := fleetCode(cl, st, head); code != 0 {
+		t.Errorf("all on the head and healthy: %d", code)
+	}
+	b := ok()
+	b.Applied, b.Refused, b.RefusedReason = strings.Repeat("b", 40), head, "this node's certificate does not load"
+	st["broker1"] = b
+	delete(st, "lb2")
+	var out bytes.Buffer
+	c := &cmd{stdout: &out}
+	printFleet(c, cl, st, head)
+	if code := fleetCode(cl, st, head); code != 1 {
+		t.Errorf("a node behind and one silent: %d", code)
+	}
+	for _, want := range []string{"broker1    broker         bbbbbbbbbbbb≠", "refused commit aaaaaaaaaaaa: this node's certificate does not load", "lb2        lb             ?", "NO STATUS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("fleet view lacks %q:\n%s", want, out.String())
+		}
 	}
 }

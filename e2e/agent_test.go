@@ -547,3 +547,53 @@ func TestSuspendResume(t *testing.T) {
 	report(t, "suspended broker1 kept its commit and a hand edit while the others applied %s; resumed, it applied it %s later and reverted the edit within %s",
 		head[:12], d.Round(time.Millisecond), time.Since(resumed).Round(time.Millisecond))
 }
+
+// TestFleet (issue 9, 1): `mqha-agent fleet`, run on this host with a client
+// certificate, reads every node's status through the VIP: every node on
+// the head commit, and a commit refused on one node shows there.
+func TestFleet(t *testing.T) {
+	fleet := func() (string, int) {
+		cmd := exec.Command(filepath.Join(root, "bin", "mqha-agent"), "fleet", "--repo", filepath.Join(cfg.Dir, "cluster"),
+			"--ca", filepath.Join(cfg.Dir, "pki", "ca.crt"),
+			"--cert", filepath.Join(cfg.Dir, "pki", "clients", "lab-client.crt"), "--key", filepath.Join(cfg.Dir, "pki", "clients", "lab-client.key"))
+		out, err := cmd.Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	head := git(t, "rev-parse", "HEAD")
+	var out string
+	waitFor(t, 30*time.Second, "every node in the fleet view on the head", func() bool {
+		out, _ = fleet()
+		return strings.Count(out, head[:12]+" ") >= 5 && !strings.Contains(out, "≠") && !strings.Contains(out, "NO STATUS")
+	})
+	t.Logf("fleet:\n%s", out)
+
+	// broker1 cannot load its key: it refuses the next commit, the others apply it.
+	on(t, "broker1", "mv", "/etc/mqha/tls/node.key", "/etc/mqha/tls/node.key.away")
+	t.Cleanup(func() {
+		onAny(t, "broker1", "mv", "/etc/mqha/tls/node.key.away", "/etc/mqha/tls/node.key")
+		onAny(t, "broker1", "mqha-agent", "sync", "--retry")
+		revert(t, "fleet.cue")
+	})
+	next := commit(t, "e2e: fleet", map[string]string{"fleet.cue": "package cluster\n\n// the fleet view\n"})
+	appliedAfter(t, next, time.Now(), 30*time.Second, "broker2", "lb1")
+	waitFor(t, 30*time.Second, "broker1's refusal in the fleet view", func() bool {
+		out, _ = fleet()
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "broker1 ") && strings.Contains(l, "≠") && strings.Contains(l, "refused commit "+next[:12]) {
+				return true
+			}
+		}
+		return false
+	})
+	_, code := fleet()
+	report(t, "mqha-agent fleet through the VIP shows every node, and broker1's refusal of %s (exit %d):\n%s", next[:12], code, out)
+	if code != 1 {
+		t.Errorf("fleet exits %d with a node refusing the head, want 1", code)
+	}
+}

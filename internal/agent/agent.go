@@ -142,6 +142,8 @@ type Agent struct {
 	hook   chan struct{}
 	// deliveries are the webhook's recent delivery ids (replays refused).
 	deliveries seen
+	// statusTo is where the status is published (publish.go); under mu.
+	statusTo statusTarget
 	// suspended is the operator's pause (suspend.go); nil when none.
 	suspended *control.Suspension
 	suspends  chan suspendRequest
@@ -240,6 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	go a.watchdog(ctx)
 	go a.watchDrops(ctx)
+	go a.publishStatus(ctx)
 	a.log.Info("agent started", "node", a.node, "repo", a.cfg.Repo, "branch", a.cfg.Branch, "applied", source.Short(a.applied),
 		"signatures", a.d.Verifier != nil, "version", a.d.Version)
 

@@ -123,6 +123,10 @@ func (a *Agent) rebuild(ctx context.Context, v *View) {
 		t.SetTimeout(time.Duration(v.Cluster.Timeouts.Unit) * time.Second)
 	}
 	a.rebuildMonitor(v)
+	t := statusTargetOf(v)
+	a.mu.Lock()
+	a.statusTo = t
+	a.mu.Unlock()
 	a.runElection(ctx, v)
 	a.runBrokerWatch(ctx, v)
 	a.watchDrift(ctx, v)

@@ -55,6 +55,11 @@ type Status struct {
 	// commit whose signer is no longer trusted). Shown loudly; not a
 	// health problem, so it does not change the exit code.
 	Insecure []string `json:"insecure,omitempty"`
+	// HoldsVIP: this load balancer holds the VIP (in published statuses).
+	HoldsVIP bool `json:"holdsVIP,omitempty"`
+	// PublishedAt is when the agent published this status for the fleet
+	// view ($mqha/status); zero in a status asked of the agent directly.
+	PublishedAt time.Time `json:"publishedAt,omitzero"`
 	// Suspended is set while an operator suspended the agent.
 	Suspended *Suspension `json:"suspended,omitempty"`
 	// Pending is the branch head a suspended agent has not applied.

@@ -217,6 +217,12 @@ func ACLChange() (unit.Action, string) {
 	return unit.Reload, "access control list changed; mosquitto re-reads it on SIGHUP"
 }
 
+// StatusTopics is where every node's agent publishes its status, retained,
+// on every broker (StatusTopics/node): `mqha-agent fleet` reads them
+// through the VIP with a client certificate. Each node may write only its
+// own (the ACL matches the certificate name), anyone may read.
+func StatusTopics(cluster string) string { return "$mqha/status/" + cluster }
+
 // BridgeCheck is the name of the check of a bridge master's connections; a
 // standby has none to check.
 const BridgeCheck = "bridge"

@@ -118,6 +118,7 @@ type data struct {
 	DownBrokers  map[string]bool
 	ACLFile      string
 	ACLNodes     []string // this node and the bridge nodes
+	StatusTopics string
 	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
 	// one worker's descriptors hold too few clients; ReusePort spreads the
 	// connections evenly over them then.
@@ -180,6 +181,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	d.ActiveBridge, d.BridgesDir, d.BeatTopics = h.ActiveBridge, daemon.BridgesDir, daemon.BeatTopics(c.Name)
 	d.DownBrokers = h.DownBrokers
 	d.ACLFile = daemon.ACLFile
+	d.StatusTopics = daemon.StatusTopics(c.Name)
 	d.ACLNodes = []string{n.Name}
 	for _, b := range c.WithRole(cluster.Bridge) {
 		if b.Name != n.Name {

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/source"
+)
+
+// fleet reads every node's published status through the VIP (or --broker)
+// with a client certificate and prints one line per node of the
+// definition, marking what disagrees with the head commit. Exit 0 when
+// every node reported, runs the head and is healthy; 1 otherwise.
+func (c *cmd) fleet(args []string) (int, error) {
+	fs, repo := c.flags("fleet")
+	src := c.defFlags(fs, repo)
+	ca := fs.String("ca", "/etc/mqha/tls/ca.crt", "the cluster CA")
+	cert := fs.String("cert", "", "a client certificate of the cluster CA (mqha-agent pki client)")
+	key := fs.String("key", "", "its key")
+	broker := fs.String("broker", "", "where to read (default: the VIP's client port)")
+	wait := fs.Duration("wait", 3*time.Second, "how long to wait for every node's status")
+	format := fs.String("o", "text", "text or json")
+	if err := parse(fs, args); err != nil {
+		return exitError, err
+	}
+	if *cert == "" || *key == "" {
+		return exitError, fmt.Errorf("--cert and --key: a client certificate of the cluster CA (mqha-agent pki client NAME makes one)")
+	}
+	cl, err := c.definition(src)
+	if err != nil {
+		return exitError, err
+	}
+	head := ""
+	if commit, _, ok, err := source.ReadWorkTree(*src.repo, *src.rev); err == nil && ok {
+		head = commit.Hash
+	}
+	addr := *broker
+	if addr == "" {
+		if cl.VIP == nil {
+			return exitError, fmt.Errorf("the cluster has no VIP: give --broker HOST:PORT (a broker's client listener)")
+		}
+		addr = net.JoinHostPort(cl.VIP.Address, strconv.Itoa(cl.Ports.Client))
+	}
+	tc, err := clientTLS(*ca, *cert, *key)
+	if err != nil {
+		return exitError, err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	tc.ServerName = host
+	statuses, err := readStatuses(addr, tc, daemon.StatusTopics(cl.Name), len(cl.Nodes), *wait)
+	if err != nil {
+		return exitError, err
+	}
+	if *format == "json" {
+		e := json.NewEncoder(c.stdout)
+		e.SetIndent("", "  ")
+		return fleetCode(cl, statuses, head), e.Encode(statuses)
+	}
+	printFleet(c, cl, statuses, head)
+	return fleetCode(cl, statuses, head), nil
+}
+
+func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("--ca %s holds no certificate", caFile)
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--cert/--key: %w", err)
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// readStatuses collects the retained statuses under topics until want of
+// them arrived or wait passed.
+func readStatuses(addr string, tc *tls.Config, topics string, want int, wait time.Duration) (map[string]control.Status, error) {
+	var mu sync.Mutex
+	out := map[string]control.Status{}
+	all := make(chan struct{})
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(fmt.Sprintf("mqha-fleet-%d", time.Now().UnixNano())).
+		SetTLSConfig(tc).SetCleanSession(true).SetConnectTimeout(5 * time.Second)
+	cl := mqtt.NewClient(o)
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return nil, fmt.Errorf("connect to %s: %v", addr, tok.Error())
+	}
+	defer cl.Disconnect(100)
+	tok := cl.Subscribe(topics+"/+", 1, func(_ mqtt.Client, m mqtt.Message) {
+		var s control.Status
+		if json.Unmarshal(m.Payload(), &s) != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		out[m.Topic()[len(topics)+1:]] = s
+		if len(out) == want {
+			select {
+			case <-all:
+			default:
+				close(all)
+			}
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return nil, fmt.Errorf("subscribe to %s/+: %v", topics, tok.Error())
+	}
+	select {
+	case <-all:
+	case <-time.After(wait):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	res := map[string]control.Status{}
+	for k, v := range out {
+		res[k] = v
+	}
+	return res, nil
+}
+
+// fleetCode is 0 when every node of the definition reported, runs head (if
+// known) and has no problem.
+func fleetCode(cl *cluster.Cluster, st map[string]control.Status, head string) int {
+	for _, n := range cl.Nodes {
+		s, ok := st[n.Name]
+		if !ok || (head != "" && s.Applied != head) || len(s.Problems(time.Now())) > 0 {
+			return exitChanges
+		}
+	}
+	return exitOK
+}
+
+func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head string) {
+	w := c.stdout
+	fmt.Fprintf(w, "cluster %s, head %s\n", cl.Name, source.Short(head))
+	fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", "NODE", "ROLES", "APPLIED", "AGE", "ROLE NOW", "PROBLEMS")
+	var names []string
+	for _, n := range cl.Nodes {
+		names = append(names, n.Name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		n, _ := cl.Node(name)
+		s, ok := st[name]
+		if !ok {
+			fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", name, n.RoleList(), "?", "-", "-", "NO STATUS (agent down, or not reaching the brokers)")
+			continue
+		}
+		applied := source.Short(s.Applied)
+		if head != "" && s.Applied != head {
+			applied += "≠"
+		}
+		now := "-"
+		switch {
+		case s.HoldsVIP:
+			now = "holds the VIP"
+		case s.Bridge != nil && s.Bridge.Active:
+			now = "bridge master"
+		case s.Bridge != nil:
+			now = "bridge standby"
+		}
+		if s.Suspended != nil {
+			now = "SUSPENDED"
+		}
+		problems := s.Problems(time.Now())
+		p := "ok"
+		if len(problems) > 0 {
+			p = strings.Join(problems, "; ")
+		}
+		age := "-"
+		if !s.PublishedAt.IsZero() {
+			age = time.Since(s.PublishedAt).Round(time.Second).String()
+		}
+		fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", name, n.RoleList(), applied, age, now, p)
+		for _, cert := range s.Certificates {
+			if days := int(time.Until(cert.NotAfter).Hours() / 24); days < 30 {
+				fmt.Fprintf(w, "%-10s   certificate %s expires in %d days\n", "", cert.Name, days)
+			}
+		}
+	}
+	for name := range st {
+		if _, ok := cl.Node(name); !ok {
+			fmt.Fprintf(w, "%-10s not in the definition, still publishing (applied %s)\n", name, source.Short(st[name].Applied))
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"strconv"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/probe"
+)
+
+// The fleet at a glance without a central server: every agent publishes its
+// status, retained, on every broker ($mqha/status/CLUSTER/NODE, which only
+// this node may write), so `mqha-agent fleet` reads the whole fleet through
+// the VIP with a client certificate.
+
+// publishEvery is how often the status is published when it did not change
+// meanwhile (its age in the fleet view says how fresh it is).
+const publishEvery = 30 * time.Second
+
+// statusTarget is where the status goes, as of the applied commit.
+type statusTarget struct {
+	topic   string
+	brokers []string // host:port of every broker's client listener
+	key     string
+	v       *View
+}
+
+func statusTargetOf(v *View) statusTarget {
+	t := statusTarget{topic: daemon.StatusTopics(v.Cluster.Name) + "/" + v.Node.Name, v: v}
+	for _, b := range v.Cluster.WithRole(cluster.Broker) {
+		t.brokers = append(t.brokers, net.JoinHostPort(b.Address, strconv.Itoa(v.Cluster.Ports.Broker)))
+	}
+	t.key = t.topic + " " + joinStrings(t.brokers)
+	return t
+}
+
+func joinStrings(s []string) string {
+	var b bytes.Buffer
+	for _, x := range s {
+		b.WriteString(x + ",")
+	}
+	return b.String()
+}
+
+// publishStatus runs until ctx ends: it keeps a connection to every broker
+// of the applied commit and publishes the status when it changes, and every
+// publishEvery.
+func (a *Agent) publishStatus(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	var (
+		key     string
+		clients []mqtt.Client
+		last    []byte
+		at      time.Time
+	)
+	defer func() {
+		for _, c := range clients {
+			c.Disconnect(100)
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		a.mu.Lock()
+		t := a.statusTo
+		a.mu.Unlock()
+		if t.v == nil {
+			continue
+		}
+		if t.key != key {
+			for _, c := range clients {
+				c.Disconnect(100)
+			}
+			clients, key, last = nil, t.key, nil
+			for _, b := range t.brokers {
+				host, _, _ := net.SplitHostPort(b)
+				o := mqtt.NewClientOptions().AddBroker("ssl://" + b).SetClientID("mqha-" + t.v.Cluster.Name + "-status-" + t.v.Node.Name).
+					SetTLSConfig(daemon.WithName(t.v.TLS, host)).SetCleanSession(true).SetAutoReconnect(true).
+					SetConnectRetry(true).SetConnectRetryInterval(5 * time.Second).SetMaxReconnectInterval(30 * time.Second).
+					SetConnectTimeout(5 * time.Second).SetKeepAlive(30 * time.Second)
+				c := mqtt.NewClient(o)
+				c.Connect()
+				clients = append(clients, c)
+			}
+		}
+		s := a.Status()
+		if t.v.Cluster.VIP != nil && t.v.Node.Has(cluster.LB) {
+			s.HoldsVIP, _ = probe.HasAddr(t.v.Cluster.VIP.Address)
+		}
+		s.PublishedAt = time.Time{}
+		b, err := json.Marshal(s)
+		if err != nil || (bytes.Equal(b, last) && time.Since(at) < publishEvery) {
+			continue
+		}
+		s.PublishedAt = a.d.Now()
+		out, _ := json.Marshal(s)
+		sent := false
+		for _, c := range clients {
+			if c.IsConnectionOpen() {
+				c.Publish(t.topic, 1, true, out)
+				sent = true
+			}
+		}
+		if sent {
+			last, at = b, time.Now()
+		}
+	}
+}
