@@ -519,6 +519,8 @@ func TestLimitWarnings(t *testing.T) {
 		{"lb1", render.Host{NoFileMax: 20000, CPUs: 2}, nil},
 		{"broker1", render.Host{NoFileMax: 20000}, []string{"mosquitto holds at most 18976 clients (this host allows 20000 descriptors per process), fewer than its share of limits.clients (over the brokers), 25000: add brokers"}},
 		{"broker1", render.Host{NoFileMax: 1 << 20}, nil},
+		// The bridge master holds its connections to the brokers, no clients.
+		{"bridge", render.Host{NoFileMax: 20000}, nil},
 	} {
 		h := newHarness(t, tt.node, "", map[string]string{"c1": ""})
 		h.host = tt.host

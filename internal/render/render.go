@@ -203,8 +203,13 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		switch dm.Name {
 		case daemon.Mosquitto.Name:
 			// The load balancers spread clients over the brokers (by address).
+			// A bridge node's mosquitto holds only its connections to them.
 			brokers := max(len(c.WithRole(cluster.Broker)), 1)
-			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.MosquittoNoFile, Clients: d.MaxConnections, Wanted: (c.Limits.Clients + brokers - 1) / brokers})
+			wanted := (c.Limits.Clients + brokers - 1) / brokers
+			if !n.Has(cluster.Broker) {
+				wanted = brokers
+			}
+			out.Limits = append(out.Limits, Limit{Unit: dm.Unit, NoFile: d.MosquittoNoFile, Clients: d.MaxConnections, Wanted: wanted})
 		case daemon.Nginx.Name:
 			// Every worker holds its share (reuseport spreads them evenly
 			// when there are more workers than processors).
