@@ -185,18 +185,7 @@ func TestStatusExitCodes(t *testing.T) {
 // vet reads what the agents read: the committed tree of HEAD, warning about
 // working-tree changes; --worktree reads those, --rev another commit.
 func TestVetReadsTheCommit(t *testing.T) {
-	repo := copyExample(t)
-	gitIn := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@invalid")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v %s", args, err, out)
-		}
-	}
-	gitIn("init", "-q", "-b", "main")
-	gitIn("add", "-A")
-	gitIn("commit", "-qm", "example")
+	repo, gitIn := exampleRepo(t)
 	lb3 := "package cluster\n\nnodes: lb3: {address: \"10.20.0.13\", roles: [\"lb\"], priority: 50}\n"
 	os.WriteFile(filepath.Join(repo, "lb3.cue"), []byte(lb3), 0o644)
 
@@ -232,18 +221,7 @@ func TestVetReadsTheCommit(t *testing.T) {
 // diff --from REV: what a commit does to the whole fleet, summary first,
 // added and removed nodes said as such.
 func TestFleetDiff(t *testing.T) {
-	repo := copyExample(t)
-	gitIn := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@invalid")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v %s", args, err, out)
-		}
-	}
-	gitIn("init", "-q", "-b", "main")
-	gitIn("add", "-A")
-	gitIn("commit", "-qm", "example")
+	repo, gitIn := exampleRepo(t)
 	if code, out, errs := mqha(t, "diff", "--repo", repo, "--from", "HEAD"); code != 0 || !strings.Contains(out, "broker1: no change") {
 		t.Errorf("no change: exit %d\n%s%s", code, out, errs)
 	}
@@ -302,4 +280,23 @@ func TestFleetView(t *testing.T) {
 			t.Errorf("fleet view lacks %q:\n%s", want, out.String())
 		}
 	}
+}
+
+// exampleRepo is a git work tree holding the example definition, committed,
+// and a function running git in it.
+func exampleRepo(t *testing.T) (string, func(args ...string)) {
+	t.Helper()
+	repo := copyExample(t)
+	gitIn := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@invalid")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+	}
+	gitIn("init", "-q", "-b", "main")
+	gitIn("add", "-A")
+	gitIn("commit", "-qm", "example")
+	return repo, gitIn
 }
