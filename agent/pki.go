@@ -130,6 +130,13 @@ func (c *cmd) pki(args []string) error {
 		if len(names) != 1 {
 			return errors.New("name exactly one client")
 		}
+		// The brokers' access list gives a certificate named like a node
+		// that node's topics ($mqha, its status): no client may carry one.
+		if cl, err := schema.LoadDir(*repo); err != nil {
+			fmt.Fprintf(c.stderr, "note: %s not checked against the definition in %s (%v)\n", names[0], *repo, err)
+		} else if _, isNode := cl.Node(names[0]); isNode {
+			return fmt.Errorf("client %q has the name of a node of cluster %q: the brokers would let it use that node's topics; pick another name", names[0], cl.Name)
+		}
 		ca, err := loadCA(*dir)
 		if err != nil {
 			return err

@@ -54,6 +54,7 @@ nodes: {
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "broker1", "bridge", "lb1"}, 0, "broker1:"},
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "nope"}, 2, `node "nope" is not in cluster`},
 		{[]string{"pki", "client", "--dir", dir, "alice"}, 0, "alice:"},
+		{[]string{"pki", "client", "--dir", dir, "--repo", repo, "broker1"}, 2, `client "broker1" has the name of a node`},
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.23", "--role", "broker", "broker3"}, 0, "broker3:"},
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "nope", "--role", "broker", "broker4"}, 2, "not an IPv4 address"},
 		// Never replaced silently; flags anywhere on the line.

@@ -47,6 +47,7 @@ func TestPackages(t *testing.T) {
 			"-rw-r----- root/root .* ./etc/mqha/agent.conf",
 			"./usr/share/man/man8/mqha-agent.8.gz",
 			"./usr/share/doc/mqha-agent/copyright",
+			"./usr/share/doc/mqha-agent/operations.md",
 			"./usr/share/doc/mqha-agent/changelog.Debian.gz",
 		} {
 			if !matchLine(list, want) {
