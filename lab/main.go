@@ -16,7 +16,7 @@ import (
 )
 
 const usage = `usage: mqha-lab up | down | status | node NAME ADDR [ROLE] | notify
-       mqha-lab poweroff NAME | poweron NAME | cut NAME ADDR... | heal NAME
+       mqha-lab poweroff NAME | poweron NAME | cut NAME ADDR... | heal
 environment: MQHA_LAB_SUBNET (10.231.7.0/24), MQHA_LAB_MIRROR (from apt sources),
 MQHA_LAB_DIR (.lab), MQHA_LAB_CACHE (/var/cache/mqha-lab), MQHA_LAB_NODES (/var/lib/mqha-lab)
 `
@@ -77,11 +77,13 @@ func run(ctx context.Context, args []string) error {
 		fmt.Printf("node %s (%s) is up in %s with the agent installed; add it to %s/cluster and push to make it part of the cluster\n",
 			n.Name, n.Addr, time.Since(start).Round(time.Millisecond), c.Dir)
 		return nil
-	case "poweroff", "poweron", "heal":
+	case "poweroff", "poweron":
 		if len(args) != 2 {
 			return fmt.Errorf("%s needs NAME\n%s", args[0], usage)
 		}
-		return map[string]func(context.Context, string) error{"poweroff": c.PowerOff, "poweron": c.PowerOn, "heal": c.Heal}[args[0]](ctx, args[1])
+		return map[string]func(context.Context, string) error{"poweroff": c.PowerOff, "poweron": c.PowerOn}[args[0]](ctx, args[1])
+	case "heal":
+		return c.Heal(ctx)
 	case "cut":
 		if len(args) < 3 {
 			return fmt.Errorf("cut needs NAME and the addresses to cut it from\n%s", usage)

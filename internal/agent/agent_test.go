@@ -561,6 +561,18 @@ func TestStagesRecorded(t *testing.T) {
 	}
 }
 
+// settlePull plays the loop's part for a pull under way: it waits for the
+// pull (off the loop) and settles it.
+func (h *harness) settlePull(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case r := <-h.a.pulls:
+		h.a.pullDone(context.Background(), r)
+	case <-time.After(5 * time.Second):
+		t.Fatal(what + " never ended")
+	}
+}
+
 // sync asks the agent to pull now, as the control socket does, and plays
 // the loop's part until the answer comes: the pull runs off the loop.
 func (h *harness) sync(retry bool) error {
@@ -680,12 +692,7 @@ func TestHungServerDoesNotHoldTheLoop(t *testing.T) {
 	if !h.a.pulling {
 		t.Error("the push that came during the hang was dropped")
 	}
-	select {
-	case r = <-h.a.pulls:
-		h.a.pullDone(context.Background(), r)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the queued pull never ran")
-	}
+	h.settlePull(t, "the queued pull")
 	if s := h.a.Status(); s.FetchError != "" {
 		t.Errorf("fetch error after the server answers: %q", s.FetchError)
 	}
@@ -821,12 +828,7 @@ func TestEvaluationOffTheLoop(t *testing.T) {
 		t.Fatalf("startPull held the loop for %s while the commit was evaluated", d)
 	}
 	close(release)
-	select {
-	case r := <-h.a.pulls:
-		h.a.pullDone(context.Background(), r)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the evaluation never ended")
-	}
+	h.settlePull(t, "the evaluation")
 	if s := h.a.Status(); s.Applied != "c2" {
 		t.Errorf("applied %q after the evaluation, want c2", s.Applied)
 	}
@@ -888,12 +890,7 @@ func TestSuspendResume(t *testing.T) {
 	if err := h2.a.onSuspend(ctx, suspendRequest{on: false}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case r := <-h2.a.pulls:
-		h2.a.pullDone(ctx, r)
-	case <-time.After(5 * time.Second):
-		t.Fatal("resume did not pull")
-	}
+	h2.settlePull(t, "the pull on resume")
 	if s := h2.a.Status(); s.Suspended != nil || s.Applied != "c2" {
 		t.Errorf("after resume: suspended %+v, applied %q", s.Suspended, s.Applied)
 	}

@@ -16,9 +16,7 @@ import (
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/election"
-	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
-	"github.com/mqha/mqha/internal/unit"
 )
 
 // The bridge role with standbys: the election (internal/election) decides,
@@ -101,26 +99,12 @@ func (a *Agent) runtimeChange(ctx context.Context, why string, set, undo, afterU
 	}
 	defer func() { a.watchDrift(ctx, a.view) }()
 	set()
-	v, err := a.derive(&View{Commit: a.view.Commit, Subject: a.view.Subject, Cluster: a.view.Cluster, Node: a.view.Node,
-		TLS: a.view.TLS, Certs: a.view.Certs})
+	c := *a.view // derive renders the files and checks anew
+	v, err := a.derive(&c)
 	if err == nil {
 		// Only the daemons themselves must serve: a take-over while a
 		// broker is down is still a take-over (the bridge check reports it).
-		verify := func(ctx context.Context, p *plan.Plan) error {
-			var checks []health.Check
-			for _, u := range p.Units {
-				if u.Action == unit.None || u.Action == unit.Stop {
-					continue
-				}
-				for _, c := range v.checksOf[u.Name] {
-					if c.Unit != "" {
-						checks = append(checks, c)
-					}
-				}
-			}
-			m := &health.Monitor{Checks: checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}
-			return m.Verify(ctx, a.cfg.VerifyTimeout)
-		}
+		verify := func(ctx context.Context, p *plan.Plan) error { return a.verifyUnits(ctx, v, p, true) }
 		start := time.Now()
 		timing := func(stage string, _ time.Duration) {
 			if stage == "units" && afterUnits != nil {
@@ -176,19 +160,19 @@ func (a *Agent) runElection(ctx context.Context, v *View) {
 	cl := v.Cluster
 	cfg := election.Config{Cluster: cl.Name, Topics: daemon.BeatTopics(cl.Name),
 		Me:     election.Candidate{Name: v.Node.Name, Priority: v.Node.Priority},
-		Local:  election.Endpoint{Name: v.Node.Name, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker)), TLS: daemon.WithName(v.TLS, v.Node.Address)},
+		Local:  election.Endpoint{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker)), TLS: daemon.WithName(v.TLS, v.Node.Address)},
 		Active: a.bridgeActive, Since: a.bridgeSince, Log: a.log, Apply: a.askFlip}
 	for _, b := range cl.WithRole(cluster.Broker) {
 		if b.Name == v.Node.Name {
 			continue
 		}
-		cfg.Brokers = append(cfg.Brokers, election.Endpoint{Name: b.Name, Addr: net.JoinHostPort(b.Address, strconv.Itoa(cl.Ports.Bridge)), TLS: daemon.WithName(v.TLS, b.Address)})
+		cfg.Brokers = append(cfg.Brokers, election.Endpoint{Addr: net.JoinHostPort(b.Address, strconv.Itoa(cl.Ports.Bridge)), TLS: daemon.WithName(v.TLS, b.Address)})
 	}
 	for _, c := range daemon.BridgeCandidates(cl) {
 		if c.Name == v.Node.Name {
 			continue
 		}
-		cfg.Peers = append(cfg.Peers, election.Endpoint{Name: c.Name, Addr: net.JoinHostPort(c.Address, strconv.Itoa(cl.Ports.Broker)), TLS: daemon.WithName(v.TLS, c.Address)})
+		cfg.Peers = append(cfg.Peers, election.Endpoint{Addr: net.JoinHostPort(c.Address, strconv.Itoa(cl.Ports.Broker)), TLS: daemon.WithName(v.TLS, c.Address)})
 	}
 	e := election.New(cfg)
 	ectx, cancel := context.WithCancel(ctx)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -157,9 +159,9 @@ func (a *Agent) onBrokerEvent(ctx context.Context, e brokerEvent) {
 	if !ok || a.downBrokers[e.name] == e.gone {
 		return
 	}
-	down := map[string]bool{}
-	for k, x := range a.downBrokers {
-		down[k] = x
+	down := maps.Clone(a.downBrokers)
+	if down == nil {
+		down = map[string]bool{}
 	}
 	if e.gone {
 		down[e.name] = true
@@ -205,13 +207,9 @@ func names(m map[string]bool) string {
 			out = append(out, k)
 		}
 	}
-	slices.Sort(out)
 	if len(out) == 0 {
 		return "none"
 	}
-	s := out[0]
-	for _, x := range out[1:] {
-		s += "," + x
-	}
-	return s
+	slices.Sort(out)
+	return strings.Join(out, ",")
 }

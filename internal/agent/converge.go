@@ -84,7 +84,7 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 	gate := &rollout.Gate{Cluster: v.Cluster, Node: v.Node, TLS: peerTLS, Fault: a.fault.gate, Log: a.log,
 		Slot: rolloutSlot, Patience: rolloutPatience}
 	defer gate.Done()
-	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verify(ctx, v, p) },
+	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verifyUnits(ctx, v, p, false) },
 		Timing: a.timing, Settle: a.cfg.Settle})
 	if p != nil && !p.Empty() {
 		for _, ch := range p.Changes {
@@ -103,12 +103,19 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 	return nil
 }
 
-// verify runs the health checks of the daemons a plan touched until they pass.
-func (a *Agent) verify(ctx context.Context, v *View, p *plan.Plan) error {
+// verifyUnits runs the health checks of the daemons a plan touched until
+// they pass; daemonsOnly leaves out the checks of what lies beyond a daemon
+// (a bridge's connections to the brokers).
+func (a *Agent) verifyUnits(ctx context.Context, v *View, p *plan.Plan, daemonsOnly bool) error {
 	var checks []health.Check
 	for _, u := range p.Units {
-		if u.Action != unit.None && u.Action != unit.Stop {
-			checks = append(checks, v.checksOf[u.Name]...)
+		if u.Action == unit.None || u.Action == unit.Stop {
+			continue
+		}
+		for _, c := range v.checksOf[u.Name] {
+			if c.Unit != "" || !daemonsOnly {
+				checks = append(checks, c)
+			}
 		}
 	}
 	m := &health.Monitor{Checks: checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}

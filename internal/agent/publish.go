@@ -1,11 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -20,9 +20,9 @@ import (
 // this node may write), so `mqha-agent fleet` reads the whole fleet through
 // the VIP with a client certificate.
 
-// publishEvery is how often the status is published when it did not change
-// meanwhile (its age in the fleet view says how fresh it is).
-const publishEvery = 30 * time.Second
+// publishEvery is how often the status is published (its age in the fleet
+// view says how fresh it is); it changes with every health round anyway.
+const publishEvery = 5 * time.Second
 
 // statusTarget is where the status goes, as of the applied commit.
 type statusTarget struct {
@@ -37,29 +37,18 @@ func statusTargetOf(v *View) statusTarget {
 	for _, b := range v.Cluster.WithRole(cluster.Broker) {
 		t.brokers = append(t.brokers, net.JoinHostPort(b.Address, strconv.Itoa(v.Cluster.Ports.Broker)))
 	}
-	t.key = t.topic + " " + joinStrings(t.brokers)
+	t.key = t.topic + " " + strings.Join(t.brokers, ",")
 	return t
 }
 
-func joinStrings(s []string) string {
-	var b bytes.Buffer
-	for _, x := range s {
-		b.WriteString(x + ",")
-	}
-	return b.String()
-}
-
 // publishStatus runs until ctx ends: it keeps a connection to every broker
-// of the applied commit and publishes the status when it changes, and every
-// publishEvery.
+// of the applied commit and publishes the status every publishEvery.
 func (a *Agent) publishStatus(ctx context.Context) {
-	tick := time.NewTicker(5 * time.Second)
+	tick := time.NewTicker(publishEvery)
 	defer tick.Stop()
 	var (
 		key     string
 		clients []mqtt.Client
-		last    []byte
-		at      time.Time
 	)
 	defer func() {
 		for _, c := range clients {
@@ -82,7 +71,7 @@ func (a *Agent) publishStatus(ctx context.Context) {
 			for _, c := range clients {
 				c.Disconnect(100)
 			}
-			clients, key, last = nil, t.key, nil
+			clients, key = nil, t.key
 			for _, b := range t.brokers {
 				host, _, _ := net.SplitHostPort(b)
 				o := mqtt.NewClientOptions().AddBroker("ssl://" + b).SetClientID("mqha-" + t.v.Cluster.Name + "-status-" + t.v.Node.Name).
@@ -98,22 +87,15 @@ func (a *Agent) publishStatus(ctx context.Context) {
 		if t.v.Cluster.VIP != nil && t.v.Node.Has(cluster.LB) {
 			s.HoldsVIP, _ = probe.HasAddr(t.v.Cluster.VIP.Address)
 		}
-		s.PublishedAt = time.Time{}
-		b, err := json.Marshal(s)
-		if err != nil || (bytes.Equal(b, last) && time.Since(at) < publishEvery) {
+		s.PublishedAt = a.d.Now()
+		out, err := json.Marshal(s)
+		if err != nil {
 			continue
 		}
-		s.PublishedAt = a.d.Now()
-		out, _ := json.Marshal(s)
-		sent := false
 		for _, c := range clients {
 			if c.IsConnectionOpen() {
 				c.Publish(t.topic, 1, true, out)
-				sent = true
 			}
-		}
-		if sent {
-			last, at = b, time.Now()
 		}
 	}
 }

@@ -36,13 +36,12 @@ type pullState struct {
 	applied, refused string
 	allowRewind      bool
 	timeout          time.Duration
-	verifier         Verifier
-	deps             Deps
+	deps             Deps // as of the pull's start (a reload may change the verifier)
 	path, stateDir   string
 }
 
 func (a *Agent) pullFrom() pullState {
-	return pullState{a.applied, a.refused, a.cfg.AllowRewind, a.cfg.FetchTimeout, a.d.Verifier, a.d, a.cfg.Path, a.cfg.StateDir}
+	return pullState{a.applied, a.refused, a.cfg.AllowRewind, a.cfg.FetchTimeout, a.d, a.cfg.Path, a.cfg.StateDir}
 }
 
 // pulled is what one look at the remote found, its network work done.
@@ -71,18 +70,18 @@ func (a *Agent) pull(ctx context.Context, st pullState) pulled {
 		return err
 	}
 	var head string
-	err := bounded(func(ctx context.Context) (err error) { head, err = a.d.Source.Head(ctx); return err })
+	err := bounded(func(ctx context.Context) (err error) { head, err = st.deps.Source.Head(ctx); return err })
 	if err != nil || head == st.applied || head == st.refused {
 		return pulled{err: err}
 	}
 	r := pulled{target: head}
-	if r.terr = bounded(func(ctx context.Context) error { return a.d.Source.Fetch(ctx, head) }); r.terr != nil {
+	if r.terr = bounded(func(ctx context.Context) error { return st.deps.Source.Fetch(ctx, head) }); r.terr != nil {
 		return r
 	}
 	if st.applied != "" && !st.allowRewind {
 		var ok bool
 		r.terr = bounded(func(ctx context.Context) (err error) {
-			ok, err = a.d.Source.Descends(ctx, head, st.applied)
+			ok, err = st.deps.Source.Descends(ctx, head, st.applied)
 			return err
 		})
 		if r.terr == nil && !ok {
@@ -93,8 +92,8 @@ func (a *Agent) pull(ctx context.Context, st pullState) pulled {
 		}
 	}
 	// The signature before anything of the commit is read.
-	if st.verifier != nil {
-		who, err := st.verifier.Verify(head)
+	if st.deps.Verifier != nil {
+		who, err := st.deps.Verifier.Verify(head)
 		if err != nil {
 			r.terr = fmt.Errorf("commit %s: untrusted: %w", source.Short(head), err)
 			return r
@@ -115,8 +114,8 @@ func (a *Agent) pull(ctx context.Context, st pullState) pulled {
 }
 
 // settle is the local part of a tick, in the loop: the back-off, then the
-// new commit converged (signature checked before anything of it is read)
-// or refused, else the applied one enforced.
+// new commit (checked and evaluated by pull) converged or refused, else the
+// applied one enforced.
 func (a *Agent) settle(ctx context.Context, r pulled) error {
 	a.fetched(r.err)
 	if r.err != nil {

@@ -17,8 +17,8 @@ import (
 
 // Endpoint is a mosquitto the elector connects to.
 type Endpoint struct {
-	Name, Addr string
-	TLS        *tls.Config
+	Addr string
+	TLS  *tls.Config
 }
 
 // Config is what an Elector needs.
@@ -58,26 +58,23 @@ type Status struct {
 	// Conflict: a tug of war is going on now.
 	Conflict     bool      `json:"conflict,omitempty"`
 	LastConflict time.Time `json:"lastConflict,omitzero"`
-	Peers        []Seen    `json:"peers,omitempty"`
 }
 
 // Elector runs the election for one node.
 type Elector struct {
 	cfg Config
 
-	mu       sync.Mutex
-	active   bool
-	since    time.Time
-	start    time.Time
-	peers    map[string]Seen
-	lastBrk  time.Time
-	lastLoc  time.Time
-	seq      uint64
-	st       Status
-	brokers  []mqtt.Client
-	local    mqtt.Client
-	clients  []mqtt.Client
-	conflict bool
+	mu      sync.Mutex
+	active  bool
+	since   time.Time
+	start   time.Time
+	peers   map[string]Seen
+	lastBrk time.Time
+	lastLoc time.Time
+	st      Status // the counters and the last verdict; Active and Since are the fields above
+	brokers []mqtt.Client
+	local   mqtt.Client
+	clients []mqtt.Client
 }
 
 // New prepares an elector; Run runs it.
@@ -91,9 +88,7 @@ func New(cfg Config) *Elector {
 	if cfg.Timing == (Timing{}) {
 		cfg.Timing = DefaultTiming
 	}
-	e := &Elector{cfg: cfg, active: cfg.Active, since: cfg.Since, peers: map[string]Seen{}}
-	e.st.Active, e.st.Since = cfg.Active, cfg.Since
-	return e
+	return &Elector{cfg: cfg, active: cfg.Active, since: cfg.Since, peers: map[string]Seen{}}
 }
 
 // Status returns the elector's current view.
@@ -101,10 +96,7 @@ func (e *Elector) Status() Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s := e.st
-	s.Peers = nil
-	for _, p := range e.peers {
-		s.Peers = append(s.Peers, p)
-	}
+	s.Active, s.Since = e.active, e.since
 	return s
 }
 
@@ -182,12 +174,11 @@ func (e *Elector) decide(now time.Time) Verdict {
 		o.Peers[k] = v
 	}
 	v := Decide(e.cfg.Me, o, e.cfg.Timing)
-	if v.Conflict && !e.conflict {
+	if v.Conflict && !e.st.Conflict {
 		e.st.Conflicts++
 		e.st.LastConflict = now
 		e.cfg.Log.Warn("bridge election: tug of war", "reason", v.Reason)
 	}
-	e.conflict = v.Conflict
 	e.st.Conflict = v.Conflict
 	e.st.Master, e.st.Brokers = v.Master, brokers
 	// Said when it changes, not when only its figures do.
@@ -212,7 +203,6 @@ func (e *Elector) flip(ctx context.Context, active bool, reason string) {
 		e.since = time.Time{}
 		e.st.StandDowns++
 	}
-	e.st.Active, e.st.Since = e.active, e.since
 	e.mu.Unlock()
 	e.beat()
 	e.cfg.Log.Warn("bridge election: "+map[bool]string{true: "taking over as bridge master", false: "standing down"}[active], "reason", reason)
@@ -222,7 +212,6 @@ func (e *Elector) flip(ctx context.Context, active bool, reason string) {
 			e.cfg.Log.Error("bridge election: standing down failed; retrying", "err", err)
 			e.mu.Lock()
 			e.active = true // still bridging: decide again
-			e.st.Active = true
 			e.mu.Unlock()
 		}
 		return
@@ -230,7 +219,6 @@ func (e *Elector) flip(ctx context.Context, active bool, reason string) {
 	e.cfg.Log.Error("bridge election: taking over failed; standing by", "err", err)
 	e.mu.Lock()
 	e.active, e.since, e.start = false, time.Time{}, e.cfg.Now()
-	e.st.Active, e.st.Since = false, time.Time{}
 	e.mu.Unlock()
 	e.beat()
 	if aerr := e.cfg.Apply(ctx, false, "taking over failed"); aerr != nil {
@@ -240,8 +228,7 @@ func (e *Elector) flip(ctx context.Context, active bool, reason string) {
 
 func (e *Elector) beat() {
 	e.mu.Lock()
-	e.seq++
-	b := Beat{Node: e.cfg.Me.Name, Priority: e.cfg.Me.Priority, Active: e.active, Since: e.since, Seq: e.seq}
+	b := Beat{Node: e.cfg.Me.Name, Priority: e.cfg.Me.Priority, Active: e.active, Since: e.since}
 	e.mu.Unlock()
 	payload, _ := json.Marshal(b)
 	if e.local.IsConnectionOpen() {

@@ -29,7 +29,6 @@ type Beat struct {
 	Priority int       `json:"priority"`
 	Active   bool      `json:"active"`
 	Since    time.Time `json:"since,omitzero"` // when it became active
-	Seq      uint64    `json:"seq"`
 }
 
 // Seen is the last beat of a candidate and when it arrived here (this

@@ -97,13 +97,13 @@ func (c Config) Cut(ctx context.Context, name string, addrs ...string) error {
 	}
 	for _, a := range addrs {
 		if err := blackhole(ctx, n, a); err != nil {
-			c.Heal(ctx, name)
+			c.Heal(ctx)
 			return fmt.Errorf("cut %s from %s: %w", name, strings.Join(addrs, ", "), err)
 		}
 		for _, o := range s.Nodes {
 			if o.Addr == a {
 				if err := blackhole(ctx, o, n.Addr); err != nil {
-					c.Heal(ctx, name)
+					c.Heal(ctx)
 					return fmt.Errorf("cut %s from %s: %w", name, o.Name, err)
 				}
 			}
@@ -122,7 +122,7 @@ func blackhole(ctx context.Context, n Node, addr string) error {
 }
 
 // Heal removes every cut: the blackhole routes in every running node.
-func (c Config) Heal(ctx context.Context, _ string) error {
+func (c Config) Heal(ctx context.Context) error {
 	s, err := c.Load()
 	if err != nil {
 		return err

@@ -254,12 +254,13 @@ func ThroughLB(addr string, brokers []string, tc *tls.Config) Probe {
 		// the path may still answer, so that a dead broker costs one
 		// probe's time, not two (a round of checks waiting on a dead broker
 		// holds up the agent's loop).
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		if d, ok := ctx.Deadline(); ok && time.Until(d) > time.Second {
-			bctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), d)
-			defer cancel()
+		// A second at least: the path may have used all of ctx's time.
+		wait := time.Second
+		if d, ok := ctx.Deadline(); ok {
+			wait = max(wait, time.Until(d))
 		}
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
+		defer cancel()
 		type answer struct {
 			broker string
 			ok     bool
