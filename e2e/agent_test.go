@@ -86,8 +86,8 @@ func TestMosquittoKilled(t *testing.T) {
 
 	d := hangBroker(t, "broker2", "")
 	report(t, "kill -STOP mosquitto: detected by the MQTT probe, killed, restarted and serving after %s", d.Round(time.Millisecond))
-	if d > 15*time.Second {
-		t.Errorf("took %s, hard bound 15 s (target 9 s)", d)
+	if d > 20*time.Second {
+		t.Errorf("took %s, hard bound 20 s (3x the typical 4.5-6 s; target 9 s)", d)
 	}
 	s := agentStatus(t, "broker2")
 	for _, c := range s.Checks {
@@ -195,8 +195,8 @@ func TestGitServerHangs(t *testing.T) {
 	mu.Unlock()
 	report(t, "git server hanging (%d connections held): hung broker replaced after %s, hand edit reverted after %s; broker1 says %q %s after the hang began",
 		n, repaired.Round(time.Millisecond), reverted.Round(time.Millisecond), agentStatus(t, "broker1").FetchError, time.Since(hung).Round(time.Second))
-	if repaired > 15*time.Second {
-		t.Errorf("hung broker replaced after %s, want within 15 s", repaired)
+	if repaired > 20*time.Second {
+		t.Errorf("hung broker replaced after %s, want within 20 s (3x the typical 5-6 s)", repaired)
 	}
 	if reverted > 3*time.Second {
 		t.Errorf("hand edit reverted after %s, want within 3 s", reverted)
@@ -445,8 +445,8 @@ func TestHostileCommit(t *testing.T) {
 	}
 	report(t, "hostile commit (CUE bomb + 30 MiB blob): refused everywhere within %s: %q; a hung broker replaced after %s meanwhile; agents' peak RSS %d MiB (unit limit 512 MiB)",
 		time.Since(pushed).Round(time.Second), reason, repaired.Round(time.Millisecond), peak)
-	if repaired > 15*time.Second {
-		t.Errorf("hung broker replaced after %s during the evaluation, want within 15 s", repaired)
+	if repaired > 20*time.Second {
+		t.Errorf("hung broker replaced after %s during the evaluation, want within 20 s (3x the typical 5-6 s)", repaired)
 	}
 	if peak > 256 {
 		t.Errorf("an agent peaked at %d MiB", peak)

@@ -497,7 +497,7 @@ func hangBroker(t *testing.T, node, while string) time.Duration {
 	pid := strings.TrimSpace(on(t, node, "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
 	on(t, node, "kill", "-STOP", pid)
 	stopped := time.Now()
-	waitFor(t, 20*time.Second, "hung mosquitto replaced"+while, func() bool {
+	waitFor(t, 30*time.Second, "hung mosquitto replaced"+while, func() bool {
 		now := strings.TrimSpace(on(t, node, "systemctl", "show", "-p", "MainPID", "--value", "mosquitto"))
 		return now != pid && now != "0" && handshake(addr, tc)
 	})

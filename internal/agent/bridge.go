@@ -16,6 +16,7 @@ import (
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/election"
+	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
 )
 
@@ -161,7 +162,7 @@ func (a *Agent) runElection(ctx context.Context, v *View) {
 	cfg := election.Config{Cluster: cl.Name, Topics: daemon.BeatTopics(cl.Name),
 		Me:     election.Candidate{Name: v.Node.Name, Priority: v.Node.Priority},
 		Local:  election.Endpoint{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker)), TLS: daemon.WithName(v.TLS, v.Node.Address)},
-		Active: a.bridgeActive, Since: a.bridgeSince, Log: a.log, Apply: a.askFlip}
+		Active: a.bridgeActive, Since: a.bridgeSince, Log: a.log, Apply: a.askFlip, LocalServes: a.mosquittoServes}
 	for _, b := range cl.WithRole(cluster.Broker) {
 		if b.Name == v.Node.Name {
 			continue
@@ -241,4 +242,26 @@ func (c bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(bridgeStandDesc, prometheus.CounterValue, float64(s.StandDowns))
 	ch <- prometheus.MustNewConstMetric(bridgeConflictsDesc, prometheus.CounterValue, float64(s.Conflicts))
 	ch <- prometheus.MustNewConstMetric(bridgeMasterDesc, prometheus.GaugeValue, b(s.Master != ""))
+}
+
+// mosquittoServes is the health checks' view of this node's mosquitto: it
+// serves unless the checks found it failing twice without being busy (not
+// running, or hung).
+func (a *Agent) mosquittoServes() bool {
+	a.mu.Lock()
+	m := a.monitor
+	a.mu.Unlock()
+	if m == nil {
+		return true
+	}
+	return serves(m.Results(), daemon.Mosquitto.Name)
+}
+
+func serves(rs []health.Result, check string) bool {
+	for _, r := range rs {
+		if r.Name == check && !r.OK && !r.Busy && r.Failures >= 2 {
+			return false
+		}
+	}
+	return true
 }

@@ -67,8 +67,10 @@ func confirmGone(ctx context.Context, addr string, d time.Duration) bool {
 }
 
 // watchBrokers runs on a load balancer until ctx ends, sending an event
-// when a broker's host goes or comes back.
-func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls.Config, events chan<- brokerEvent) {
+// when a broker's host goes or comes back. down are the brokers marked down
+// already: a watch started anew (the brokers changed) still says when they
+// come back.
+func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls.Config, down map[string]bool, events chan<- brokerEvent) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for _, b := range cl.WithRole(cluster.Broker) {
@@ -96,7 +98,7 @@ func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls
 		go func() {
 			defer wg.Done()
 			defer c.Disconnect(100)
-			gone := false
+			gone := down[b.Name]
 			tick := time.NewTicker(time.Second)
 			defer tick.Stop()
 			for {
@@ -144,7 +146,7 @@ func (a *Agent) runBrokerWatch(ctx context.Context, v *View) {
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	a.stopWatch, a.watchKey = cancel, key
-	go watchBrokers(wctx, v.Cluster, v.Node.Name, v.TLS, a.brokerEvents)
+	go watchBrokers(wctx, v.Cluster, v.Node.Name, v.TLS, maps.Clone(a.downBrokers), a.brokerEvents)
 }
 
 // onBrokerEvent updates the brokers this load balancer marks down and

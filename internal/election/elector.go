@@ -42,7 +42,12 @@ type Config struct {
 	// Apply makes the node run the role decided (bridge connections
 	// written, mosquitto restarted) and returns when it does.
 	Apply func(ctx context.Context, active bool, reason string) error
-	Now   func() time.Time
+	// LocalServes says whether this node's own mosquitto serves, from the
+	// health checks' evidence (busy is serving). nil: the beat connection
+	// to it is open; a busy mosquitto can drop that connection, and a
+	// master must not stand down (and restart mosquitto) for being busy.
+	LocalServes func() bool
+	Now         func() time.Time
 }
 
 // Status is the elector's view, for status and metrics.
@@ -160,6 +165,9 @@ func (e *Elector) decide(now time.Time) Verdict {
 		}
 	}
 	local := e.local.IsConnectionOpen()
+	if e.cfg.LocalServes != nil {
+		local = e.cfg.LocalServes()
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if brokers > 0 {

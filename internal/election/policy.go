@@ -69,8 +69,8 @@ type Obs struct {
 	// last time it reached one.
 	Brokers    int
 	LastBroker time.Time
-	// Local: this node's own mosquitto takes its beats; LastLocal the last
-	// time it did.
+	// Local: this node's own mosquitto serves (not proven dead or hung);
+	// LastLocal the last time it did.
 	Local     bool
 	LastLocal time.Time
 	// Active and Since: this node's role now.
