@@ -90,6 +90,9 @@ func (c *cmd) run(args []string) error {
 		return err
 	}
 	repo.MaxBytes = cfg.MaxDefinitionSize
+	if repo.CABundle, err = cfg.CABundle(); err != nil {
+		return err
+	}
 	deps.Source = repo
 	if trust != nil {
 		deps.Verifier = trustedRepo{repo, trust}

@@ -82,6 +82,9 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s needs NAME\n%s", args[0], usage)
 		}
 		return map[string]func(context.Context, string) error{"poweroff": c.PowerOff, "poweron": c.PowerOn}[args[0]](ctx, args[1])
+	case "git-serve":
+		// Started by up in the background: the repository over https and ssh.
+		return c.ServeGit(ctx, c.Log)
 	case "heal":
 		return c.Heal(ctx)
 	case "cut":

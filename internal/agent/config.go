@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -38,6 +39,7 @@ type Config struct {
 	LoadMemory  int64
 	StateDir    string        // default /var/lib/mqha
 	TokenFile   string        // https: file holding a token (sent as basic auth password)
+	CAFile      string        // https: CA bundle for the git server, besides the system's
 	SSHKey      string        // ssh: private key file
 	KnownHosts  string        // ssh: known_hosts file
 	Settle      time.Duration // how long units must stay up after a change
@@ -76,6 +78,7 @@ var keys = []key{
 	{"settle", dur(func(c *Config) *time.Duration { return &c.Settle }, 0)},
 	{"state-dir", str(func(c *Config) *string { return &c.StateDir })},
 	{"token-file", str(func(c *Config) *string { return &c.TokenFile })},
+	{"ca-file", str(func(c *Config) *string { return &c.CAFile })},
 	{"ssh-key", str(func(c *Config) *string { return &c.SSHKey })},
 	{"known-hosts", str(func(c *Config) *string { return &c.KnownHosts })},
 	{"health-interval", dur(func(c *Config) *time.Duration { return &c.HealthInterval }, 500*time.Millisecond)},
@@ -151,6 +154,9 @@ func ParseConfig(name string, data []byte) (Config, error) {
 		if c.TokenFile != "" && u.Scheme != "https" {
 			return c, fmt.Errorf("%s: token-file only applies to https repositories", name)
 		}
+		if c.CAFile != "" && u.Scheme != "https" {
+			return c, fmt.Errorf("%s: ca-file only applies to https repositories", name)
+		}
 		if c.SSHKey != "" && u.Scheme != "ssh" {
 			return c, fmt.Errorf("%s: ssh-key only applies to ssh repositories", name)
 		}
@@ -223,6 +229,22 @@ func (c Config) Auth() (transport.AuthMethod, error) {
 		return keys, nil
 	}
 	return nil, nil
+}
+
+// CABundle reads ca-file: the certificates that may sign the git server's
+// (an internal CA), trusted besides the system's. nil when none is set.
+func (c Config) CABundle() ([]byte, error) {
+	if c.CAFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca-file: %w", err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("ca-file %s holds no PEM certificate", c.CAFile)
+	}
+	return b, nil
 }
 
 // NodeName is the node this agent runs: configured, else the host name up

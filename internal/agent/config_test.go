@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,8 @@ func TestParseConfig(t *testing.T) {
 		{"token over plain http", "repo = http://h/c\ntoken-file = /t\n", "token in clear: use an https:// repo URL", nil},
 		{"definition size", "repo = git://h/c\nmax-definition-size = 16M\n", "", func(c Config) bool { return c.MaxDefinitionSize == 16<<20 }},
 		{"bad size", "repo = git://h/c\nmax-definition-size = lots\n", "is not a size", nil},
+		{"ca-file for https", "repo = https://h/c\nca-file = /etc/mqha/git-ca.crt\n", "", func(c Config) bool { return c.CAFile == "/etc/mqha/git-ca.crt" }},
+		{"ca-file on git://", "repo = git://h/c\nca-file = /c\n", "ca-file only applies to https", nil},
 		{"ssh user is no secret", "repo = ssh://git@h/c\nssh-key = /k\n", "", func(c Config) bool { return c.SSHKey == "/k" }},
 	}
 	for _, tt := range tests {
@@ -62,7 +66,7 @@ func TestEveryKeyParses(t *testing.T) {
 			v = "git://h/c"
 		}
 		in := "repo = git://h/c\n" + k + " = " + v + "\n"
-		if k == "token-file" || k == "ssh-key" || k == "known-hosts" || k == "webhook-secret-file" {
+		if k == "token-file" || k == "ca-file" || k == "ssh-key" || k == "known-hosts" || k == "webhook-secret-file" {
 			continue // need companions, covered above
 		}
 		if _, err := ParseConfig("agent.conf", []byte(in)); err != nil {
@@ -71,5 +75,20 @@ func TestEveryKeyParses(t *testing.T) {
 	}
 	if _, err := ParseConfig("agent.conf", []byte("nope = 1\n")); err == nil || !strings.Contains(err.Error(), strings.Join(Keys(), ", ")) {
 		t.Errorf("the unknown-key error does not list the keys: %v", err)
+	}
+}
+
+func TestCABundle(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.txt")
+	os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644)
+	if _, err := (Config{CAFile: notPEM}).CABundle(); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Errorf("a file without a certificate: %v", err)
+	}
+	if _, err := (Config{CAFile: filepath.Join(dir, "missing")}).CABundle(); err == nil || !strings.Contains(err.Error(), "ca-file") {
+		t.Errorf("a missing file: %v", err)
+	}
+	if b, err := (Config{}).CABundle(); b != nil || err != nil {
+		t.Errorf("no ca-file: %q, %v", b, err)
 	}
 }

@@ -114,10 +114,12 @@ func (c Config) Leftovers(ctx context.Context) []string {
 	return left
 }
 
-// gitDaemonPIDs finds the lab's git daemons (the git wrapper and the
-// git-daemon it runs) by the directory they serve.
+// gitDaemonPIDs finds the lab's git servers by the directory they serve: the
+// git daemon (the git wrapper and the git-daemon it runs) and git-serve
+// (https and ssh).
 func (c Config) gitDaemonPIDs() []int {
 	return processes(func(cmdline string) bool {
-		return strings.Contains(cmdline, "daemon") && strings.Contains(cmdline, "--base-path="+filepath.Join(c.Dir, "git"))
+		return strings.Contains(cmdline, "daemon") && strings.Contains(cmdline, "--base-path="+filepath.Join(c.Dir, "git")) ||
+			strings.Contains(cmdline, "git-serve") && strings.Contains(cmdline, c.Dir)
 	})
 }

@@ -117,6 +117,12 @@ func (c Config) Up(ctx context.Context, p Project) error {
 		return err
 	}
 	c.save(s)
+	if err := c.makeGitAccess(); err != nil {
+		return err
+	}
+	if err := c.startGitServe(ctx); err != nil {
+		return err
+	}
 	if err := c.pki(ctx, p); err != nil {
 		return err
 	}
@@ -463,7 +469,8 @@ func (c Config) Notify(ctx context.Context) (int, error) {
 	return ok, errors.Join(errs...)
 }
 
-// StopGit and StartGit take the lab's git server away and bring it back.
+// StopGit and StartGit take the lab's git servers (git://, https, ssh) away
+// and bring them back.
 func (c Config) StopGit(ctx context.Context) error {
 	s, err := c.Load()
 	if err != nil {
@@ -489,7 +496,10 @@ func (c Config) StartGit(ctx context.Context) error {
 	if s.GitDaemon, err = c.gitDaemon(ctx); err != nil {
 		return err
 	}
-	return c.save(s)
+	if err := c.save(s); err != nil {
+		return err
+	}
+	return c.startGitServe(ctx)
 }
 
 // waitServing waits until an MQTT client with the lab's client certificate

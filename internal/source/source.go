@@ -28,6 +28,9 @@ type Repo struct {
 	URL    string
 	Branch string
 	Auth   transport.AuthMethod // nil for file:// and git:// or anonymous https
+	// CABundle: certificates trusted for an https server besides the
+	// system's (agent.conf ca-file).
+	CABundle []byte
 	// MaxBytes bounds the .cue files of a commit that Read reads (0:
 	// DefaultMaxBytes).
 	MaxBytes int64
@@ -63,7 +66,7 @@ func (r *Repo) Head(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	refs, err := rem.ListContext(ctx, &git.ListOptions{Auth: r.Auth})
+	refs, err := rem.ListContext(ctx, &git.ListOptions{Auth: r.Auth, CABundle: r.CABundle})
 	if err != nil {
 		return "", fmt.Errorf("list %s: %w", r.URL, err)
 	}
@@ -97,7 +100,7 @@ func (r *Repo) fetch(ctx context.Context, depth int) error {
 	spec := config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/%s/%s", r.Branch, remoteName, r.Branch))
 	err := r.repo.FetchContext(ctx, &git.FetchOptions{
 		RemoteName: remoteName, RefSpecs: []config.RefSpec{spec},
-		Depth: depth, Tags: git.NoTags, Force: true, Auth: r.Auth,
+		Depth: depth, Tags: git.NoTags, Force: true, Auth: r.Auth, CABundle: r.CABundle,
 	})
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
 		return fmt.Errorf("fetch %s from %s: %w", r.Branch, r.URL, err)
