@@ -107,6 +107,13 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 	for _, c := range s.Certificates {
 		fmt.Fprintf(w, "cert %-5s %s expires %s (in %d days)\n", c.Name+":", c.File, c.NotAfter.Format("2006-01-02"), int(time.Until(c.NotAfter).Hours()/24))
 	}
+	if d := s.Decommission; d != nil {
+		if d.Done.IsZero() {
+			fmt.Fprintf(w, "DECOMMISSIONING since %s (commit %s does not list this node): %s\n", d.Since.Format(time.RFC3339), source.Short(d.Commit), d.State)
+		} else {
+			fmt.Fprintf(w, "DECOMMISSIONED at %s: %s\n", d.Done.Format(time.RFC3339), d.State)
+		}
+	}
 	if p := s.Suspended; p != nil {
 		repair := "health repair on"
 		if p.NoRepair {

@@ -148,7 +148,8 @@ func TestAddBroker(t *testing.T) {
 
 // TestRemoveBroker (c): one commit removes broker3 again; without the push
 // trigger every node converges within the poll interval + 5 s (the target;
-// the hard bound is 3x the typical figure).
+// the hard bound is 3x the typical figure), and broker3 decommissions itself
+// once the others have let go of it.
 func TestRemoveBroker(t *testing.T) {
 	var pushed time.Time
 	var head string
@@ -170,11 +171,27 @@ func TestRemoveBroker(t *testing.T) {
 	if strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), "broker3") {
 		t.Error("the bridge still bridges broker3")
 	}
-	// The removed node is told, and keeps what it had: taking a node out of
-	// the definition must not be a way to break it by typo.
-	waitFor(t, 20*time.Second, "broker3 reports it is not in the cluster", func() bool {
-		return strings.Contains(agentStatus(t, "broker3").RefusedReason, "not in the cluster definition")
+	// broker3 leaves once the others let go of it: the LBs took it out of
+	// nginx and closed its clients' connections, the bridge dropped its
+	// link, every agent stopped publishing to it; then its mosquitto is
+	// stopped and disabled, and status says so (exit 0: that is what the
+	// commit says).
+	dd := waitFor(t, 30*time.Second, "broker3 decommissioned", func() bool {
+		d := agentStatus(t, "broker3").Decommission
+		return d != nil && !d.Done.IsZero()
 	})
+	dc := agentStatus(t, "broker3").Decommission
+	if !strings.Contains(dc.State, "no other host was connected") {
+		t.Errorf("broker3 did not wait for the others to let go: %s", dc.State)
+	}
+	if a, e := strings.TrimSpace(onAny(t, "broker3", "systemctl", "is-active", "mosquitto")), strings.TrimSpace(onAny(t, "broker3", "systemctl", "is-enabled", "mosquitto")); a != "inactive" || e != "disabled" {
+		t.Errorf("broker3's mosquitto is %s and %s, want inactive and disabled", a, e)
+	}
+	out, code := statusOf(t, "broker3")
+	if code != 0 || !strings.Contains(out, "DECOMMISSIONED") {
+		t.Errorf("status exit %d:\n%s", code, out)
+	}
+	report(t, "broker3 decommissioned %s after the others applied its removal: %s", dd.Round(time.Millisecond), dc.State)
 }
 
 // TestLBFailover: nginx killed on the VIP holder; the VIP moves to the

@@ -97,6 +97,9 @@ type Deps struct {
 	Journal func(ctx context.Context, unit, cursor string) (lines []string, next string, err error)
 	// WatchFiles reports managed files changed by hand (nil: not watched).
 	WatchFiles func(ctx context.Context, files []string) (<-chan string, error)
+	// PeerConns counts established connections to this host's ports from
+	// other hosts (nil: ss).
+	PeerConns func(ctx context.Context, ports []int) (int, error)
 	// Notify sends sd_notify lines (nil: dropped).
 	Notify func(state string)
 	// Now is the clock of the pull policy (nil: time.Now).
@@ -146,8 +149,12 @@ type Agent struct {
 	statusTo statusTarget
 	// suspended is the operator's pause (suspend.go); nil when none.
 	suspended *control.Suspension
-	suspends  chan suspendRequest
-	recheck   chan struct{} // a failed check runs again soon
+	// decom is this node's way out of the cluster (decommission.go); nil
+	// while the definition lists it.
+	decom        *control.Decommission
+	decomCluster *cluster.Cluster // the definition that removed it (nil after a restart until needed)
+	suspends     chan suspendRequest
+	recheck      chan struct{} // a failed check runs again soon
 
 	// Pulls run off the loop (network); the loop settles what they found.
 	pulls     chan pulled
@@ -208,6 +215,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
 	}
+	if d.PeerConns == nil {
+		d.PeerConns = peerConns
+	}
 	if d.LoadDefinition == nil {
 		d.LoadDefinition = func(_ context.Context, files fs.FS) (*cluster.Cluster, error) { return schema.Load(files, ".") }
 	}
@@ -222,6 +232,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
 	a.restoreState()
 	a.restoreSuspension()
+	a.restoreDecommission()
 	a.st.Insecure = a.insecurity()
 	return a
 }
@@ -290,6 +301,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.startPull(ctx, false)
 		case <-checks.C:
 			a.checkHealth(ctx)
+			a.stepDecommission(ctx)
 		case u := <-units:
 			a.log.Info("unit changed state; checking now", "unit", u)
 			a.checkHealth(ctx)
@@ -426,7 +438,7 @@ func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
 	}{
 		{"repo", a.cfg.Repo, cfg.Repo}, {"branch", a.cfg.Branch, cfg.Branch}, {"path", a.cfg.Path, cfg.Path},
 		{"node", a.cfg.Node, cfg.Node}, {"state-dir", a.cfg.StateDir, cfg.StateDir}, {"socket", a.cfg.Socket, cfg.Socket},
-		{"listen", a.cfg.Listen, cfg.Listen}, {"token-file", a.cfg.TokenFile, cfg.TokenFile},
+		{"listen", a.cfg.Listen, cfg.Listen}, {"token-file", a.cfg.TokenFile, cfg.TokenFile}, {"ca-file", a.cfg.CAFile, cfg.CAFile},
 		{"ssh-key", a.cfg.SSHKey, cfg.SSHKey}, {"known-hosts", a.cfg.KnownHosts, cfg.KnownHosts},
 	} {
 		if f.old != f.new {
@@ -435,6 +447,7 @@ func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
 	}
 	a.cfg.Poll, a.cfg.HealthInterval, a.cfg.VerifyTimeout, a.cfg.Settle = cfg.Poll, cfg.HealthInterval, cfg.VerifyTimeout, cfg.Settle
 	a.cfg.FetchTimeout = cfg.FetchTimeout
+	a.cfg.Decommission, a.cfg.DecommissionGrace = cfg.Decommission, cfg.DecommissionGrace
 	a.cfg.AllowRewind, a.cfg.WebhookSecretFile, a.cfg.TrustedKeys = cfg.AllowRewind, cfg.WebhookSecretFile, cfg.TrustedKeys
 	a.d.Verifier = verifier
 	insecure := a.insecurity()

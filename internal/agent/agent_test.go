@@ -338,7 +338,7 @@ func TestChecksBeforeAnythingIsRead(t *testing.T) {
 		{"schema error", func(h *harness) {
 			h.src.commits["c2"]["extra.cue"].Data = []byte("package cluster\n\nvip: routerId: 7\n")
 		}, "field not allowed", true},
-		{"node removed", func(h *harness) { h.a.node = "broker9" }, `node "broker9" is not in the cluster definition`, true},
+		{"node removed, decommission off", func(h *harness) { h.a.node, h.a.cfg.Decommission = "broker9", false }, `node "broker9" is not in the cluster definition; decommission = false`, true},
 		{"certificate does not load", func(h *harness) {
 			h.a.d.LoadTLS = func(TLSFiles) (*tls.Config, error) {
 				return nil, errors.New("open /etc/mqha/tls/node.key: permission denied")

@@ -51,11 +51,17 @@ type Config struct {
 	Socket            string        // control socket, default /run/mqha/agent.sock
 	Listen            string        // address for /metrics and /hook; empty: none
 	WebhookSecretFile string        // shared secret for /hook
+	// Decommission: when a commit removes this node, stop and disable its
+	// units once the others let go of it (default true); false keeps it
+	// serving its last configuration. DecommissionGrace bounds the wait.
+	Decommission      bool
+	DecommissionGrace time.Duration // default 60s
 }
 
 func defaultConfig() Config {
 	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, FetchTimeout: 30 * time.Second, LoadTimeout: 20 * time.Second, LoadMemory: 256 << 20, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
-		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket}
+		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket,
+		Decommission: true, DecommissionGrace: time.Minute}
 }
 
 type key struct {
@@ -84,14 +90,27 @@ var keys = []key{
 	{"health-interval", dur(func(c *Config) *time.Duration { return &c.HealthInterval }, 500*time.Millisecond)},
 	{"verify-timeout", dur(func(c *Config) *time.Duration { return &c.VerifyTimeout }, time.Second)},
 	{"trusted-keys", str(func(c *Config) *string { return &c.TrustedKeys })},
-	{"allow-rewind", func(c *Config, v string) (err error) { c.AllowRewind, err = strconv.ParseBool(v); return err }},
+	{"allow-rewind", boolean(func(c *Config) *bool { return &c.AllowRewind })},
 	{"socket", str(func(c *Config) *string { return &c.Socket })},
 	{"listen", str(func(c *Config) *string { return &c.Listen })},
 	{"webhook-secret-file", str(func(c *Config) *string { return &c.WebhookSecretFile })},
+	{"decommission", boolean(func(c *Config) *bool { return &c.Decommission })},
+	{"decommission-grace", dur(func(c *Config) *time.Duration { return &c.DecommissionGrace }, 0)},
 }
 
 func str(field func(*Config) *string) func(*Config, string) error {
 	return func(c *Config, v string) error { *field(c) = v; return nil }
+}
+
+func boolean(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q: want true or false", v)
+		}
+		*field(c) = b
+		return nil
+	}
 }
 
 func dur(field func(*Config) *time.Duration, min time.Duration) func(*Config, string) error {

@@ -22,18 +22,19 @@ import (
 )
 
 type metrics struct {
-	reg         *prometheus.Registry
-	applied     *prometheus.GaugeVec
-	converges   *prometheus.CounterVec
-	fetchErrors prometheus.Counter
-	checkOK     *prometheus.GaugeVec
-	repairs     *prometheus.GaugeVec
-	drift       prometheus.Counter
-	drops       *prometheus.CounterVec
-	limitOK     *prometheus.GaugeVec
-	stage       *prometheus.HistogramVec
-	certExpiry  *prometheus.GaugeVec
-	suspended   prometheus.Gauge
+	reg          *prometheus.Registry
+	applied      *prometheus.GaugeVec
+	converges    *prometheus.CounterVec
+	fetchErrors  prometheus.Counter
+	checkOK      *prometheus.GaugeVec
+	repairs      *prometheus.GaugeVec
+	drift        prometheus.Counter
+	drops        *prometheus.CounterVec
+	limitOK      *prometheus.GaugeVec
+	stage        *prometheus.HistogramVec
+	certExpiry   *prometheus.GaugeVec
+	suspended    prometheus.Gauge
+	decommission prometheus.Gauge
 }
 
 func newMetrics() metrics {
@@ -55,7 +56,8 @@ func newMetrics() metrics {
 	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_certificate_expiry_timestamp_seconds",
 		Help: "When the node's certificate (cert=node) and the cluster CA (cert=ca) expire, as a Unix time."}, []string{"cert"})
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_suspended", Help: "1 while an operator suspended the agent (mqha-agent suspend): no converging, no drift revert."})
-	m.reg.MustRegister(m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry,
+	m.decommission = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_decommission", Help: "0 while the definition lists this node, 1 while it drains after a commit removed it, 2 once its units are stopped and disabled."})
+	m.reg.MustRegister(m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -155,6 +155,9 @@ func (a *Agent) convergeNew(ctx context.Context, def *evaluated, fetching, evalu
 	a.timing("fetch+trust", fetching)
 	mark := time.Now()
 	v, err := a.view0(def)
+	if errors.Is(err, errNotInDefinition) {
+		return a.startDecommission(ctx, def, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -202,8 +205,8 @@ func (a *Agent) pullDone(ctx context.Context, r pulled) {
 // enforce re-applies the applied commit: a no-op unless something drifted
 // or a unit is down.
 func (a *Agent) enforce(ctx context.Context) error {
-	if a.applied == "" || a.suspended != nil {
-		return nil // suspended: hand edits stay
+	if a.applied == "" || a.suspended != nil || a.decom != nil {
+		return nil // suspended: hand edits stay; decommissioned: nothing to enforce
 	}
 	v := a.view
 	if v == nil || v.Commit != a.applied {

@@ -67,6 +67,11 @@ func (a *Agent) applyDone(v *View) {
 		a.refused = ""
 		os.Remove(filepath.Join(a.cfg.StateDir, "refused"))
 	}
+	if a.decom != nil {
+		// Listed again: back in the cluster (this apply started its units).
+		a.log.Info("this node is in the cluster definition again", "commit", source.Short(v.Commit))
+		a.setDecommission(nil)
+	}
 	a.applied, a.view = v.Commit, v
 	a.writeState("applied", v.Commit)
 	a.m.setApplied(v.Commit)
@@ -125,6 +130,9 @@ func statusLine(s control.Status) string {
 	msg := "applied " + source.Short(s.Applied)
 	if s.Refused != "" && s.Refused != s.Applied {
 		msg += "; refused " + source.Short(s.Refused) + ": " + s.RefusedReason
+	}
+	if d := s.Decommission; d != nil {
+		msg += "; " + map[bool]string{true: "decommissioning", false: "decommissioned"}[d.Done.IsZero()]
 	}
 	if s.FetchError != "" {
 		msg += "; fetch error: " + s.FetchError

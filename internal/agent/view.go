@@ -75,7 +75,7 @@ func (a *Agent) view0(def *evaluated) (*View, error) {
 	var err error
 	var ok bool
 	if v.Node, ok = v.Cluster.Node(a.node); !ok {
-		return nil, wrap(fmt.Errorf("node %q is not in the cluster definition", a.node))
+		return nil, wrap(fmt.Errorf("node %q %w", a.node, errNotInDefinition))
 	}
 	if v.TLS, err = a.d.LoadTLS(v.Cluster.TLS); err != nil {
 		return nil, wrap(fmt.Errorf("this node's certificate does not load, so its health cannot be checked: %w (check tls.ca, tls.cert and tls.key of the definition against the files on this node)", err))

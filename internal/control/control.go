@@ -67,6 +67,9 @@ type Status struct {
 	// Bridge is the bridge election as this node sees it (bridge nodes of
 	// a cluster with standbys only).
 	Bridge *Bridge `json:"bridge,omitempty"`
+	// Decommission is set once a commit removed this node from the
+	// definition: draining, then its units stopped and disabled.
+	Decommission *Decommission `json:"decommission,omitempty"`
 }
 
 // Bridge is a bridge node's view of the election of the bridge master.
@@ -118,8 +121,22 @@ const recentDrops = 15 * time.Minute
 
 // Problems are what makes the node degraded, one line each; none means
 // healthy and on the applied commit. `mqha-agent status` exits 1 on any.
+// Decommission is a node's way out of the cluster.
+type Decommission struct {
+	Commit  string    `json:"commit"` // the commit that removed the node (or a later one)
+	Subject string    `json:"subject,omitempty"`
+	Since   time.Time `json:"since"`
+	// Done is when its units were stopped and disabled (zero: draining).
+	Done    time.Time `json:"done,omitzero"`
+	Stopped []string  `json:"stopped,omitempty"`
+	State   string    `json:"state"`
+}
+
 func (s Status) Problems(now time.Time) []string {
 	var out []string
+	if d := s.Decommission; d != nil && d.Done.IsZero() {
+		out = append(out, "decommissioning: "+d.State)
+	}
 	if s.Unconfigured != "" {
 		out = append(out, "not configured: "+s.Unconfigured)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strings"
 
 	"github.com/aymanbagabas/go-udiff"
@@ -94,7 +95,9 @@ func Make(out *render.Output, root fs.FS, states map[string]unit.State) (*Plan, 
 		}
 		p.Units = append(p.Units, Unit{Name: u, Action: action, Reason: reason})
 	}
-	for _, u := range daemon.Units() {
+	// What the node no longer needs stops in reverse start order: on a load
+	// balancer keepalived (the VIP moves) before nginx.
+	for _, u := range slices.Backward(daemon.Units()) {
 		if wanted[u] {
 			continue
 		}
