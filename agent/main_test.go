@@ -13,6 +13,7 @@ import (
 
 	"github.com/mqha/mqha/schema"
 
+	"github.com/mqha/mqha/internal/agent"
 	"github.com/mqha/mqha/internal/control"
 )
 
@@ -299,4 +300,46 @@ func exampleRepo(t *testing.T) (string, func(args ...string)) {
 	gitIn("add", "-A")
 	gitIn("commit", "-qm", "example")
 	return repo, gitIn
+}
+
+// TestManPageIsComplete: the man page names every command, every agent.conf
+// key and every metric (a new one must be documented to pass), and the
+// operator's guide every metric.
+func TestManPageIsComplete(t *testing.T) {
+	b, err := os.ReadFile("../packaging/mqha-agent.8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	man := strings.ReplaceAll(string(b), `\-`, "-")
+	guide, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var commands []string
+	for _, l := range strings.Split(usage, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(l, "  ") && !strings.HasPrefix(l, "   ") {
+			commands = append(commands, f[0])
+		}
+	}
+	if len(commands) < 10 {
+		t.Fatalf("read %d commands from the usage", len(commands))
+	}
+	for _, c := range commands {
+		if !strings.Contains(man, ".B "+c) {
+			t.Errorf("the man page does not describe the command %s", c)
+		}
+	}
+	for _, k := range agent.Keys() {
+		if !strings.Contains(man, ".B "+k+"\n") {
+			t.Errorf("the man page's CONFIGURATION does not describe agent.conf key %s", k)
+		}
+	}
+	for _, m := range agent.MetricNames() {
+		if !strings.Contains(man, m) {
+			t.Errorf("the man page's METRICS do not name %s", m)
+		}
+		if !strings.Contains(string(guide), m) {
+			t.Errorf("docs/operations.md does not name the metric %s", m)
+		}
+	}
 }

@@ -49,6 +49,8 @@ func TestPackages(t *testing.T) {
 			"./usr/share/doc/mqha-agent/copyright",
 			"./usr/share/doc/mqha-agent/operations.md",
 			"./usr/share/doc/mqha-agent/changelog.Debian.gz",
+			"./usr/share/mqha/prometheus/mqha.rules.yml",
+			"./usr/share/mqha/grafana/mqha.json",
 		} {
 			if !matchLine(list, want) {
 				t.Errorf("deb lacks %s:\n%s", want, list)

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ import (
 
 type metrics struct {
 	reg          *prometheus.Registry
+	own          []prometheus.Collector // the mqha_ metrics (MetricNames)
 	applied      *prometheus.GaugeVec
 	converges    *prometheus.CounterVec
 	fetchErrors  prometheus.Counter
@@ -57,10 +60,33 @@ func newMetrics() metrics {
 		Help: "When the node's certificate (cert=node) and the cluster CA (cert=ca) expire, as a Unix time."}, []string{"cert"})
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_suspended", Help: "1 while an operator suspended the agent (mqha-agent suspend): no converging, no drift revert."})
 	m.decommission = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_decommission", Help: "0 while the definition lists this node, 1 while it drains after a commit removed it, 2 once its units are stopped and disabled."})
-	m.reg.MustRegister(m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.own = []prometheus.Collector{m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
+	m.reg.MustRegister(m.own...)
+	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
+
+// MetricNames lists the mqha_ metrics the agent serves: what the man page,
+// the alert rules and the dashboard may name (their tests read it).
+func MetricNames() []string {
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range append(newMetrics().own, bridgeCollector{}) {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	var out []string
+	for d := range ch {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			out = append(out, m[1])
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
 
 func (m metrics) setApplied(hash string) {
 	m.applied.Reset()
