@@ -20,7 +20,9 @@ import (
 )
 
 const pkiUsage = `usage:
-  mqha-agent pki init   --dir D [--repo R | --name CLUSTER]   make the cluster CA (D/ca.crt, D/ca.key)
+  mqha-agent pki init   --dir D [--repo R | --name CLUSTER] [--node-ca]
+                                                              make the cluster CA (D/ca.crt, D/ca.key);
+                                                              --node-ca: and a CA for nodes only (D/node-ca.*)
   mqha-agent pki issue  --dir D [--repo R] (NODE... | --all)  key + certificate per node under D/NODE/
   mqha-agent pki issue  --dir D [--repo R] --address A --role R NODE   the same, for a node not in the definition yet
   mqha-agent pki client --dir D NAME                          client key + certificate under D/clients/
@@ -39,10 +41,11 @@ func (c *cmd) pki(args []string) error {
 	dir := fs.String("dir", "", "PKI directory (required)")
 	force := fs.Bool("force", false, "replace an existing key and certificate")
 	var name, address, roles *string
-	var all *bool
+	var all, nodeCA *bool
 	switch args[0] {
 	case "init":
 		name = fs.String("name", "", "cluster name (default: from --repo)")
+		nodeCA = fs.Bool("node-ca", false, "also a CA that signs node certificates only (set tls.nodeCA)")
 	case "issue":
 		address = fs.String("address", "", "for a node not yet in the definition: its address")
 		roles = fs.String("role", "", "for a node not yet in the definition: its roles, comma-separated")
@@ -71,7 +74,7 @@ func (c *cmd) pki(args []string) error {
 			}
 			*name = cl.Name
 		}
-		return c.pkiInit(*dir, *name, now)
+		return c.pkiInit(*dir, *name, *nodeCA, now)
 	case "issue":
 		cl, err := schema.LoadDir(*repo)
 		if err != nil {
@@ -89,6 +92,10 @@ func (c *cmd) pki(args []string) error {
 			return errors.New("name at least one node, or give --all")
 		}
 		ca, err := loadCA(*dir)
+		if err != nil {
+			return err
+		}
+		signer, trust, err := loadSigners(*dir, ca)
 		if err != nil {
 			return err
 		}
@@ -121,7 +128,10 @@ func (c *cmd) pki(args []string) error {
 			if !ok {
 				return fmt.Errorf("node %q is not in cluster %q (for a node not added yet, name only it and give --address and --role)", nodeName, cl.Name)
 			}
-			if err := c.issue(ca, filepath.Join(*dir, n.Name), "node", nodeLeaf(cl, n), now, *force); err != nil {
+			if err := c.issue(signer, trust, filepath.Join(*dir, n.Name), "node", nodeLeaf(cl, n), now, *force); err != nil {
+				return err
+			}
+			if err := atomicfile.Write(filepath.Join(*dir, n.Name, "node-ca.crt"), signer.CertPEM(), 0o644); err != nil {
 				return err
 			}
 		}
@@ -141,7 +151,11 @@ func (c *cmd) pki(args []string) error {
 		if err != nil {
 			return err
 		}
-		return c.issue(ca, filepath.Join(*dir, "clients"), names[0], pki.Leaf{Name: names[0], Client: true}, now, *force)
+		_, trust, err := loadSigners(*dir, ca)
+		if err != nil {
+			return err
+		}
+		return c.issue(ca, trust, filepath.Join(*dir, "clients"), names[0], pki.Leaf{Name: names[0], Client: true}, now, *force)
 	}
 	return fmt.Errorf("unknown pki subcommand %q\n%s", args[0], pkiUsage)
 }
@@ -158,11 +172,42 @@ func nodeLeaf(cl *cluster.Cluster, n cluster.Node) pki.Leaf {
 	return l
 }
 
-func (c *cmd) pkiInit(dir, name string, now time.Time) error {
-	keyPath := filepath.Join(dir, "ca.key")
-	if _, err := os.Stat(keyPath); err == nil {
-		return fmt.Errorf("%s exists; refusing to replace the cluster CA (every certificate depends on it)", keyPath)
+// pkiInit makes the cluster CA, and with nodeCA a second one that signs
+// node certificates only: the brokers' bridge listeners then trust it alone
+// (tls.nodeCA), so no client certificate reaches them. An existing CA is
+// never replaced; --node-ca on a directory that has the cluster CA adds the
+// node CA.
+func (c *cmd) pkiInit(dir, name string, nodeCA bool, now time.Time) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
 	}
+	made := false
+	for _, ca := range []struct {
+		base, name string
+		want       bool
+	}{{"ca", name, true}, {"node-ca", "nodes " + name, nodeCA}} {
+		keyPath := filepath.Join(dir, ca.base+".key")
+		if !ca.want {
+			continue
+		}
+		if _, err := os.Stat(keyPath); err == nil {
+			if ca.base == "ca" && nodeCA {
+				continue // adding the node CA to an existing PKI
+			}
+			return fmt.Errorf("%s exists; refusing to replace the cluster CA (every certificate depends on it)", keyPath)
+		}
+		made = true
+		if err := c.newCA(dir, ca.base, ca.name, now); err != nil {
+			return err
+		}
+	}
+	if !made {
+		return fmt.Errorf("%s exists; refusing to replace it", filepath.Join(dir, "node-ca.key"))
+	}
+	return nil
+}
+
+func (c *cmd) newCA(dir, base, name string, now time.Time) error {
 	ca, err := pki.NewCA(name, now)
 	if err != nil {
 		return err
@@ -171,17 +216,37 @@ func (c *cmd) pkiInit(dir, name string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
+	keyPath := filepath.Join(dir, base+".key")
 	if err := writeNew(keyPath, key, 0o600); err != nil {
 		return err
 	}
-	if err := writeNew(filepath.Join(dir, "ca.crt"), ca.CertPEM(), 0o644); err != nil {
+	if err := writeNew(filepath.Join(dir, base+".crt"), ca.CertPEM(), 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "%s\n%s\n", filepath.Join(dir, "ca.crt"), keyPath)
+	fmt.Fprintf(c.stdout, "%s\n%s\n", filepath.Join(dir, base+".crt"), keyPath)
 	return nil
+}
+
+// loadSigners returns what signs node certificates (the node CA if there
+// is one, else the cluster CA) and what nodes and clients trust (ca.crt
+// they get: the cluster CA, and the node CA when there is one).
+func loadSigners(dir string, ca *pki.CA) (*pki.CA, []byte, error) {
+	cert, err := os.ReadFile(filepath.Join(dir, "node-ca.crt"))
+	if errors.Is(err, os.ErrNotExist) {
+		return ca, ca.CertPEM(), nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := os.ReadFile(filepath.Join(dir, "node-ca.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	node, err := pki.ParseCA(cert, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node CA in %s: %w", dir, err)
+	}
+	return node, append(ca.CertPEM(), node.CertPEM()...), nil
 }
 
 func loadCA(dir string) (*pki.CA, error) {
@@ -196,9 +261,9 @@ func loadCA(dir string) (*pki.CA, error) {
 	return pki.ParseCA(cert, key)
 }
 
-// issue writes OUT/BASE.crt, OUT/BASE.key (0600) and OUT/ca.crt; an
-// existing key is replaced only with --force.
-func (c *cmd) issue(ca *pki.CA, out, base string, l pki.Leaf, now time.Time, force bool) error {
+// issue writes OUT/BASE.crt, OUT/BASE.key (0600) signed by ca, and
+// OUT/ca.crt (trust); an existing key is replaced only with --force.
+func (c *cmd) issue(ca *pki.CA, trust []byte, out, base string, l pki.Leaf, now time.Time, force bool) error {
 	keyPath := filepath.Join(out, base+".key")
 	if _, err := os.Stat(keyPath); err == nil && !force {
 		return fmt.Errorf("%s exists: %s has a key already; give --force to replace it (then deploy the new key and certificate where %s runs)", keyPath, l.Name, l.Name)
@@ -214,7 +279,7 @@ func (c *cmd) issue(ca *pki.CA, out, base string, l pki.Leaf, now time.Time, for
 		name string
 		data []byte
 		mode os.FileMode
-	}{{base + ".key", key, 0o600}, {base + ".crt", cert, 0o644}, {"ca.crt", ca.CertPEM(), 0o644}} {
+	}{{base + ".key", key, 0o600}, {base + ".crt", cert, 0o644}, {"ca.crt", trust, 0o644}} {
 		if err := atomicfile.Write(filepath.Join(out, f.name), f.data, f.mode); err != nil {
 			return err
 		}

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mqha/mqha/internal/agent"
 )
 
 func readCert(t *testing.T, path string) *x509.Certificate {
@@ -143,5 +145,91 @@ func TestPKIRefusesGitWorkTree(t *testing.T) {
 	os.WriteFile(filepath.Join(repo, ".gitignore"), []byte("/pki/\n"), 0o644)
 	if code, out, errs := mqha(t, "pki", "init", "--dir", filepath.Join(repo, "pki"), "--name", "mqtt"); code != 0 {
 		t.Fatalf("ignored directory refused: exit %d: %s%s", code, out, errs)
+	}
+}
+
+// TestPKINodeCA: with --node-ca, node certificates come from a CA of their
+// own, which client certificates do not chain to (the bridge listeners
+// trust it alone), and what nodes and clients trust (ca.crt) holds both;
+// the agent checks a node's files against tls.nodeCA at load.
+func TestPKINodeCA(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	repo := t.TempDir()
+	os.WriteFile(filepath.Join(repo, "c.cue"), []byte(`package cluster
+name: "mqtt"
+vip: {address: "10.20.0.100/24", routerID: 42}
+nodes: {
+	lb1: {address: "10.20.0.11", roles: ["lb"], priority: 150}
+	lb2: {address: "10.20.0.12", roles: ["lb"], priority: 100}
+	bridge: {address: "10.20.0.20", roles: ["bridge"]}
+	broker1: {address: "10.20.0.21", roles: ["broker"]}
+}
+tls: nodeCA: "/etc/mqha/tls/node-ca.crt"
+`), 0o644)
+	for _, s := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"pki", "init", "--dir", dir, "--repo", repo}, 0, "ca.crt"},
+		// Added to an existing PKI, once.
+		{[]string{"pki", "init", "--dir", dir, "--repo", repo, "--node-ca"}, 0, "node-ca.crt"},
+		{[]string{"pki", "init", "--dir", dir, "--repo", repo, "--node-ca"}, 2, "node-ca.key exists"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "bridge", "broker1"}, 0, "broker1:"},
+		{[]string{"pki", "client", "--dir", dir, "alice"}, 0, "alice:"},
+	} {
+		if code, out, errs := mqha(t, s.args...); code != s.code || !strings.Contains(out+errs, s.out) {
+			t.Fatalf("%v: exit %d, want %d; output %s%s; want %q", s.args, code, s.code, out, errs, s.out)
+		}
+	}
+	pool := func(files ...string) *x509.CertPool {
+		p := x509.NewCertPool()
+		for _, f := range files {
+			b, _ := os.ReadFile(filepath.Join(dir, f))
+			if !p.AppendCertsFromPEM(b) {
+				t.Fatalf("%s holds no certificate", f)
+			}
+		}
+		return p
+	}
+	verifies := func(cert string, roots *x509.CertPool) bool {
+		_, err := readCert(t, filepath.Join(dir, cert)).Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		return err == nil
+	}
+	nodeCA, clusterCA := pool("node-ca.crt"), pool("ca.crt")
+	for _, tt := range []struct {
+		cert        string
+		byNodeCA    bool
+		byClusterCA bool
+	}{
+		{"broker1/node.crt", true, false},
+		{"bridge/node.crt", true, false},
+		{"clients/alice.crt", false, true},
+	} {
+		if got := verifies(tt.cert, nodeCA); got != tt.byNodeCA {
+			t.Errorf("%s chains to the node CA: %v, want %v", tt.cert, got, tt.byNodeCA)
+		}
+		if got := verifies(tt.cert, clusterCA); got != tt.byClusterCA {
+			t.Errorf("%s chains to the cluster CA: %v, want %v", tt.cert, got, tt.byClusterCA)
+		}
+	}
+	for _, trust := range []string{"broker1/ca.crt", "clients/ca.crt"} {
+		if !verifies("broker1/node.crt", pool(trust)) || !verifies("clients/alice.crt", pool(trust)) {
+			t.Errorf("%s does not trust both CAs", trust)
+		}
+	}
+	// The agent's check of a node's files.
+	files := func(ca, nodeCA string) agent.TLSFiles {
+		return agent.TLSFiles{CA: filepath.Join(dir, ca), NodeCA: filepath.Join(dir, nodeCA),
+			Cert: filepath.Join(dir, "broker1/node.crt"), Key: filepath.Join(dir, "broker1/node.key")}
+	}
+	if _, err := agent.LoadTLS(files("broker1/ca.crt", "broker1/node-ca.crt")); err != nil {
+		t.Errorf("a node issued from the node CA: %v", err)
+	}
+	if _, err := agent.LoadTLS(files("broker1/ca.crt", "ca.crt")); err == nil || !strings.Contains(err.Error(), "is not signed by the node CA") {
+		t.Errorf("tls.nodeCA that did not sign the node: %v", err)
+	}
+	if _, err := agent.LoadTLS(files("ca.crt", "node-ca.crt")); err == nil || !strings.Contains(err.Error(), "does not trust the node CA") {
+		t.Errorf("tls.ca without the node CA: %v", err)
 	}
 }

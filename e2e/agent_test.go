@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -517,6 +518,41 @@ func TestClientCannotForgeNodeTopics(t *testing.T) {
 	report(t, "a client certificate's forged election beat and bridge state were dropped by broker1's ACL; a node's message on $mqha passed")
 }
 
+// TestBridgeListenerTakesNodesOnly: the brokers' bridge listener trusts the
+// node CA alone (tls.nodeCA; the lab's PKI has two CAs), so a client
+// certificate cannot even connect there, whatever client id it gives (it
+// could otherwise take a bridge session over); a node's certificate can,
+// and clients through the VIP are unchanged (every other test).
+func TestBridgeListenerTakesNodesOnly(t *testing.T) {
+	bridgeListener := net.JoinHostPort(node(t, "broker1").Addr, "8884")
+	connect := func(tc *tls.Config, id string) error {
+		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + bridgeListener).SetClientID(id).
+			SetTLSConfig(tc).SetCleanSession(true).SetConnectTimeout(5 * time.Second).SetAutoReconnect(false))
+		tok := c.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			return errors.New("no answer in 10 s")
+		}
+		if tok.Error() == nil {
+			c.Disconnect(100)
+		}
+		return tok.Error()
+	}
+	err := connect(tlsConfig(t), "e2e-client-on-the-bridge-listener")
+	if err == nil {
+		t.Fatal("a client certificate connected to the bridge listener")
+	}
+	cert, err2 := tls.LoadX509KeyPair(filepath.Join(cfg.Dir, "pki", "bridge", "node.crt"), filepath.Join(cfg.Dir, "pki", "bridge", "node.key"))
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	nodeTLS := tlsConfig(t)
+	nodeTLS.Certificates = []tls.Certificate{cert}
+	if err := connect(nodeTLS, "e2e-node-on-the-bridge-listener"); err != nil {
+		t.Fatalf("a node certificate cannot connect to the bridge listener: %v", err)
+	}
+	report(t, "client certificate on %s refused (%v); the bridge node's certificate connects", bridgeListener, err)
+}
+
 // TestSuspendResume (issue 9, 3): a suspended node neither applies a new
 // commit nor reverts a hand edit, and says so (status exit 1); resume
 // applies the commit and reverts the edit at once.
@@ -554,7 +590,7 @@ func TestSuspendResume(t *testing.T) {
 func TestFleet(t *testing.T) {
 	fleet := func() (string, int) {
 		cmd := exec.Command(filepath.Join(root, "bin", "mqha-agent"), "fleet", "--repo", filepath.Join(cfg.Dir, "cluster"),
-			"--ca", filepath.Join(cfg.Dir, "pki", "ca.crt"),
+			"--ca", filepath.Join(cfg.Dir, "pki", "clients", "ca.crt"),
 			"--cert", filepath.Join(cfg.Dir, "pki", "clients", "lab-client.crt"), "--key", filepath.Join(cfg.Dir, "pki", "clients", "lab-client.key"))
 		out, err := cmd.Output()
 		code := 0

@@ -100,7 +100,7 @@ func onAny(t *testing.T, name string, args ...string) string {
 
 func tlsConfig(t *testing.T) *tls.Config {
 	t.Helper()
-	ca, err := os.ReadFile(filepath.Join(cfg.Dir, "pki", "ca.crt"))
+	ca, err := os.ReadFile(filepath.Join(cfg.Dir, "pki", "clients", "ca.crt")) // both CAs
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func holderMain() int {
 	srcs := strings.Split(os.Getenv("MQHA_E2E_HOLD_SRCS"), ",")
 	per, _ := strconv.Atoi(os.Getenv("MQHA_E2E_HOLD_PER"))
 	pki := os.Getenv("MQHA_E2E_HOLD_PKI")
-	ca, err := os.ReadFile(pki + "/ca.crt")
+	ca, err := os.ReadFile(pki + "/clients/ca.crt")
 	if err != nil {
 		fmt.Println("error", err)
 		return 1

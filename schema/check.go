@@ -264,11 +264,13 @@ var publicBundles = []string{"/etc/ssl/certs/", "/etc/pki/tls/certs/", "/etc/pki
 // would then accept any certificate a public CA ever signed as a node or
 // a client, bridge included.
 func (k *checker) tls(c *cluster.Cluster) {
-	for _, b := range publicBundles {
-		if c.TLS.CA == b || strings.HasSuffix(b, "/") && strings.HasPrefix(c.TLS.CA, b) {
-			k.fail([]any{"tls", "ca"}, "use the cluster's own CA certificate (mqha-agent pki init makes one, default /etc/mqha/tls/ca.crt)",
-				"tls.ca %s is the system's public CA bundle: every certificate a public CA signed would pass as a node or client of the cluster", c.TLS.CA)
-			return
+	for _, f := range []struct{ field, path string }{{"ca", c.TLS.CA}, {"nodeCA", c.TLS.NodeCA}} {
+		for _, b := range publicBundles {
+			if f.path == b || strings.HasSuffix(b, "/") && strings.HasPrefix(f.path, b) {
+				k.fail([]any{"tls", f.field}, "use the cluster's own CA certificate (mqha-agent pki init makes one, default /etc/mqha/tls/ca.crt)",
+					"tls.%s %s is the system's public CA bundle: every certificate a public CA signed would pass as a node or client of the cluster", f.field, f.path)
+				break
+			}
 		}
 	}
 }

@@ -128,7 +128,34 @@ func LoadTLS(f TLSFiles) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if f.NodeCA != "" && f.NodeCA != f.CA {
+		if err := checkNodeCA(f, pool, cert.Leaf); err != nil {
+			return nil, err
+		}
+	}
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// checkNodeCA: with a node CA of its own, this node's certificate must come
+// from it (the bridge listeners trust only it), and the cluster CA file
+// must trust it too (clients verify the brokers with it, the agents probe).
+func checkNodeCA(f TLSFiles, clusterCAs *x509.CertPool, leaf *x509.Certificate) error {
+	b, err := os.ReadFile(f.NodeCA)
+	if err != nil {
+		return fmt.Errorf("tls.nodeCA: %w", err)
+	}
+	nodeCAs := x509.NewCertPool()
+	if !nodeCAs.AppendCertsFromPEM(b) {
+		return fmt.Errorf("tls.nodeCA %s holds no certificate", f.NodeCA)
+	}
+	anyUse := []x509.ExtKeyUsage{x509.ExtKeyUsageAny}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: nodeCAs, KeyUsages: anyUse}); err != nil {
+		return fmt.Errorf("%s is not signed by the node CA tls.nodeCA %s (%v): the brokers' bridge listeners would refuse it; issue it from the node CA (mqha-agent pki issue)", f.Cert, f.NodeCA, err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: clusterCAs, KeyUsages: anyUse}); err != nil {
+		return fmt.Errorf("tls.ca %s does not trust the node CA (%v): clients could not verify the brokers; put the node CA in it too (mqha-agent pki issue writes that bundle as ca.crt)", f.CA, err)
+	}
+	return nil
 }
 
 // certs are the expiry dates of the node's certificate (as loaded) and of

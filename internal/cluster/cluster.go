@@ -56,9 +56,10 @@ type Ports struct {
 }
 
 type TLS struct {
-	CA   string `json:"ca"`
-	Cert string `json:"cert"`
-	Key  string `json:"key"`
+	CA     string `json:"ca"`
+	Cert   string `json:"cert"`
+	Key    string `json:"key"`
+	NodeCA string `json:"nodeCA"`
 }
 
 type MQTT struct {

@@ -220,10 +220,11 @@ func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr
 		return Node{}, err
 	}
 	files := NodeFiles{
-		"/etc/mqha/agent.conf":     {Data: []byte(conf), Mode: 0o644},
-		"/etc/mqha/webhook.secret": {Data: secret, Mode: 0o600},
-		"/etc/mqha/tls/ca.crt":     {Data: read("ca.crt"), Mode: 0o644},
-		"/etc/mqha/tls/node.crt":   {Data: read("node.crt"), Mode: 0o644},
+		"/etc/mqha/agent.conf":      {Data: []byte(conf), Mode: 0o644},
+		"/etc/mqha/webhook.secret":  {Data: secret, Mode: 0o600},
+		"/etc/mqha/tls/ca.crt":      {Data: read("ca.crt"), Mode: 0o644},
+		"/etc/mqha/tls/node-ca.crt": {Data: read("node-ca.crt"), Mode: 0o644},
+		"/etc/mqha/tls/node.crt":    {Data: read("node.crt"), Mode: 0o644},
 		// mosquitto loads its key after dropping to user mosquitto.
 		"/etc/mqha/tls/node.key": {Data: read("node.key"), Mode: 0o640, Group: "mosquitto"},
 	}
@@ -261,6 +262,7 @@ func (c Config) labDefinition(p Project) ([]byte, error) {
 	a := c.Subnet.Addr().As4()
 	s := strings.ReplaceAll(string(b), "10.20.0.", fmt.Sprintf("%d.%d.%d.", a[0], a[1], a[2]))
 	s = strings.ReplaceAll(s, `interface: "eth0"`, `interface: "host0"`)
+	s += "\n// The lab's node certificates come from a CA of their own (pki init\n// --node-ca): only they reach the brokers' bridge listeners.\ntls: nodeCA: \"/etc/mqha/tls/node-ca.crt\"\n"
 	return []byte(s), nil
 }
 
@@ -346,7 +348,9 @@ func (c Config) gitDaemon(ctx context.Context) (int, error) {
 func (c Config) pki(ctx context.Context, p Project) error {
 	dir := filepath.Join(c.Dir, "pki")
 	os.RemoveAll(dir)
-	if _, err := run(ctx, p.Agent, "pki", "init", "--dir", dir, "--repo", filepath.Join(c.Dir, "cluster")); err != nil {
+	// Two CAs, as in production: node certificates from a CA of their own,
+	// so client certificates never reach the bridge listeners.
+	if _, err := run(ctx, p.Agent, "pki", "init", "--node-ca", "--dir", dir, "--repo", filepath.Join(c.Dir, "cluster")); err != nil {
 		return err
 	}
 	_, err := run(ctx, p.Agent, "pki", "client", "--dir", dir, "lab-client")
@@ -405,7 +409,9 @@ func (c Config) writeEnv(p Project, s *State) error {
 	fmt.Fprintf(&b, "# The mqha lab; source it: . %s/env\n", c.Dir)
 	kv := [][2]string{
 		{"MQHA_LAB_VIP", c.VIP()}, {"MQHA_LAB_PORT", "9000"},
-		{"MQHA_LAB_CA", filepath.Join(pki, "ca.crt")},
+		// Both CAs: the clients' (their certificates) and the nodes' (the
+		// brokers' certificates, which clients verify).
+		{"MQHA_LAB_CA", filepath.Join(pki, "clients", "ca.crt")},
 		{"MQHA_LAB_CERT", filepath.Join(pki, "clients", "lab-client.crt")},
 		{"MQHA_LAB_KEY", filepath.Join(pki, "clients", "lab-client.key")},
 		{"MQHA_LAB_REPO", filepath.Join(c.Dir, "cluster")},
@@ -506,7 +512,7 @@ func (c Config) StartGit(ctx context.Context) error {
 // gets a QoS1 round trip through the VIP.
 func (c Config) waitServing(ctx context.Context, timeout time.Duration) error {
 	pki := filepath.Join(c.Dir, "pki")
-	ca, err := os.ReadFile(filepath.Join(pki, "ca.crt"))
+	ca, err := os.ReadFile(filepath.Join(pki, "clients", "ca.crt"))
 	if err != nil {
 		return err
 	}
