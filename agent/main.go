@@ -224,7 +224,9 @@ func (c *cmd) render(args []string) error {
 
 // load reads the definition and renders the node (default: this host),
 // sized for host (the agent sizes for the machine it runs on).
-func (c *cmd) load(src defSource, node string, host render.Host) (*cluster.Cluster, *render.Output, error) {
+// load renders node from src; live: for this machine, as its agent does
+// (its limits, its bridge secret), else from the definition alone.
+func (c *cmd) load(src defSource, node string, live bool) (*cluster.Cluster, *render.Output, error) {
 	node, err := agent.NodeName(node)
 	if err != nil {
 		return nil, nil, fmt.Errorf("no --node: %w", err)
@@ -232,6 +234,13 @@ func (c *cmd) load(src defSource, node string, host render.Host) (*cluster.Clust
 	cl, err := c.definition(src)
 	if err != nil {
 		return nil, nil, err
+	}
+	var host render.Host
+	if n, ok := cl.Node(node); ok && live {
+		host = agent.LocalHost()
+		if host.BridgeSecret, err = agent.BridgeSecret(cl, n); err != nil {
+			return nil, nil, err
+		}
 	}
 	out, err := render.NodeOn(cl, node, host)
 	return cl, out, err
@@ -274,12 +283,8 @@ func (c *cmd) diff(args []string) (int, error) {
 	if st, err := os.Stat(*root); err != nil || !st.IsDir() {
 		return exitError, fmt.Errorf("--root %s is not a directory", *root)
 	}
-	// On the live root, size as the agent on this machine does.
-	host := render.Host{}
-	if filepath.Clean(*root) == "/" {
-		host = agent.LocalHost()
-	}
-	cl, out, err := c.load(src, *node, host)
+	// On the live root, render as the agent on this machine does.
+	cl, out, err := c.load(src, *node, filepath.Clean(*root) == "/")
 	if err != nil {
 		return exitError, err
 	}
@@ -333,7 +338,7 @@ func (c *cmd) apply(args []string) error {
 	}
 	// apply writes what the directory holds (a one-shot on this node).
 	wt := true
-	cl, out, err := c.load(defSource{repo: repo, rev: new(string), worktree: &wt}, *node, agent.LocalHost())
+	cl, out, err := c.load(defSource{repo: repo, rev: new(string), worktree: &wt}, *node, true)
 	if err != nil {
 		return err
 	}

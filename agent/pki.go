@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,7 +25,8 @@ const pkiUsage = `usage:
   mqha-agent pki init   --dir D [--repo R | --name CLUSTER] [--node-ca]
                                                               make the cluster CA (D/ca.crt, D/ca.key);
                                                               --node-ca: and a CA for nodes only (D/node-ca.*)
-  mqha-agent pki issue  --dir D [--repo R] (NODE... | --all)  key + certificate per node under D/NODE/
+  mqha-agent pki issue  --dir D [--repo R] (NODE... | --all)  key + certificate per node under D/NODE/,
+                                                              and bridge.secret for bridge nodes
   mqha-agent pki issue  --dir D [--repo R] --address A --role R NODE   the same, for a node not in the definition yet
   mqha-agent pki client --dir D NAME                          client key + certificate under D/clients/
 flags go anywhere on the line; an existing key is replaced only with --force.
@@ -133,6 +136,11 @@ func (c *cmd) pki(args []string) error {
 			}
 			if err := atomicfile.Write(filepath.Join(*dir, n.Name, "node-ca.crt"), signer.CertPEM(), 0o644); err != nil {
 				return err
+			}
+			if n.Has(cluster.Bridge) {
+				if err := bridgeSecret(*dir, n.Name); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -286,6 +294,24 @@ func (c *cmd) issue(ca *pki.CA, trust []byte, out, base string, l pki.Leaf, now 
 	}
 	fmt.Fprintf(c.stdout, "%s: %s (%s)\n", l.Name, filepath.Join(out, base+".crt"), filepath.Join(out, base+".key"))
 	return nil
+}
+
+// bridgeSecret copies the cluster's bridge secret (made once, DIR/
+// bridge.secret) to DIR/NODE/bridge.secret: every bridge node has the same
+// (tls.bridgeSecret).
+func bridgeSecret(dir, node string) error {
+	p := filepath.Join(dir, "bridge.secret")
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		r := make([]byte, 32)
+		rand.Read(r)
+		b = []byte(hex.EncodeToString(r) + "\n")
+		err = writeNew(p, b, 0o600)
+	}
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dir, node, "bridge.secret"), b, 0o600)
 }
 
 func writeNew(path string, data []byte, mode os.FileMode) error {

@@ -176,6 +176,7 @@ tls: nodeCA: "/etc/mqha/tls/node-ca.crt"
 		{[]string{"pki", "init", "--dir", dir, "--repo", repo, "--node-ca"}, 0, "node-ca.crt"},
 		{[]string{"pki", "init", "--dir", dir, "--repo", repo, "--node-ca"}, 2, "node-ca.key exists"},
 		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "bridge", "broker1"}, 0, "broker1:"},
+		{[]string{"pki", "issue", "--dir", dir, "--repo", repo, "--address", "10.20.0.24", "--role", "bridge", "bridge2"}, 0, "bridge2:"},
 		{[]string{"pki", "client", "--dir", dir, "alice"}, 0, "alice:"},
 	} {
 		if code, out, errs := mqha(t, s.args...); code != s.code || !strings.Contains(out+errs, s.out) {
@@ -217,6 +218,16 @@ tls: nodeCA: "/etc/mqha/tls/node-ca.crt"
 		if !verifies("broker1/node.crt", pool(trust)) || !verifies("clients/alice.crt", pool(trust)) {
 			t.Errorf("%s does not trust both CAs", trust)
 		}
+	}
+	// The bridge nodes share one secret (their bridges' client ids), made
+	// once; other nodes get none.
+	s1, err1 := os.ReadFile(filepath.Join(dir, "bridge", "bridge.secret"))
+	s2, err2 := os.ReadFile(filepath.Join(dir, "bridge2", "bridge.secret"))
+	if err1 != nil || err2 != nil || len(s1) < 33 || string(s1) != string(s2) {
+		t.Errorf("bridge secrets: %q (%v), %q (%v)", s1, err1, s2, err2)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "broker1", "bridge.secret")); err == nil {
+		t.Error("a broker got the bridge secret")
 	}
 	// The agent's check of a node's files.
 	files := func(ca, nodeCA string) agent.TLSFiles {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -551,6 +552,88 @@ func TestBridgeListenerTakesNodesOnly(t *testing.T) {
 		t.Fatalf("a node certificate cannot connect to the bridge listener: %v", err)
 	}
 	report(t, "client certificate on %s refused (%v); the bridge node's certificate connects", bridgeListener, err)
+}
+
+// TestClientCannotNameBridgeSessions: the bridges' client ids end in an HMAC
+// of the bridge nodes' shared secret, and no client can read them
+// ($SYS/broker/connection is for nodes), so none can connect under one and
+// take a bridge's session over. A client under the guessable id of before
+// leaves the bridge connected.
+func TestClientCannotNameBridgeSessions(t *testing.T) {
+	conf := on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf")
+	m := regexp.MustCompile(`remote_clientid (mqtt-bridge-to-broker1-[0-9a-f]{16})\n`).FindStringSubmatch(conf)
+	if m == nil {
+		t.Fatalf("the bridge to broker1 has no secret client id:\n%s", conf)
+	}
+	id := m[1]
+	for _, w := range agentStatus(t, "bridge").Insecure {
+		if strings.Contains(w, "bridge secret") {
+			t.Errorf("bridge status: %s", w)
+		}
+	}
+	watch := func(tc *tls.Config, who string) (mqtt.Client, chan string) {
+		got := make(chan string, 1000)
+		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + brokerAddr(t, "broker1")).SetClientID("e2e-sys-" + who).
+			SetTLSConfig(tc).SetCleanSession(true).SetConnectTimeout(5 * time.Second))
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect as %s: %v", who, tok.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(100) })
+		for _, f := range []string{"$SYS/#", "$SYS/broker/connection/#"} {
+			c.Subscribe(f, 0, func(_ mqtt.Client, m mqtt.Message) {
+				select {
+				case got <- m.Topic() + " " + string(m.Payload()):
+				default:
+				}
+			}).WaitTimeout(5 * time.Second)
+		}
+		return c, got
+	}
+	nodeTLS := tlsConfig(t)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(cfg.Dir, "pki", "bridge", "node.crt"), filepath.Join(cfg.Dir, "pki", "bridge", "node.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeTLS.Certificates = []tls.Certificate{cert}
+	_, clientGot := watch(tlsConfig(t), "client")
+	_, nodeGot := watch(nodeTLS, "node")
+
+	// The guessable id: connected through the VIP for 3 s.
+	impostor := client(t, vip(), "mqtt-bridge-to-broker1", false)
+	time.Sleep(3 * time.Second)
+	impostor.Disconnect(100)
+
+	collect := func(ch chan string) (all []string) {
+		for {
+			select {
+			case m := <-ch:
+				all = append(all, m)
+			default:
+				return all
+			}
+		}
+	}
+	var sys, leaked []string
+	for _, m := range collect(clientGot) {
+		sys = append(sys, m)
+		if strings.Contains(m, "/connection/") || strings.Contains(m, "bridge-to") {
+			leaked = append(leaked, m)
+		}
+	}
+	if len(sys) == 0 {
+		t.Fatal("the client read no $SYS statistics at all: the test sees nothing")
+	}
+	if len(leaked) > 0 {
+		t.Errorf("a client read the bridges' connection topics: %q", leaked)
+	}
+	nodeSaw := strings.Join(collect(nodeGot), "\n")
+	if !strings.Contains(nodeSaw, "$SYS/broker/connection/"+id+"/state 1") {
+		t.Errorf("a node does not see the bridge's state under %s:\n%s", id, nodeSaw)
+	}
+	if strings.Contains(nodeSaw, "$SYS/broker/connection/"+id+"/state 0") {
+		t.Errorf("the bridge lost its session while a client used the guessable id")
+	}
+	report(t, "bridge client id %s; a client read %d $SYS messages, none of the bridges' connections; the guessable id left the bridge connected", id, len(sys))
 }
 
 // TestSuspendResume (issue 9, 3): a suspended node neither applies a new

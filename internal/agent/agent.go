@@ -470,6 +470,9 @@ func (a *Agent) insecurity() []string {
 	if u, err := url.Parse(a.cfg.Repo); a.d.Verifier == nil && err == nil && (u.Scheme == "git" || u.Scheme == "http") {
 		out = append(out, fmt.Sprintf("commits are not signed (no trusted-keys) and %s:// does not authenticate the server: whoever can answer for %s can change this node; use https or ssh, and sign commits (trusted-keys)", u.Scheme, u.Host))
 	}
+	if v := a.view; v != nil && v.GuessableBridgeIDs {
+		out = append(out, fmt.Sprintf("no bridge secret (%s): any client certificate can connect under this bridge's client ids and take its sessions on the brokers over; install the same random secret on every bridge node (mqha-agent pki issue writes bridge.secret)", v.Cluster.TLS.BridgeSecret))
+	}
 	if a.d.Verifier != nil && a.applied != "" {
 		if _, err := a.d.Verifier.Verify(a.applied); err != nil {
 			out = append(out, fmt.Sprintf("the applied commit %s is not signed by a trusted key (%v): it keeps running until a trusted commit replaces it", source.Short(a.applied), err))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/probe"
 )
 
 // A load balancer watches the brokers' hosts. When one is gone (powered
@@ -86,7 +87,7 @@ func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls
 			default:
 			}
 		}
-		o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID("mqha-" + cl.Name + "-watch-" + self).
+		o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(probe.ClientID("mqha-" + cl.Name + "-watch-" + self)).
 			SetTLSConfig(daemon.WithName(tc, b.Address)).SetCleanSession(true).
 			SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(time.Second).
 			SetConnectTimeout(2 * time.Second).SetKeepAlive(time.Second).SetPingTimeout(500 * time.Millisecond).

@@ -74,7 +74,7 @@ func (a *Agent) publishStatus(ctx context.Context) {
 			clients, key = nil, t.key
 			for _, b := range t.brokers {
 				host, _, _ := net.SplitHostPort(b)
-				o := mqtt.NewClientOptions().AddBroker("ssl://" + b).SetClientID("mqha-" + t.v.Cluster.Name + "-status-" + t.v.Node.Name).
+				o := mqtt.NewClientOptions().AddBroker("ssl://" + b).SetClientID(probe.ClientID("mqha-" + t.v.Cluster.Name + "-status-" + t.v.Node.Name)).
 					SetTLSConfig(daemon.WithName(t.v.TLS, host)).SetCleanSession(true).SetAutoReconnect(true).
 					SetConnectRetry(true).SetConnectRetryInterval(5 * time.Second).SetMaxReconnectInterval(30 * time.Second).
 					SetConnectTimeout(5 * time.Second).SetKeepAlive(30 * time.Second)

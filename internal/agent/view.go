@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 
@@ -27,7 +29,31 @@ type View struct {
 	TLS             *tls.Config    // the node's certificate as a client of the cluster CA
 	Checks          []health.Check // every check of the node's daemons
 	Certs           []control.Cert // the node's certificate and the CA, with their expiry
-	checksOf        map[string][]health.Check
+	// GuessableBridgeIDs: a bridge node without the bridge secret (its
+	// bridges' client ids can be named by any client).
+	GuessableBridgeIDs bool
+	checksOf           map[string][]health.Check
+}
+
+// BridgeSecret reads the bridge nodes' shared secret (tls.bridgeSecret) on
+// bridge node n: nil when n is no bridge node or the file is missing (the
+// bridges' client ids are then guessable, which status says).
+func BridgeSecret(c *cluster.Cluster, n cluster.Node) ([]byte, error) {
+	if !n.Has(cluster.Bridge) {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.TLS.BridgeSecret)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tls.bridgeSecret: %w", err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) < 16 {
+		return nil, fmt.Errorf("tls.bridgeSecret %s holds %d bytes: want at least 16 random ones, the same on every bridge node (mqha-agent pki issue writes one)", c.TLS.BridgeSecret, len(b))
+	}
+	return b, nil
 }
 
 // TLSFiles name the node's certificate files (the definition's tls).
@@ -92,6 +118,12 @@ func (a *Agent) view0(def *evaluated) (*View, error) {
 func (a *Agent) derive(v *View) (*View, error) {
 	host := a.d.Host()
 	host.ActiveBridge = a.bridgeActive || !elected(v.Cluster, v.Node)
+	secret, err := BridgeSecret(v.Cluster, v.Node)
+	if err != nil {
+		return nil, err
+	}
+	host.BridgeSecret = secret
+	v.GuessableBridgeIDs = v.Node.Has(cluster.Bridge) && secret == nil
 	if v.Node.Has(cluster.LB) {
 		host.DownBrokers = a.downBrokers
 	}
@@ -102,7 +134,7 @@ func (a *Agent) derive(v *View) (*View, error) {
 	v.Output, v.Checks, v.checksOf = out, nil, map[string][]health.Check{}
 	for _, d := range daemon.For(v.Node) {
 		var cs []health.Check
-		for _, c := range d.Checks(v.Cluster, v.Node, v.TLS) {
+		for _, c := range d.Checks(v.Cluster, v.Node, v.TLS, host.BridgeSecret) {
 			if c.Name == daemon.BridgeCheck && !host.ActiveBridge {
 				continue // a standby has no bridge connections to check
 			}

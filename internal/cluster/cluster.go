@@ -60,6 +60,8 @@ type TLS struct {
 	Cert   string `json:"cert"`
 	Key    string `json:"key"`
 	NodeCA string `json:"nodeCA"`
+	// BridgeSecret is a file on the bridge nodes (see daemon.Bridges).
+	BridgeSecret string `json:"bridgeSecret"`
 }
 
 type MQTT struct {

@@ -9,7 +9,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"path"
@@ -39,7 +42,7 @@ type Daemon struct {
 	Validate func(t validate.Tools, ctx context.Context, content []byte) error
 	// Checks are the health checks of the daemon on node n of cl; tc is the
 	// node's own certificate as a client, trusting the cluster CA.
-	Checks func(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check
+	Checks func(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, bridgeSecret []byte) []health.Check
 }
 
 // Unit names, also used by the checks below (which the table refers to).
@@ -156,7 +159,12 @@ type Bridge struct {
 // false) instead of opening a second path. Two bridge masters at once can
 // then delay messages but never loop them: a message enters a broker through
 // its one bridge session and the bridge never gets it back (no-local).
-func Bridges(c *cluster.Cluster, n cluster.Node) []Bridge {
+//
+// mosquitto lets any client connect under any client id, and the newer
+// connection takes the session over. With the bridge nodes' shared secret
+// the id ends in an HMAC of the cluster and broker names under it, which
+// no client can compute; without one (nil) the id is guessable.
+func Bridges(c *cluster.Cluster, n cluster.Node, secret []byte) []Bridge {
 	if !n.Has(cluster.Bridge) {
 		return nil
 	}
@@ -165,8 +173,13 @@ func Bridges(c *cluster.Cluster, n cluster.Node) []Bridge {
 		if b.Name == n.Name {
 			continue // the bridge master's own broker needs no bridge
 		}
-		out = append(out, Bridge{Name: b.Name, Address: b.Address,
-			Connection: "mqha-" + b.Name, ClientID: c.Name + "-bridge-to-" + b.Name})
+		id := c.Name + "-bridge-to-" + b.Name
+		if len(secret) > 0 {
+			m := hmac.New(sha256.New, secret)
+			m.Write([]byte(id))
+			id += "-" + hex.EncodeToString(m.Sum(nil))[:16]
+		}
+		out = append(out, Bridge{Name: b.Name, Address: b.Address, Connection: "mqha-" + b.Name, ClientID: id})
 	}
 	return out
 }
@@ -292,7 +305,7 @@ func peersServe(addrs []string, tc *tls.Config, serverName string) func(context.
 	}
 }
 
-func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
+func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, bridgeSecret []byte) []health.Check {
 	// The local listener presents the node's certificate (its address).
 	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker))
 	mq := health.Check{Name: "mosquitto", Unit: mosquittoUnit, HungAfter: hungAfter,
@@ -302,7 +315,7 @@ func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []heal
 	}
 	checks := []health.Check{mq}
 	var ids []string
-	for _, b := range Bridges(cl, n) {
+	for _, b := range Bridges(cl, n, bridgeSecret) {
 		ids = append(ids, b.ClientID)
 	}
 	if len(ids) > 0 {
@@ -314,7 +327,7 @@ func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []heal
 	return checks
 }
 
-func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
+func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, _ []byte) []health.Check {
 	if cl.VIP == nil {
 		return nil
 	}
@@ -328,7 +341,7 @@ func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.C
 		PeersServe: peersServe(peers(cl, n, cluster.LB, cl.Ports.Client), tc, cl.VIP.Address)}}
 }
 
-func keepalivedChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config) []health.Check {
+func keepalivedChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, _ []byte) []health.Check {
 	if cl.VIP == nil {
 		return nil
 	}

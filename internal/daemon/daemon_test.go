@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"crypto/tls"
+	"regexp"
 	"slices"
 	"testing"
 
@@ -76,7 +77,7 @@ func TestChecksAndBridges(t *testing.T) {
 		n, _ := cl.Node(name)
 		var out []string
 		for _, d := range For(n) {
-			for _, c := range d.Checks(cl, n, &tls.Config{}) {
+			for _, c := range d.Checks(cl, n, &tls.Config{}, nil) {
 				out = append(out, c.Name+"@"+c.Unit)
 			}
 		}
@@ -92,9 +93,17 @@ func TestChecksAndBridges(t *testing.T) {
 		}
 	}
 	b2, _ := cl.Node("b2")
-	br := Bridges(cl, b2)
+	br := Bridges(cl, b2, nil)
 	if len(br) != 1 || br[0].Name != "b1" || br[0].ClientID != "c-bridge-to-b1" || br[0].Connection != "mqha-b1" {
 		t.Errorf("bridges of b2: %+v (a bridge master on a broker bridges the others only)", br)
+	}
+	// With the bridge nodes' secret the id cannot be guessed, and every
+	// bridge node with the same secret names the same session.
+	s1 := Bridges(cl, b2, []byte("0123456789abcdef0123"))
+	s2 := Bridges(cl, b2, []byte("0123456789abcdef0123"))
+	other := Bridges(cl, b2, []byte("another secret, as long"))
+	if !regexp.MustCompile(`^c-bridge-to-b1-[0-9a-f]{16}$`).MatchString(s1[0].ClientID) || s1[0].ClientID != s2[0].ClientID || s1[0].ClientID == other[0].ClientID {
+		t.Errorf("secret ids: %q %q %q", s1[0].ClientID, s2[0].ClientID, other[0].ClientID)
 	}
 }
 

@@ -228,6 +228,10 @@ func (c Config) bootNode(ctx context.Context, base string, p Project, name, addr
 		// mosquitto loads its key after dropping to user mosquitto.
 		"/etc/mqha/tls/node.key": {Data: read("node.key"), Mode: 0o640, Group: "mosquitto"},
 	}
+	// Bridge nodes share a secret their bridges' client ids derive from.
+	if b := read("bridge.secret"); b != nil {
+		files["/etc/mqha/tls/bridge.secret"] = File{Data: b, Mode: 0o600}
+	}
 	return c.Boot(ctx, base, name, addr, files)
 }
 

@@ -48,6 +48,11 @@ func NoAnswer(err error) bool {
 	return errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
+// ClientID is prefix and a random suffix: a client id for a clean
+// session that no other client can guess and take over (mosquitto gives a
+// session to whoever connects last under its id).
+func ClientID(prefix string) string { return prefix + "-" + nonce() }
+
 func nonce() string {
 	b := make([]byte, 6)
 	rand.Read(b)

@@ -80,7 +80,15 @@ type Host struct {
 	// host does not answer TCP): nginx sends no client there until they
 	// answer again. A run-time fact, like ActiveBridge.
 	DownBrokers map[string]bool
+	// BridgeSecret is the bridge nodes' shared secret (tls.bridgeSecret),
+	// read on a bridge node: the bridges' client ids carry its HMAC. nil:
+	// guessable ids (a workstation's render, or no secret installed).
+	BridgeSecret []byte
 }
+
+// sysTrees are mosquitto 2.0's $SYS/broker statistics subtrees: all but
+// connection (bridges, by client id).
+var sysTrees = []string{"bytes", "clients", "heap", "load", "messages", "publish", "retained messages", "store", "subscriptions"}
 
 // The nginx layouts of the distributions the packages target.
 var (
@@ -119,6 +127,7 @@ type data struct {
 	ACLFile      string
 	ACLNodes     []string // this node and the bridge nodes
 	StatusTopics string
+	SysTrees     []string // $SYS/broker subtrees clients may read
 	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
 	// one worker's descriptors hold too few clients; ReusePort spreads the
 	// connections evenly over them then.
@@ -176,12 +185,13 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 			d.Peers = append(d.Peers, p)
 		}
 	}
-	d.Bridges = daemon.Bridges(c, n)
+	d.Bridges = daemon.Bridges(c, n, h.BridgeSecret)
 	d.Standby = n.Has(cluster.Bridge) && daemon.HasStandby(c)
 	d.ActiveBridge, d.BridgesDir, d.BeatTopics = h.ActiveBridge, daemon.BridgesDir, daemon.BeatTopics(c.Name)
 	d.DownBrokers = h.DownBrokers
 	d.ACLFile = daemon.ACLFile
 	d.StatusTopics = daemon.StatusTopics(c.Name)
+	d.SysTrees = sysTrees
 	d.ACLNodes = []string{n.Name}
 	for _, b := range c.WithRole(cluster.Bridge) {
 		if b.Name != n.Name {

@@ -88,7 +88,7 @@ func TLS(t testing.TB, c *cluster.Cluster) map[string]cluster.TLS {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tls := cluster.TLS{CA: caPath, Cert: filepath.Join(dir, n.Name+".crt"), Key: filepath.Join(dir, n.Name+".key")}
+		tls := cluster.TLS{CA: caPath, NodeCA: caPath, Cert: filepath.Join(dir, n.Name+".crt"), Key: filepath.Join(dir, n.Name+".key")}
 		write(t, tls.Cert, cert)
 		write(t, tls.Key, key)
 		out[n.Name] = tls

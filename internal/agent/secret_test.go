@@ -1,0 +1,44 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mqha/mqha/internal/cluster"
+)
+
+func TestBridgeSecret(t *testing.T) {
+	dir := t.TempDir()
+	c := &cluster.Cluster{TLS: cluster.TLS{BridgeSecret: filepath.Join(dir, "bridge.secret")}}
+	bridge := cluster.Node{Name: "bridge", Roles: []cluster.Role{cluster.Bridge}}
+	broker := cluster.Node{Name: "broker1", Roles: []cluster.Role{cluster.Broker}}
+	if s, err := BridgeSecret(c, bridge); s != nil || err != nil {
+		t.Errorf("no file: %q %v, want none (guessable ids, said in status)", s, err)
+	}
+	os.WriteFile(c.TLS.BridgeSecret, []byte("short\n"), 0o600)
+	if _, err := BridgeSecret(c, bridge); err == nil || !strings.Contains(err.Error(), "want at least 16 random ones") {
+		t.Errorf("a short secret: %v", err)
+	}
+	os.WriteFile(c.TLS.BridgeSecret, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	if s, err := BridgeSecret(c, bridge); string(s) != "0123456789abcdef0123456789abcdef" || err != nil {
+		t.Errorf("a secret: %q %v", s, err)
+	}
+	if s, err := BridgeSecret(c, broker); s != nil || err != nil {
+		t.Errorf("a broker reads no bridge secret: %q %v", s, err)
+	}
+}
+
+// TestGuessableBridgeIDsAreInsecure: a bridge node without the secret says
+// so in status.
+func TestGuessableBridgeIDsAreInsecure(t *testing.T) {
+	h := newHarness(t, "bridge", "", map[string]string{"c1": `tls: bridgeSecret: "/nonexistent/bridge.secret"`})
+	h.src.head = "c1"
+	if err := h.tick(t, false); err != nil {
+		t.Fatal(err)
+	}
+	if ins := strings.Join(h.a.Status().Insecure, "\n"); !strings.Contains(ins, "no bridge secret (/nonexistent/bridge.secret)") {
+		t.Errorf("status INSECURE lines: %q", ins)
+	}
+}
