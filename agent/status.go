@@ -142,6 +142,9 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 		fmt.Fprintf(w, "bridge:   %s; master %s; %s (reaches %d brokers; %d take-overs, %d stand-downs, %d tugs of war)\n",
 			role, master, b.State, b.Brokers, b.Takeovers, b.StandDowns, b.Conflicts)
 	}
+	for _, f := range s.ForgedAdverts {
+		fmt.Fprintf(w, "FORGED    VRRP adverts from %s, not a load balancer of the cluster: %d dropped by keepalived, last %s (find that host: a flood can move the VIP between the load balancers)\n", f.Source, f.Adverts, ago(f.Last))
+	}
 	for _, d := range s.Drops {
 		fmt.Fprintf(w, "DROPPED   mosquitto dropped messages for client %s: %d times, last %s (queue full: raise mqtt.maxQueuedMessages/maxQueuedBytes, or find the slow consumer)\n", d.Client, d.Episodes, ago(d.Last))
 	}

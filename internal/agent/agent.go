@@ -28,6 +28,7 @@ import (
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/election"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
@@ -252,7 +253,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	go a.watchdog(ctx)
-	go a.watchDrops(ctx)
+	go a.followJournal(ctx, daemon.Mosquitto.Unit, "dropped messages", a.countDrops)
+	go a.followJournal(ctx, daemon.Keepalived.Unit, "forged VRRP adverts", a.countForged)
 	go a.publishStatus(ctx)
 	a.log.Info("agent started", "node", a.node, "repo", a.cfg.Repo, "branch", a.cfg.Branch, "applied", source.Short(a.applied),
 		"signatures", a.d.Verifier != nil, "version", a.d.Version)

@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/schema"
 
 	"github.com/mqha/mqha/internal/health"
@@ -502,6 +504,33 @@ func TestDropsCounted(t *testing.T) {
 	d := h.a.Status().Drops
 	if len(d) != 2 || d[0].Client != "mqtt-bridge-to-broker1" || d[0].Episodes != 2 || d[1].Client != "alice" || d[1].Episodes != 1 {
 		t.Errorf("drops %+v", d)
+	}
+}
+
+// VRRP adverts keepalived dropped from a foreign source are counted per
+// source, shown in status and make it degraded while recent.
+func TestForgedAdvertsCounted(t *testing.T) {
+	h := newHarness(t, "lb1", "", nil)
+	h.a.countForged([]string{"(mqtt) Entering BACKUP STATE",
+		"(mqtt) unicast source address 10.0.0.66 not a unicast peer",
+		"(mqtt) unicast source address 10.0.0.66 not a unicast peer",
+		"(mqtt) unicast source address 10.0.0.67 not a unicast peer"})
+	h.a.countForged([]string{"(mqtt) unicast source address 10.0.0.66 not a unicast peer"})
+	f := h.a.Status().ForgedAdverts
+	if len(f) != 2 {
+		t.Fatalf("forged %+v", f)
+	}
+	for _, want := range []control.Forged{{Source: "10.0.0.66", Adverts: 3}, {Source: "10.0.0.67", Adverts: 1}} {
+		if !slices.ContainsFunc(f, func(g control.Forged) bool { return g.Source == want.Source && g.Adverts == want.Adverts }) {
+			t.Errorf("forged %+v, want %+v among them", f, want)
+		}
+	}
+	s := h.a.Status()
+	if p := strings.Join(s.Problems(h.clock.t), "\n"); !strings.Contains(p, "3 VRRP adverts from 10.0.0.66, not a load balancer of the cluster") {
+		t.Errorf("problems: %s", p)
+	}
+	if p := s.Problems(h.clock.t.Add(time.Hour)); len(p) != 0 {
+		t.Errorf("an hour later: %q", p)
 	}
 }
 

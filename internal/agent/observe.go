@@ -38,6 +38,7 @@ type metrics struct {
 	certExpiry   *prometheus.GaugeVec
 	suspended    prometheus.Gauge
 	decommission prometheus.Gauge
+	forged       *prometheus.CounterVec
 }
 
 func newMetrics() metrics {
@@ -60,7 +61,9 @@ func newMetrics() metrics {
 		Help: "When the node's certificate (cert=node) and the cluster CA (cert=ca) expire, as a Unix time."}, []string{"cert"})
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_suspended", Help: "1 while an operator suspended the agent (mqha-agent suspend): no converging, no drift revert."})
 	m.decommission = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_decommission", Help: "0 while the definition lists this node, 1 while it drains after a commit removed it, 2 once its units are stopped and disabled."})
-	m.own = []prometheus.Collector{m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
+	m.forged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_vrrp_forged_adverts_total",
+		Help: "VRRP adverts keepalived dropped because they came from a host that is not the other load balancer (check_unicast_src), by source."}, []string{"source"})
+	m.own = []prometheus.Collector{m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
 	m.reg.MustRegister(m.own...)
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

@@ -50,6 +50,9 @@ type Status struct {
 	Unconfigured string `json:"unconfigured,omitempty"`
 	// Drops are the sessions mosquitto dropped messages for (queue full).
 	Drops []Drop `json:"drops,omitempty"`
+	// ForgedAdverts are VRRP adverts keepalived dropped on a load balancer
+	// because they came from a host that is not the other load balancer.
+	ForgedAdverts []Forged `json:"forgedAdverts,omitempty"`
 	// Insecure says how this node could be made to apply a commit nobody
 	// trusted (no signatures over an unauthenticated transport, an applied
 	// commit whose signer is no longer trusted). Shown loudly; not a
@@ -116,7 +119,16 @@ type Drop struct {
 	Last     time.Time `json:"last"`
 }
 
-// recentDrops is how long a drop keeps a node degraded.
+// Forged counts the VRRP adverts from one source that is not a load
+// balancer of the cluster.
+type Forged struct {
+	Source  string    `json:"source"`
+	Adverts int       `json:"adverts"`
+	Last    time.Time `json:"last"`
+}
+
+// recentDrops is how long a drop (or a forged advert) keeps a node
+// degraded.
 const recentDrops = 15 * time.Minute
 
 // Problems are what makes the node degraded, one line each; none means
@@ -165,6 +177,11 @@ func (s Status) Problems(now time.Time) []string {
 			out = append(out, "bridge: tug of war: "+b.State)
 		case b.Master == "":
 			out = append(out, "bridge: no bridge master: "+b.State)
+		}
+	}
+	for _, f := range s.ForgedAdverts {
+		if now.Sub(f.Last) < recentDrops {
+			out = append(out, fmt.Sprintf("%d VRRP adverts from %s, not a load balancer of the cluster, dropped (last %s ago): a host on the segment claims the VIP", f.Adverts, f.Source, now.Sub(f.Last).Round(time.Second)))
 		}
 	}
 	for _, d := range s.Drops {

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/mqha/mqha/internal/control"
-	"github.com/mqha/mqha/internal/daemon"
 )
 
 // mosquitto 2.0 has no counter of the messages it drops when a session's
@@ -19,27 +19,59 @@ import (
 // so that losing acknowledged messages is never silent.
 const dropLine = "Outgoing messages are being dropped for client "
 
-// dropPoll is how often mosquitto's journal is read for drops.
-const dropPoll = 5 * time.Second
+// keepalived with check_unicast_src logs, and drops, a VRRP advert from an
+// address that is not a unicast peer: a host on the segment claiming the
+// VIP. The agent counts them per source, so that is never silent either
+// (a flood of them can still make the backup miss the master's adverts and
+// take over, measured with keepalived 2.2.7).
+var forgedLine = regexp.MustCompile(`unicast source address (\S+) not a unicast peer`)
 
-// watchDrops reads mosquitto's new journal entries every dropPoll until ctx
-// ends. It polls with a cursor instead of following: inotify, which
-// journalctl --follow waits on, did not fire inside the agent's sandbox on
-// the lab's overlay file systems.
-func (a *Agent) watchDrops(ctx context.Context) {
+// countForged counts the forged adverts among keepalived's log lines.
+func (a *Agent) countForged(lines []string) {
+	per := map[string]int{}
+	for _, l := range lines {
+		if m := forgedLine.FindStringSubmatch(l); m != nil {
+			per[m[1]]++
+		}
+	}
+	now := a.d.Now()
+	for src, n := range per {
+		a.m.forged.WithLabelValues(src).Add(float64(n))
+		a.log.Warn("keepalived dropped VRRP adverts from a host that is not a load balancer of the cluster", "source", src, "adverts", n)
+		a.update(func(s *control.Status) {
+			for i := range s.ForgedAdverts {
+				if s.ForgedAdverts[i].Source == src {
+					s.ForgedAdverts[i].Adverts += n
+					s.ForgedAdverts[i].Last = now
+					return
+				}
+			}
+			s.ForgedAdverts = append(s.ForgedAdverts, control.Forged{Source: src, Adverts: n, Last: now})
+		})
+	}
+}
+
+// journalPoll is how often the daemons' journals are read.
+const journalPoll = 5 * time.Second
+
+// followJournal hands unit's new journal entries to handle every
+// journalPoll, while this node runs unit, until ctx ends. It polls with a
+// cursor instead of following: inotify, which journalctl --follow waits on,
+// did not fire inside the agent's sandbox on the lab's overlay file systems.
+func (a *Agent) followJournal(ctx context.Context, unit, what string, handle func([]string)) {
 	cursor, failing := "", false
 	for {
-		// A node without mosquitto (a load balancer) has nothing to read.
-		if slices.Contains(a.runs(), daemon.Mosquitto.Unit) {
-			lines, next, err := a.d.Journal(ctx, daemon.Mosquitto.Unit, cursor)
+		// A node without the daemon has nothing to read.
+		if slices.Contains(a.runs(), unit) {
+			lines, next, err := a.d.Journal(ctx, unit, cursor)
 			switch {
 			case err != nil && !failing:
-				a.log.Error("cannot read mosquitto's journal: dropped messages will not be reported", "err", err)
+				a.log.Error("cannot read a daemon's journal: "+what+" will not be reported", "unit", unit, "err", err)
 				failing = true
 			case err == nil:
 				failing = false
 				if cursor != "" { // the first read only finds where "now" is
-					a.countDrops(lines)
+					handle(lines)
 				}
 				if next != "" {
 					cursor = next
@@ -49,7 +81,7 @@ func (a *Agent) watchDrops(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(dropPoll):
+		case <-time.After(journalPoll):
 		}
 	}
 }
