@@ -47,8 +47,12 @@ func (c *cmd) definition(s defSource) (*cluster.Cluster, error) {
 		return schema.LoadDir(*s.repo) // a plain directory: its files are the definition
 	}
 	fmt.Fprintf(c.stderr, "reading commit %s (%s) of %s, as the agents do; --worktree reads uncommitted files\n", source.Short(commit.Hash), *s.rev, top)
-	for _, w := range uncommitted(*s.repo, commit.Files) {
-		fmt.Fprintf(c.stderr, "warning: %s\n", w)
+	// The working tree is compared with HEAD only: against an older commit
+	// (diff --from, --rev) every later change would read as uncommitted.
+	if *s.rev == "HEAD" {
+		for _, w := range uncommitted(*s.repo, commit.Files) {
+			fmt.Fprintf(c.stderr, "warning: %s\n", w)
+		}
 	}
 	return schema.Load(commit.Files, ".")
 }

@@ -244,6 +244,10 @@ func TestFleetDiff(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "=== lb1") || !strings.Contains(out, "+        server 10.20.0.23:8883 max_fails=0; # broker3") {
 		t.Errorf("exit %d\n%s%s", code, out, errs)
 	}
+	// The working tree is HEAD's: reading the older commit warns of nothing.
+	if strings.Contains(errs, "warning:") {
+		t.Errorf("a committed file reads as uncommitted against the older commit:\n%s", errs)
+	}
 	// The other way: broker3 leaves.
 	if _, out, _ := mqha(t, "diff", "--repo", repo, "--from", "HEAD", "--to", "HEAD~1"); !strings.Contains(out, "broker3: removed by the commit") {
 		t.Errorf("a removed node is not said:\n%s", out)
