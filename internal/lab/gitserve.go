@@ -111,10 +111,10 @@ func (c Config) makeGitAccess() error {
 
 // startGitServe runs `mqha-lab git-serve DIR` in the background (its own
 // session, like git daemon) and waits until both ports answer.
-func (c Config) startGitServe(ctx context.Context) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
+func (c Config) startGitServe(ctx context.Context, s *State) error {
+	self := s.Lab
+	if self == "" {
+		return errors.New("the lab state names no mqha-lab binary to serve git with: bring the lab up again (make lab)")
 	}
 	log, _ := os.Create(filepath.Join(c.Dir, "git-serve.log"))
 	cmd := exec.Command(self, "git-serve", c.Dir)

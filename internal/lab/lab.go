@@ -94,6 +94,9 @@ type Node struct {
 type State struct {
 	Nodes     []Node `json:"nodes"`
 	GitDaemon int    `json:"gitDaemon"`
+	// Lab is the mqha-lab binary that brought the lab up: it serves git
+	// over https and ssh (git-serve), also when a test restarts that.
+	Lab string `json:"lab"`
 }
 
 func (c Config) statePath() string { return filepath.Join(c.Dir, "state.json") }

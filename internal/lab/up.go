@@ -104,6 +104,9 @@ func (c Config) Up(ctx context.Context, p Project) error {
 		return err
 	}
 	s := &State{}
+	if s.Lab, err = os.Executable(); err != nil {
+		return err
+	}
 	if err := c.save(s); err != nil { // from here on, Down can clean up
 		return err
 	}
@@ -120,7 +123,7 @@ func (c Config) Up(ctx context.Context, p Project) error {
 	if err := c.makeGitAccess(); err != nil {
 		return err
 	}
-	if err := c.startGitServe(ctx); err != nil {
+	if err := c.startGitServe(ctx, s); err != nil {
 		return err
 	}
 	if err := c.pki(ctx, p); err != nil {
@@ -509,7 +512,7 @@ func (c Config) StartGit(ctx context.Context) error {
 	if err := c.save(s); err != nil {
 		return err
 	}
-	return c.startGitServe(ctx)
+	return c.startGitServe(ctx, s)
 }
 
 // waitServing waits until an MQTT client with the lab's client certificate
