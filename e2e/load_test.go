@@ -580,9 +580,11 @@ func TestLimitsHold(t *testing.T) {
 		t.Error("mqha_limit_ok does not report mosquitto's shortfall")
 	}
 	// Certificates and their expiry, in status and metrics (issue 8, 2).
+	// The lab's ca.crt holds two CAs (clients' and nodes'): each its own.
 	certs := agentStatus(t, "lb1").Certificates
-	if len(certs) != 2 || !strings.Contains(body, `mqha_certificate_expiry_timestamp_seconds{cert="node"}`) {
-		t.Errorf("certificates in status %+v, or no expiry metric", certs)
+	if len(certs) != 3 || certs[1].Name == certs[2].Name || !strings.Contains(body, `mqha_certificate_expiry_timestamp_seconds{cert="node"}`) ||
+		!strings.Contains(body, `mqha_certificate_expiry_timestamp_seconds{cert="`+certs[2].Name+`"}`) {
+		t.Errorf("certificates in status %+v, or no expiry metric for each", certs)
 	}
 	for _, c := range certs {
 		report(t, "lb1's %s certificate %s expires %s", c.Name, c.File, c.NotAfter.Format("2006-01-02"))

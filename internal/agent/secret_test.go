@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"crypto/tls"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/pki"
 )
 
 func TestBridgeSecret(t *testing.T) {
@@ -40,5 +43,24 @@ func TestGuessableBridgeIDsAreInsecure(t *testing.T) {
 	}
 	if ins := strings.Join(h.a.Status().Insecure, "\n"); !strings.Contains(ins, "no bridge secret (/nonexistent/bridge.secret)") {
 		t.Errorf("status INSECURE lines: %q", ins)
+	}
+}
+
+// TestEachCAHasItsExpiry: a CA file with the clients' and the nodes' CA
+// lists both, under names of their own (one metric label each).
+func TestEachCAHasItsExpiry(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	clients, _ := pki.NewCA("mqtt", now)
+	nodes, _ := pki.NewCA("nodes mqtt", now.Add(time.Hour))
+	f := TLSFiles{CA: filepath.Join(dir, "ca.crt"), Cert: "node.crt"}
+	os.WriteFile(f.CA, append(clients.CertPEM(), nodes.CertPEM()...), 0o644)
+	got := certs(&tls.Config{}, f)
+	if len(got) != 2 || got[0].Name != "ca mqha CA mqtt" || got[1].Name != "ca mqha CA nodes mqtt" || !got[1].NotAfter.After(got[0].NotAfter) {
+		t.Errorf("two CAs: %+v", got)
+	}
+	os.WriteFile(f.CA, clients.CertPEM(), 0o644)
+	if got := certs(&tls.Config{}, f); len(got) != 1 || got[0].Name != "ca" {
+		t.Errorf("one CA: %+v", got)
 	}
 }

@@ -197,6 +197,9 @@ func certs(tc *tls.Config, f TLSFiles) []control.Cert {
 	if len(tc.Certificates) > 0 && tc.Certificates[0].Leaf != nil {
 		out = append(out, control.Cert{Name: "node", File: f.Cert, NotAfter: tc.Certificates[0].Leaf.NotAfter})
 	}
+	// The CA file may hold several (the clients' and the nodes' CA): each
+	// is named by its subject then, so that each has its own expiry.
+	var cas []*x509.Certificate
 	if b, err := os.ReadFile(f.CA); err == nil {
 		for {
 			var blk *pem.Block
@@ -204,9 +207,16 @@ func certs(tc *tls.Config, f TLSFiles) []control.Cert {
 				break
 			}
 			if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
-				out = append(out, control.Cert{Name: "ca", File: f.CA, NotAfter: c.NotAfter})
+				cas = append(cas, c)
 			}
 		}
+	}
+	for _, c := range cas {
+		name := "ca"
+		if len(cas) > 1 {
+			name = "ca " + c.Subject.CommonName
+		}
+		out = append(out, control.Cert{Name: name, File: f.CA, NotAfter: c.NotAfter})
 	}
 	return out
 }
