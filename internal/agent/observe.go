@@ -58,7 +58,7 @@ func newMetrics() metrics {
 		Help:    "How long each stage of converging a new commit took.",
 		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60}}, []string{"stage"})
 	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_certificate_expiry_timestamp_seconds",
-		Help: "When the node's certificate (cert=node) and the cluster CA (cert=ca) expire, as a Unix time."}, []string{"cert"})
+		Help: "When the node's certificate (cert=node) and the CA (cert=ca; each CA of a file holding several: cert=\"ca SUBJECT\") expire, as a Unix time."}, []string{"cert"})
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_suspended", Help: "1 while an operator suspended the agent (mqha-agent suspend): no converging, no drift revert."})
 	m.decommission = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_decommission", Help: "0 while the definition lists this node, 1 while it drains after a commit removed it, 2 once its units are stopped and disabled."})
 	m.forged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_vrrp_forged_adverts_total",
