@@ -94,7 +94,7 @@ func (c *cmd) pki(args []string) error {
 		if len(names) == 0 {
 			return errors.New("name at least one node, or give --all")
 		}
-		ca, err := loadCA(*dir)
+		ca, err := loadCA(*dir, "ca")
 		if err != nil {
 			return err
 		}
@@ -155,7 +155,7 @@ func (c *cmd) pki(args []string) error {
 		} else if _, isNode := cl.Node(names[0]); isNode {
 			return fmt.Errorf("client %q has the name of a node of cluster %q: the brokers would let it use that node's topics; pick another name", names[0], cl.Name)
 		}
-		ca, err := loadCA(*dir)
+		ca, err := loadCA(*dir, "ca")
 		if err != nil {
 			return err
 		}
@@ -189,30 +189,22 @@ func (c *cmd) pkiInit(dir, name string, nodeCA bool, now time.Time) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	made := false
-	for _, ca := range []struct {
-		base, name string
-		want       bool
-	}{{"ca", name, true}, {"node-ca", "nodes " + name, nodeCA}} {
-		keyPath := filepath.Join(dir, ca.base+".key")
-		if !ca.want {
-			continue
-		}
-		if _, err := os.Stat(keyPath); err == nil {
-			if ca.base == "ca" && nodeCA {
-				continue // adding the node CA to an existing PKI
-			}
-			return fmt.Errorf("%s exists; refusing to replace the cluster CA (every certificate depends on it)", keyPath)
-		}
-		made = true
-		if err := c.newCA(dir, ca.base, ca.name, now); err != nil {
+	exists := func(base string) bool { _, err := os.Stat(filepath.Join(dir, base+".key")); return err == nil }
+	switch {
+	case exists("ca") && !nodeCA:
+		return fmt.Errorf("%s exists; refusing to replace the cluster CA (every certificate depends on it)", filepath.Join(dir, "ca.key"))
+	case !exists("ca"):
+		if err := c.newCA(dir, "ca", name, now); err != nil {
 			return err
 		}
 	}
-	if !made {
-		return fmt.Errorf("%s exists; refusing to replace it", filepath.Join(dir, "node-ca.key"))
+	if !nodeCA {
+		return nil
 	}
-	return nil
+	if exists("node-ca") {
+		return fmt.Errorf("%s exists; refusing to replace the node CA (every node certificate depends on it)", filepath.Join(dir, "node-ca.key"))
+	}
+	return c.newCA(dir, "node-ca", "nodes "+name, now)
 }
 
 func (c *cmd) newCA(dir, base, name string, now time.Time) error {
@@ -239,34 +231,32 @@ func (c *cmd) newCA(dir, base, name string, now time.Time) error {
 // is one, else the cluster CA) and what nodes and clients trust (ca.crt
 // they get: the cluster CA, and the node CA when there is one).
 func loadSigners(dir string, ca *pki.CA) (*pki.CA, []byte, error) {
-	cert, err := os.ReadFile(filepath.Join(dir, "node-ca.crt"))
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, "node-ca.crt")); errors.Is(err, os.ErrNotExist) {
 		return ca, ca.CertPEM(), nil
 	}
+	node, err := loadCA(dir, "node-ca")
 	if err != nil {
 		return nil, nil, err
-	}
-	key, err := os.ReadFile(filepath.Join(dir, "node-ca.key"))
-	if err != nil {
-		return nil, nil, err
-	}
-	node, err := pki.ParseCA(cert, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("node CA in %s: %w", dir, err)
 	}
 	return node, append(ca.CertPEM(), node.CertPEM()...), nil
 }
 
-func loadCA(dir string) (*pki.CA, error) {
-	cert, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+// loadCA reads DIR/BASE.crt and DIR/BASE.key: the cluster CA ("ca") or
+// the node CA ("node-ca").
+func loadCA(dir, base string) (*pki.CA, error) {
+	cert, err := os.ReadFile(filepath.Join(dir, base+".crt"))
 	if err != nil {
 		return nil, fmt.Errorf("%w (run `mqha-agent pki init --dir %s` first)", err, dir)
 	}
-	key, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+	key, err := os.ReadFile(filepath.Join(dir, base+".key"))
 	if err != nil {
 		return nil, err
 	}
-	return pki.ParseCA(cert, key)
+	ca, err := pki.ParseCA(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("%s in %s: %w", base, dir, err)
+	}
+	return ca, nil
 }
 
 // issue writes OUT/BASE.crt, OUT/BASE.key (0600) signed by ca, and

@@ -460,16 +460,6 @@ func TestHostileCommit(t *testing.T) {
 // ($SYS/broker/connection), which the agents act on; a node's certificate
 // can use both.
 func TestClientCannotForgeNodeTopics(t *testing.T) {
-	nodeTLS := func(name string) *tls.Config {
-		dir := filepath.Join(cfg.Dir, "pki", name)
-		cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := tlsConfig(t)
-		c.Certificates = []tls.Certificate{cert}
-		return c
-	}
 	connect := func(tc *tls.Config, id string) mqtt.Client {
 		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + brokerAddr(t, "broker1")).SetClientID(id).
 			SetTLSConfig(tc).SetCleanSession(true).SetConnectTimeout(5 * time.Second))
@@ -479,7 +469,7 @@ func TestClientCannotForgeNodeTopics(t *testing.T) {
 		t.Cleanup(func() { c.Disconnect(100) })
 		return c
 	}
-	node := connect(nodeTLS("bridge"), "e2e-as-node-bridge")
+	node := connect(nodeTLS(t, "bridge"), "e2e-as-node-bridge")
 	got := make(chan string, 100)
 	for _, f := range []string{"$mqha/#", "$SYS/broker/connection/#"} {
 		if tok := node.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + " " + string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -542,13 +532,7 @@ func TestBridgeListenerTakesNodesOnly(t *testing.T) {
 	if err == nil {
 		t.Fatal("a client certificate connected to the bridge listener")
 	}
-	cert, err2 := tls.LoadX509KeyPair(filepath.Join(cfg.Dir, "pki", "bridge", "node.crt"), filepath.Join(cfg.Dir, "pki", "bridge", "node.key"))
-	if err2 != nil {
-		t.Fatal(err2)
-	}
-	nodeTLS := tlsConfig(t)
-	nodeTLS.Certificates = []tls.Certificate{cert}
-	if err := connect(nodeTLS, "e2e-node-on-the-bridge-listener"); err != nil {
+	if err := connect(nodeTLS(t, "bridge"), "e2e-node-on-the-bridge-listener"); err != nil {
 		t.Fatalf("a node certificate cannot connect to the bridge listener: %v", err)
 	}
 	report(t, "client certificate on %s refused (%v); the bridge node's certificate connects", bridgeListener, err)
@@ -589,14 +573,8 @@ func TestClientCannotNameBridgeSessions(t *testing.T) {
 		}
 		return c, got
 	}
-	nodeTLS := tlsConfig(t)
-	cert, err := tls.LoadX509KeyPair(filepath.Join(cfg.Dir, "pki", "bridge", "node.crt"), filepath.Join(cfg.Dir, "pki", "bridge", "node.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeTLS.Certificates = []tls.Certificate{cert}
 	_, clientGot := watch(tlsConfig(t), "client")
-	_, nodeGot := watch(nodeTLS, "node")
+	_, nodeGot := watch(nodeTLS(t, "bridge"), "node")
 
 	// The guessable id: connected through the VIP for 3 s.
 	impostor := client(t, vip(), "mqtt-bridge-to-broker1", false)

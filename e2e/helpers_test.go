@@ -114,6 +114,20 @@ func tlsConfig(t *testing.T) *tls.Config {
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 }
 
+// nodeTLS is tlsConfig with the certificate of lab node name instead of the
+// lab's client certificate.
+func nodeTLS(t *testing.T, name string) *tls.Config {
+	t.Helper()
+	dir := filepath.Join(cfg.Dir, "pki", name)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tlsConfig(t)
+	c.Certificates = []tls.Certificate{cert}
+	return c
+}
+
 // client connects a real MQTT client with automatic reconnect. A client with
 // clean=false keeps a persistent session on its broker.
 func client(t *testing.T, addr, id string, clean bool) mqtt.Client {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mqha/mqha/internal/source"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -112,14 +113,7 @@ func TestRepoTransports(t *testing.T) {
 			if strings.Contains(s.FetchError, read(a.Token)[:8]) {
 				t.Errorf("the fetch error shows the token: %s", s.FetchError)
 			}
-			report(t, "wrong %s credential: %q, still on %s", tt.name, s.FetchError, source7(s.Applied))
+			report(t, "wrong %s credential: %q, still on %s", tt.name, s.FetchError, source.Short(s.Applied))
 		})
 	}
-}
-
-func source7(h string) string {
-	if len(h) > 7 {
-		return h[:7]
-	}
-	return h
 }

@@ -54,17 +54,25 @@ func (a *Agent) setDecommission(d *control.Decommission) {
 		a.writeState("decommission", string(b))
 	}
 	a.decom = d
-	state := 0.0
-	if d != nil {
-		state = map[bool]float64{true: 1, false: 2}[d.Done.IsZero()]
-	}
-	a.m.decommission.Set(state)
+	a.m.decommission.Set(decomLevel(d))
 	a.update(func(s *control.Status) {
 		s.Decommission = d
 		if d != nil && !d.Done.IsZero() {
 			s.Checks, s.Roles = nil, "none (decommissioned)"
 		}
 	})
+}
+
+// decomLevel is the mqha_decommission value of d: 0 a member, 1 draining,
+// 2 decommissioned.
+func decomLevel(d *control.Decommission) float64 {
+	switch {
+	case d == nil:
+		return 0
+	case d.Done.IsZero():
+		return 1
+	}
+	return 2
 }
 
 // restoreDecommission reads what an earlier run recorded.
@@ -80,7 +88,7 @@ func (a *Agent) restoreDecommission() {
 		return
 	}
 	a.decom = &d
-	a.m.decommission.Set(map[bool]float64{true: 1, false: 2}[d.Done.IsZero()])
+	a.m.decommission.Set(decomLevel(&d))
 	a.st.Decommission = &d
 	if !d.Done.IsZero() {
 		a.st.Roles = "none (decommissioned)"
@@ -109,16 +117,7 @@ func (a *Agent) startDecommission(ctx context.Context, def *evaluated, notIn err
 			"grace", a.cfg.DecommissionGrace)
 	}
 	a.decomCluster = def.cluster
-	a.refused = ""
-	os.Remove(filepath.Join(a.cfg.StateDir, "refused"))
-	a.applied = def.hash
-	a.writeState("applied", def.hash)
-	a.m.setApplied(def.hash)
-	now := a.d.Now()
-	a.update(func(s *control.Status) {
-		s.Applied, s.AppliedSubject, s.AppliedAt = def.hash, def.subject, now
-		s.Refused, s.RefusedReason = "", ""
-	})
+	a.recordApplied(def.hash, def.subject)
 	a.setDecommission(d)
 	return a.stepDecommission(ctx)
 }
@@ -134,7 +133,8 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 	if cl == nil {
 		def, err := evaluateCommit(a.d, a.cfg.Path, d.Commit)
 		if err != nil {
-			return a.decomState(d, fmt.Sprintf("draining: cannot read commit %s for the cluster's ports: %v", source.Short(d.Commit), err))
+			a.decomState(d, fmt.Sprintf("draining: cannot read commit %s for the cluster's ports: %v", source.Short(d.Commit), err))
+			return err
 		}
 		cl = def.cluster
 		a.decomCluster = cl
@@ -144,10 +144,12 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 	var why string
 	switch {
 	case err != nil && waited < a.cfg.DecommissionGrace:
-		return a.decomState(d, fmt.Sprintf("draining: cannot count the connections from other hosts (%v); stopping at %s", err, d.Since.Add(a.cfg.DecommissionGrace).Format(time.RFC3339)))
+		a.decomState(d, fmt.Sprintf("draining: cannot count the connections from other hosts (%v); stopping at %s", err, d.Since.Add(a.cfg.DecommissionGrace).Format(time.RFC3339)))
+		return nil
 	case err == nil && n > 0 && waited < a.cfg.DecommissionGrace:
-		return a.decomState(d, fmt.Sprintf("draining: %d connections from other hosts (they let go as they apply commit %s); stopping at %s at the latest (decommission-grace)",
+		a.decomState(d, fmt.Sprintf("draining: %d connections from other hosts (they let go as they apply commit %s); stopping at %s at the latest (decommission-grace)",
 			n, source.Short(d.Commit), d.Since.Add(a.cfg.DecommissionGrace).Format(time.RFC3339)))
+		return nil
 	case err != nil:
 		why = fmt.Sprintf("decommission-grace %s passed (connections not counted: %v)", a.cfg.DecommissionGrace, err)
 	case n > 0:
@@ -182,13 +184,13 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) decomState(d *control.Decommission, state string) error {
+// decomState says why d is where it is (recorded only when that changed).
+func (a *Agent) decomState(d *control.Decommission, state string) {
 	if d.State != state {
 		next := *d
 		next.State = state
 		a.setDecommission(&next)
 	}
-	return nil
 }
 
 func orNone(s []string) string {

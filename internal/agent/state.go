@@ -61,33 +61,44 @@ var commitHash = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // applyDone records v as the applied commit.
 func (a *Agent) applyDone(v *View) {
-	newCommit := v.Commit != a.applied
-	if newCommit {
-		// A newer commit applied: any refusal is history.
-		a.refused = ""
-		os.Remove(filepath.Join(a.cfg.StateDir, "refused"))
-	}
 	if a.decom != nil {
 		// Listed again: back in the cluster (this apply started its units).
 		a.log.Info("this node is in the cluster definition again", "commit", source.Short(v.Commit))
 		a.setDecommission(nil)
 	}
-	a.applied, a.view = v.Commit, v
-	a.writeState("applied", v.Commit)
-	a.m.setApplied(v.Commit)
+	newCommit := a.recordApplied(v.Commit, v.Subject)
+	a.view = v
 	a.log.Info("converged", "commit", source.Short(v.Commit), "subject", v.Subject)
 	insecure := a.insecurity()
 	a.update(func(s *control.Status) {
-		s.Insecure = insecure
-		if newCommit {
-			s.Refused, s.RefusedReason = "", ""
-		}
-		s.Applied, s.AppliedSubject, s.AppliedAt, s.Roles = v.Commit, v.Subject, a.d.Now(), v.Node.RoleList()
+		s.Insecure, s.Roles = insecure, v.Node.RoleList()
 		if newCommit {
 			s.Stages = a.stages
 		}
 	})
 	a.stages = nil
+}
+
+// recordApplied makes hash the applied commit in the field, the state
+// file, the metric and the status; a new one ends any refusal (it is
+// history). It reports whether hash is new.
+func (a *Agent) recordApplied(hash, subject string) bool {
+	newCommit := hash != a.applied
+	if newCommit {
+		a.refused = ""
+		os.Remove(filepath.Join(a.cfg.StateDir, "refused"))
+	}
+	a.applied = hash
+	a.writeState("applied", hash)
+	a.m.setApplied(hash)
+	now := a.d.Now()
+	a.update(func(s *control.Status) {
+		if newCommit {
+			s.Refused, s.RefusedReason = "", ""
+		}
+		s.Applied, s.AppliedSubject, s.AppliedAt = hash, subject, now
+	})
+	return newCommit
 }
 
 // refuse records that commit hash will not be applied, and why.

@@ -47,7 +47,7 @@ const (
 
 // Access says where the lab's https and ssh git access lives.
 func (c Config) Access() GitAccess {
-	d := filepath.Join(c.Dir, "git-access")
+	d := c.accessDir()
 	return GitAccess{
 		HTTPSURL:   "https://" + net.JoinHostPort(c.HostAddr(), gitHTTPSPort) + "/cluster.git",
 		SSHURL:     "ssh://git@" + net.JoinHostPort(c.HostAddr(), gitSSHPort) + "/cluster.git",
