@@ -48,11 +48,18 @@ func run(ctx context.Context, args []string) error {
 	case "up":
 		return c.Up(ctx, p)
 	case "down":
+		// Says what it removed; on a machine without a lab, nothing.
 		start := time.Now()
-		if err := c.Down(ctx); err != nil {
+		removed, err := c.Down(ctx)
+		for _, r := range removed {
+			fmt.Println("removed:", r)
+		}
+		if err != nil {
 			return err
 		}
-		fmt.Printf("lab is down in %s: no process, mount, interface, route or cgroup of the lab is left\n", time.Since(start).Round(time.Millisecond))
+		if len(removed) > 0 {
+			fmt.Printf("lab is down in %s: no process, mount, directory, interface, route or cgroup of the lab is left\n", time.Since(start).Round(time.Millisecond))
+		}
 		return nil
 	case "status":
 		return c.Status(ctx, os.Stdout)

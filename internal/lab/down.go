@@ -4,111 +4,89 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+
 	"path/filepath"
-	"strconv"
+
 	"strings"
 	"sync"
-	"syscall"
-	"time"
+
+	"sort"
 )
 
-// Down removes everything the lab made: nodes, overlays, cgroups, the git
-// daemon, the bridge and Dir. It then checks that nothing is left and says
-// what is, if anything.
-func (c Config) Down(ctx context.Context) error {
-	s, err := c.Load()
+// Down removes everything a lab made: the nodes its state names are
+// powered off cleanly (their daemons stop as on a real machine), then
+// whatever of any lab is left is swept away (see leftovers.go). It checks
+// that nothing is left and returns what it removed: nothing on a machine
+// without a lab, so a second Down says nothing.
+func (c Config) Down(ctx context.Context) ([]string, error) {
+	var removed []string
+	if s, err := c.Load(); err == nil {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var errs []error
+		var stopped []string
+		for _, n := range s.Nodes {
+			if !alive(n.Nspawn) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := c.Stop(ctx, n)
+				mu.Lock()
+				defer mu.Unlock()
+				stopped = append(stopped, n.Name)
+				errs = append(errs, err)
+			}()
+		}
+		wg.Wait()
+		if len(stopped) > 0 {
+			sort.Strings(stopped)
+			removed = append(removed, "nodes "+strings.Join(stopped, ", ")+" powered off")
+		}
+		if err := errors.Join(errs...); err != nil {
+			c.Log.Warn("a node did not stop cleanly; sweeping it", "err", err)
+		}
+	}
+	swept, err := c.sweep(ctx)
+	removed = append(removed, swept...)
 	if err != nil {
-		s = &State{} // still sweep for leftovers
-	}
-	nodes := s.Nodes
-	// Nodes the state file does not know (a crashed Up) are found by their
-	// nspawn processes and overlay directories.
-	known := map[string]bool{}
-	for _, n := range nodes {
-		known[n.Name] = true
-	}
-	ents, _ := os.ReadDir(c.NodesDir)
-	for _, e := range ents {
-		if !known[e.Name()] {
-			nodes = append(nodes, Node{Name: e.Name()})
-		}
-	}
-	for _, pid := range c.nspawnPIDs() {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(nodes))
-	for i, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = c.Stop(ctx, n)
-		}()
-	}
-	wg.Wait()
-	for _, pid := range c.nspawnPIDs() {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	if pid := s.GitDaemon; pid != 0 {
-		syscall.Kill(pid, syscall.SIGTERM)
-		waitGone(pid, 3*time.Second)
-	}
-	if b, err := os.ReadFile(filepath.Join(c.Dir, "git-daemon.pid")); err == nil {
-		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
-			syscall.Kill(pid, syscall.SIGTERM)
-			waitGone(pid, 3*time.Second)
-		}
-	}
-	for _, pid := range c.gitDaemonPIDs() {
-		syscall.Kill(pid, syscall.SIGTERM)
-		waitGone(pid, 3*time.Second)
-	}
-	if _, err := run(ctx, "ip", "link", "show", c.Bridge); err == nil {
-		if _, err := run(ctx, "ip", "link", "del", c.Bridge); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, r := range cgroupRoots {
-		removeCgroup(filepath.Join(r, "mqha-lab"))
-	}
-	os.Remove(c.NodesDir)
-	if err := os.RemoveAll(c.Dir); err != nil {
-		errs = append(errs, err)
+		return removed, err
 	}
 	if left := c.Leftovers(ctx); len(left) > 0 {
-		errs = append(errs, fmt.Errorf("still there after lab-down: %s", strings.Join(left, "; ")))
+		return removed, fmt.Errorf("still there after lab-down: %s", strings.Join(left, "; "))
 	}
-	return errors.Join(errs...)
+	return removed, nil
 }
 
 // Leftovers lists anything of the lab's still on the machine: processes,
 // mounts, the bridge, its route, cgroups, state.
 func (c Config) Leftovers(ctx context.Context) []string {
 	var left []string
-	if pids := c.nspawnPIDs(); len(pids) > 0 {
-		left = append(left, fmt.Sprintf("systemd-nspawn processes %v", pids))
+	if pids := c.Processes(); len(pids) > 0 {
+		left = append(left, fmt.Sprintf("processes %v (%s)", pids, c.describePIDs(pids)))
 	}
-	for _, l := range strings.Split(mustRead("/proc/self/mountinfo"), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], c.NodesDir+"/") {
-			left = append(left, "mount "+f[4])
-		}
+	for _, m := range mountsUnder(c.NodesDir) {
+		left = append(left, "mount "+m)
+	}
+	if exists(c.NodesDir) {
+		left = append(left, "directory "+c.NodesDir)
 	}
 	if _, err := run(ctx, "ip", "link", "show", c.Bridge); err == nil {
 		left = append(left, "interface "+c.Bridge)
+	}
+	for _, l := range c.nodeLinks(ctx) {
+		left = append(left, "link "+l)
 	}
 	if out, _ := run(ctx, "ip", "route", "show", c.Subnet.String()); strings.TrimSpace(out) != "" {
 		left = append(left, "route "+strings.TrimSpace(out))
 	}
 	for _, r := range cgroupRoots {
-		if _, err := os.Stat(filepath.Join(r, "mqha-lab")); err == nil {
-			left = append(left, "cgroup "+filepath.Join(r, "mqha-lab"))
+		if d := filepath.Join(r, "mqha-lab"); exists(d) {
+			left = append(left, "cgroup "+d)
 		}
 	}
-	for _, pid := range c.gitDaemonPIDs() {
-		left = append(left, fmt.Sprintf("git daemon pid %d", pid))
-	}
-	if _, err := os.Stat(c.Dir); err == nil {
+	if exists(c.Dir) {
 		left = append(left, "directory "+c.Dir)
 	}
 	return left
@@ -118,8 +96,16 @@ func (c Config) Leftovers(ctx context.Context) []string {
 // git daemon (the git wrapper and the git-daemon it runs) and git-serve
 // (https and ssh).
 func (c Config) gitDaemonPIDs() []int {
-	return processes(func(cmdline string) bool {
-		return strings.Contains(cmdline, "daemon") && strings.Contains(cmdline, "--base-path="+filepath.Join(c.Dir, "git")) ||
-			strings.Contains(cmdline, "git-serve") && strings.Contains(cmdline, c.Dir)
+	return processes(func(args []string) bool {
+		cmdline := strings.Join(args, " ") + " "
+		// git daemon (the git wrapper and the git-daemon it runs), by what it
+		// serves or where it listens: an earlier lab's may serve another
+		// checkout's directory on the lab's address.
+		if strings.Contains(cmdline, "daemon") && (strings.Contains(cmdline, "--base-path="+filepath.Join(c.Dir, "git")+" ") ||
+			strings.Contains(cmdline, "--listen="+c.HostAddr()+" ")) {
+			return true
+		}
+		// git-serve: only ever the lab's (an mqha-lab binary of any checkout).
+		return len(args) > 1 && filepath.Base(args[0]) == "mqha-lab" && args[1] == "git-serve"
 	})
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -204,15 +203,11 @@ func (c Config) Stop(ctx context.Context, n Node) error {
 		}
 	}
 	dir := filepath.Join(c.NodesDir, n.Name)
-	root := filepath.Join(dir, "root")
-	if mounted(root) {
-		if _, err := run(ctx, "umount", root); err != nil {
-			if _, err2 := run(ctx, "umount", "-l", root); err2 != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if err := os.RemoveAll(dir); err != nil {
+	// Never remove a directory with a mount under it: that deletes through
+	// the mount.
+	if _, _, err := unmountUnder(ctx, dir); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
 	}
 	for _, r := range cgroupRoots {
@@ -247,35 +242,19 @@ func waitGone(pid int, d time.Duration) bool {
 	return !alive(pid)
 }
 
-// mounted reports whether path is a mount point.
-func mounted(path string) bool {
-	for _, l := range strings.Split(mustRead("/proc/self/mountinfo"), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 4 && f[4] == path {
-			return true
-		}
-	}
-	return false
-}
-
 // nspawnPIDs lists systemd-nspawn processes whose root is under NodesDir.
 func (c Config) nspawnPIDs() []int {
-	return processes(func(cmdline string) bool {
-		return strings.HasPrefix(cmdline, "systemd-nspawn ") && strings.Contains(cmdline, c.NodesDir+"/")
+	return processes(func(args []string) bool {
+		return len(args) > 0 && filepath.Base(args[0]) == "systemd-nspawn" && strings.Contains(strings.Join(args, " "), c.NodesDir+"/")
 	})
 }
 
-// processes lists the PIDs whose command line (arguments joined by spaces)
-// matches.
-func processes(match func(cmdline string) bool) []int {
+// processes lists the PIDs whose arguments match.
+func processes(match func(args []string) bool) []int {
 	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if match(strings.ReplaceAll(mustRead(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " ")) {
+	for _, pid := range allPIDs() {
+		args := strings.Split(strings.TrimRight(mustRead(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00"), "\x00")
+		if len(args) > 0 && args[0] != "" && match(args) {
 			out = append(out, pid)
 		}
 	}

@@ -85,11 +85,15 @@ func (c Config) Up(ctx context.Context, p Project) error {
 		c.Log.Info("the lab is already running; `make lab-down` first to rebuild it", "nodes", len(s.Nodes))
 		return c.WaitConverged(ctx, 60*time.Second)
 	}
-	if _, err := c.Load(); err == nil {
-		c.Log.Info("a previous lab was left half up; clearing it")
-		if err := c.Down(ctx); err != nil {
-			return err
-		}
+	// Whatever an earlier lab left (ended without down, its state file gone
+	// or not): booting over it would mount on its mounts and boot its nodes
+	// with their old state.
+	removed, err := c.sweep(ctx)
+	if len(removed) > 0 {
+		c.Log.Warn("cleared what an earlier lab left on this machine", "removed", strings.Join(removed, "; "))
+	}
+	if err != nil {
+		return fmt.Errorf("clear an earlier lab's leftovers: %w", err)
 	}
 	start := time.Now()
 	if err := c.ensureHostTools(ctx); err != nil {
