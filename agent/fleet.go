@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -21,8 +22,8 @@ import (
 	"github.com/mqha/mqha/internal/source"
 )
 
-// fleet reads every node's published status through the VIP (or --broker)
-// with a client certificate and prints one line per node of the
+// fleet reads every node's published status from every broker (or
+// --broker; the VIP when no broker answers) with a client certificate and prints one line per node of the
 // definition, marking what disagrees with the head commit. Exit 0 when
 // every node reported, runs the head and is healthy; 1 otherwise.
 func (c *cmd) fleet(args []string) (int, error) {
@@ -48,28 +49,41 @@ func (c *cmd) fleet(args []string) (int, error) {
 	if commit, _, ok, err := source.ReadWorkTree(*src.repo, *src.rev); err == nil && ok {
 		head = commit.Hash
 	}
-	addr := *broker
-	if addr == "" {
-		if cl.VIP == nil {
-			return exitError, fmt.Errorf("the cluster has no VIP: give --broker HOST:PORT (a broker's client listener)")
-		}
-		addr = net.JoinHostPort(cl.VIP.Address, strconv.Itoa(cl.Ports.Client))
-	}
 	tc, err := clientTLS(*ca, *cert, *key)
 	if err != nil {
 		return exitError, err
 	}
-	host, _, _ := net.SplitHostPort(addr)
-	tc.ServerName = host
-	statuses, err := readStatuses(addr, tc, daemon.StatusTopics(cl.Name), len(cl.Nodes), *wait)
-	if err != nil {
-		return exitError, err
+	// Every broker directly: each holds every node's status (brokers do not
+	// share retained messages, each agent writes to each), and one that
+	// missed a node's last status is made up for by another. Newest wins.
+	var addrs []string
+	if *broker != "" {
+		addrs = []string{*broker}
+	} else {
+		for _, b := range cl.WithRole(cluster.Broker) {
+			addrs = append(addrs, net.JoinHostPort(b.Address, strconv.Itoa(cl.Ports.Broker)))
+		}
+	}
+	statuses, read, errs := readAll(addrs, tc, daemon.StatusTopics(cl.Name), len(cl.Nodes), *wait)
+	if len(read) == 0 && *broker == "" && cl.VIP != nil {
+		// No broker answered directly (a firewall in between): the VIP.
+		vip := net.JoinHostPort(cl.VIP.Address, strconv.Itoa(cl.Ports.Client))
+		var more []error
+		statuses, read, more = readAll([]string{vip}, tc, daemon.StatusTopics(cl.Name), len(cl.Nodes), *wait)
+		errs = append(errs, more...)
+	}
+	if len(read) == 0 {
+		return exitError, fmt.Errorf("no broker answered: %w", errors.Join(errs...))
+	}
+	for _, err := range errs {
+		fmt.Fprintf(c.stderr, "mqha-agent fleet: %v (read the others)\n", err)
 	}
 	if *format == "json" {
 		e := json.NewEncoder(c.stdout)
 		e.SetIndent("", "  ")
 		return fleetCode(cl, statuses, head), e.Encode(statuses)
 	}
+	fmt.Fprintf(c.stdout, "read from %s\n", strings.Join(read, ", "))
 	printFleet(c, cl, statuses, head)
 	return fleetCode(cl, statuses, head), nil
 }
@@ -88,6 +102,50 @@ func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 		return nil, fmt.Errorf("--cert/--key: %w", err)
 	}
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// staleAfter is the age past which a node's status is not taken as its
+// state: agents publish every 5 s, so six were missed (the agent is down,
+// or does not reach the brokers).
+const staleAfter = 30 * time.Second
+
+// readAll reads the statuses from every broker at addrs at once and keeps,
+// per node, the newest; it returns the brokers it read and what failed.
+func readAll(addrs []string, tc *tls.Config, topics string, want int, wait time.Duration) (map[string]control.Status, []string, []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[string]control.Status{}
+	var read []string
+	var errs []error
+	for _, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := tc.Clone()
+			t.ServerName, _, _ = net.SplitHostPort(a)
+			st, err := readStatuses(a, t, topics, want, wait)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			read = append(read, a)
+			for n, s := range st {
+				if old, ok := out[n]; !ok || s.PublishedAt.After(old.PublishedAt) {
+					out[n] = s
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Strings(read)
+	return out, read, errs
+}
+
+// stale reports whether a status is too old to be taken as the node's state.
+func stale(s control.Status, now time.Time) bool {
+	return !s.PublishedAt.IsZero() && now.Sub(s.PublishedAt) > staleAfter
 }
 
 // readStatuses collects the retained statuses under topics until want of
@@ -140,7 +198,7 @@ func readStatuses(addr string, tc *tls.Config, topics string, want int, wait tim
 func fleetCode(cl *cluster.Cluster, st map[string]control.Status, head string) int {
 	for _, n := range cl.Nodes {
 		s, ok := st[n.Name]
-		if !ok || (head != "" && s.Applied != head) || len(s.Problems(time.Now())) > 0 {
+		if !ok || stale(s, time.Now()) || (head != "" && s.Applied != head) || len(s.Problems(time.Now())) > 0 {
 			return exitChanges
 		}
 	}
@@ -183,6 +241,9 @@ func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head 
 		p := "ok"
 		if len(problems) > 0 {
 			p = strings.Join(problems, "; ")
+		}
+		if stale(s, time.Now()) {
+			p = fmt.Sprintf("STALE: no status for %s (agent down, or not reaching the brokers); last said: %s", time.Since(s.PublishedAt).Round(time.Second), p)
 		}
 		age := "-"
 		if !s.PublishedAt.IsZero() {

@@ -455,10 +455,10 @@ func TestHostileCommit(t *testing.T) {
 	}
 }
 
-// TestClientCannotForgeNodeTopics: a client certificate of the cluster CA
-// can neither forge a bridge election beat ($mqha) nor a bridge's state
-// ($SYS/broker/connection), which the agents act on; a node's certificate
-// can use both.
+// TestClientCannotForgeNodeTopics: each node writes only its own facts. A
+// client certificate can write neither a node's status ($mqha/status) nor a
+// bridge's state ($SYS/broker/connection), and a node's certificate (another
+// broker's, a bridge's) cannot write broker1's status; broker1's own can.
 func TestClientCannotForgeNodeTopics(t *testing.T) {
 	connect := func(tc *tls.Config, id string) mqtt.Client {
 		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("ssl://" + brokerAddr(t, "broker1")).SetClientID(id).
@@ -469,11 +469,11 @@ func TestClientCannotForgeNodeTopics(t *testing.T) {
 		t.Cleanup(func() { c.Disconnect(100) })
 		return c
 	}
-	node := connect(nodeTLS(t, "bridge"), "e2e-as-node-bridge")
+	observer := connect(nodeTLS(t, "broker1"), "e2e-as-node-broker1")
 	got := make(chan string, 100)
-	for _, f := range []string{"$mqha/#", "$SYS/broker/connection/#"} {
-		if tok := node.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + " " + string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-			t.Fatalf("a node subscribing to %s: %v", f, tok.Error())
+	for _, f := range []string{"$mqha/status/mqtt/broker1", "$SYS/broker/connection/#"} {
+		if tok := observer.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + " " + string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribing to %s: %v", f, tok.Error())
 		}
 	}
 	drain := func(d time.Duration) []string {
@@ -487,26 +487,34 @@ func TestClientCannotForgeNodeTopics(t *testing.T) {
 			}
 		}
 	}
-	drain(time.Second) // retained state, beats of before
+	drain(time.Second) // retained state and status of before
 
-	client := connect(tlsConfig(t), "e2e-forger")
-	client.Publish("$mqha/bridge/mqtt/forged", 1, false, `{"node":"forged","priority":254,"active":true,"since":"2000-01-01T00:00:00Z"}`).WaitTimeout(5 * time.Second)
-	client.Publish("$SYS/broker/connection/mqtt-bridge-to-broker1/state", 1, true, "0").WaitTimeout(5 * time.Second)
+	forgers := map[string]mqtt.Client{
+		"a client certificate":     connect(tlsConfig(t), "e2e-forger"),
+		"broker2's certificate":    connect(nodeTLS(t, "broker2"), "e2e-as-node-broker2"),
+		"the bridge's certificate": connect(nodeTLS(t, "bridge"), "e2e-as-node-bridge"),
+	}
+	for who, c := range forgers {
+		// Not retained: a forgery that got through would not outlive the test.
+		c.Publish("$mqha/status/mqtt/broker1", 1, false, "forged by "+who).WaitTimeout(5 * time.Second)
+	}
+	forgers["a client certificate"].Publish("$SYS/broker/connection/mqtt-bridge-to-broker1/state", 1, false, "forged by a client").WaitTimeout(5 * time.Second)
 	for _, m := range drain(2 * time.Second) {
-		if strings.Contains(m, "forged") || strings.HasSuffix(m, "/state 0") {
-			t.Errorf("a client certificate's message reached the nodes' topics: %s", m)
+		if strings.Contains(m, "forged") {
+			t.Errorf("a forgery reached broker1's subscribers: %s", m)
 		}
 	}
-	// The control: a node's own message on $mqha gets through.
-	node.Publish("$mqha/e2e/node", 1, false, "from a node").WaitTimeout(5 * time.Second)
+	// The control: broker1's own certificate writes its own status.
+	own := connect(nodeTLS(t, "broker1"), "e2e-as-node-broker1-pub")
+	own.Publish("$mqha/status/mqtt/broker1", 1, false, "control from broker1").WaitTimeout(5 * time.Second)
 	ok := false
 	for _, m := range drain(2 * time.Second) {
-		ok = ok || m == "$mqha/e2e/node from a node"
+		ok = ok || m == "$mqha/status/mqtt/broker1 control from broker1"
 	}
 	if !ok {
-		t.Error("a node's own message on $mqha did not arrive: the test sees nothing")
+		t.Error("broker1's own status message did not arrive: the test sees nothing")
 	}
-	report(t, "a client certificate's forged election beat and bridge state were dropped by broker1's ACL; a node's message on $mqha passed")
+	report(t, "broker1's status written with a client's, broker2's and the bridge's certificate, and a bridge state written with a client's: all dropped by broker1's ACL; broker1's own status passed")
 }
 
 // TestBridgeListenerTakesNodesOnly: the brokers' bridge listener trusts the
@@ -646,8 +654,9 @@ func TestSuspendResume(t *testing.T) {
 }
 
 // TestFleet (issue 9, 1): `mqha-agent fleet`, run on this host with a client
-// certificate, reads every node's status through the VIP: every node on
-// the head commit, and a commit refused on one node shows there.
+// certificate, reads every node's status from every broker: every node on
+// the head commit, a node whose agent stopped shows as stale, and a commit
+// refused on one node shows there.
 func TestFleet(t *testing.T) {
 	fleet := func() (string, int) {
 		cmd := exec.Command(filepath.Join(root, "bin", "mqha-agent"), "fleet", "--repo", filepath.Join(cfg.Dir, "cluster"),
@@ -664,11 +673,38 @@ func TestFleet(t *testing.T) {
 	}
 	head := git(t, "rev-parse", "HEAD")
 	var out string
-	waitFor(t, 30*time.Second, "every node in the fleet view on the head", func() bool {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the last fleet view:\n%s", out)
+		}
+	})
+	waitFor(t, 60*time.Second, "every node in the fleet view on the head", func() bool {
 		out, _ = fleet()
 		return strings.Count(out, head[:12]+" ") >= 5 && !strings.Contains(out, "≠") && !strings.Contains(out, "NO STATUS")
 	})
 	t.Logf("fleet:\n%s", out)
+	if !strings.Contains(out, "read from "+brokerAddr(t, "broker1")+", "+brokerAddr(t, "broker2")) {
+		t.Errorf("fleet did not read every broker directly:\n%s", out)
+	}
+
+	// An agent that stopped publishing: its last status is kept on the
+	// brokers (retained), shown as stale, not as ok.
+	on(t, "lb2", "systemctl", "stop", "mqha-agent")
+	t.Cleanup(func() { onAny(t, "lb2", "systemctl", "start", "mqha-agent") })
+	stale := waitFor(t, 90*time.Second, "lb2's status shown as stale", func() bool {
+		out, _ = fleet()
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "lb2 ") && strings.Contains(l, "STALE") {
+				return true
+			}
+		}
+		return false
+	})
+	if _, code := fleet(); code != 1 {
+		t.Errorf("fleet exits %d with a stale node, want 1", code)
+	}
+	report(t, "lb2's agent stopped: shown STALE %s later (bound %s)", stale.Round(time.Second), "30s")
+	on(t, "lb2", "systemctl", "start", "mqha-agent")
 
 	// broker1 cannot load its key: it refuses the next commit, the others apply it.
 	on(t, "broker1", "mv", "/etc/mqha/tls/node.key", "/etc/mqha/tls/node.key.away")
