@@ -80,7 +80,7 @@ func fleetDiff(ctx context.Context, w io.Writer, from, to *cluster.Cluster, only
 		for _, u := range daemon.Units() {
 			st := unit.State{ActiveState: "inactive", LoadState: "loaded"}
 			if inFrom {
-				if n, _ := from.Node(name); daemonRuns(u, n) {
+				if n, _ := from.Node(name); daemonRuns(from, u, n) {
 					st.ActiveState = "active"
 				}
 			}
@@ -137,10 +137,10 @@ func fleetDiff(ctx context.Context, w io.Writer, from, to *cluster.Cluster, only
 	return changed, nil
 }
 
-// daemonRuns reports whether node n runs unit u.
-func daemonRuns(u string, n cluster.Node) bool {
+// daemonRuns reports whether node n of c runs unit u.
+func daemonRuns(c *cluster.Cluster, u string, n cluster.Node) bool {
 	d, ok := daemon.ByUnit(u)
-	return ok && d.RunsOn(n)
+	return ok && d.RunsOn(c, n)
 }
 
 // validateChanges runs the daemons' own checks on a plan's changed

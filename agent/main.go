@@ -110,6 +110,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		code, err = c.fleet(args[1:])
 	case "suspend", "resume":
 		err = c.suspend(args[0], args[1:])
+	case "bridge-notify":
+		err = c.bridgeNotify(args[1:])
+	case "bridge-check":
+		err = c.bridgeCheck(args[1:])
 	case evaluate.Command:
 		// Hidden: the agent evaluates each commit's definition in a
 		// child of its own binary, bounded (internal/evaluate).

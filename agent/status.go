@@ -131,16 +131,19 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 		fmt.Fprintf(c.stdout, "WARNING   %s\n", warning)
 	}
 	if b := s.Bridge; b != nil {
-		role := "standby"
-		if b.Active {
-			role = "ACTIVE bridge master since " + b.Since.Format(time.RFC3339)
+		role := map[string]string{"MASTER": "bridge MASTER", "BACKUP": "standby (BACKUP)", "FAULT": "FAULT: cannot bridge",
+			"STOP": "keepalived stopped: not bridging"}[b.State]
+		if role == "" {
+			role = b.State
 		}
-		master := b.Master
-		if master == "" {
-			master = "NONE"
+		if !b.Since.IsZero() {
+			role += " since " + b.Since.Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "bridge:   %s; master %s; %s (reaches %d brokers; %d take-overs, %d stand-downs, %d tugs of war)\n",
-			role, master, b.State, b.Brokers, b.Takeovers, b.StandDowns, b.Conflicts)
+		check := "check passes"
+		if !b.CheckOK {
+			check = "check FAILS: " + b.Check
+		}
+		fmt.Fprintf(w, "bridge:   %s (keepalived); %s; %d take-overs, %d stand-downs since boot\n", role, check, b.Takeovers, b.StandDowns)
 	}
 	for _, f := range s.ForgedAdverts {
 		fmt.Fprintf(w, "FORGED    VRRP adverts from %s, not a load balancer of the cluster: %d dropped by keepalived, last %s (find that host: a flood can move the VIP between the load balancers)\n", f.Source, f.Adverts, ago(f.Last))

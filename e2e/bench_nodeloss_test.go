@@ -205,11 +205,17 @@ func TestBenchNodeLoss(t *testing.T) {
 	count := func(k string, n int) { counts[k] = append(counts[k], n) }
 	for i := range runs {
 		t.Run(fmt.Sprintf("run%d", i+1), func(t *testing.T) {
-			f := bridgeMasterPowerOff(t)
-			add("bridge master off: standby active", f.Takeover)
-			add("bridge master off: delivery restored", f.Restored)
-			count("bridge master off: QoS1 lost", f.Lost)
-			count("bridge master off: QoS1 duplicated", f.Dups)
+			for _, fault := range []struct {
+				name string
+				run  func(*testing.T) lossFigures
+			}{{"bridge master off", bridgeMasterPowerOff}, {"bridge mosquitto SIGSTOP", bridgeMosquittoStopped},
+				{"bridge cert untrusted", bridgeCannotConnect}} {
+				f := fault.run(t)
+				add(fault.name+": standby active", f.Takeover)
+				add(fault.name+": delivery restored", f.Restored)
+				count(fault.name+": QoS1 lost", f.Lost)
+				count(fault.name+": QoS1 duplicated", f.Dups)
+			}
 			add("VIP holder off: VIP serves", vipHolderPowerOff(t))
 			add("broker off: 95% of its clients back", brokerPowerOff(t))
 			for _, how := range []string{"nginx", "poweroff"} {
@@ -228,7 +234,7 @@ func TestBenchNodeLoss(t *testing.T) {
 		Counts  []int   `json:"counts,omitempty"`
 	}
 	var rows []row
-	fmt.Printf("\nBENCH node loss, %d runs (targets: delivery restored 3 s, VIP 1 s, 95%% of a broker's clients 5 s; QoS1 lost 0)\n", runs)
+	fmt.Printf("\nBENCH node loss, %d runs (targets: bridge delivery restored: power-off 1 s, SIGSTOP 2 s, untrusted certificate 5 s; VIP 1 s, 95%% of a broker's clients 5 s; QoS1 lost 0)\n", runs)
 	fmt.Printf("BENCH %-58s %7s %8s %8s\n", "scenario", "samples", "p50", "p95")
 	for _, k := range order {
 		ds := series[k]

@@ -85,6 +85,7 @@ func check(v, user cue.Value, c *cluster.Cluster) Errors {
 	k.addresses(c)
 	k.roles(c)
 	k.lbs(c)
+	k.bridgeVIP(c)
 	k.ports(c)
 	k.tls(c)
 	k.errs.sort()
@@ -184,25 +185,7 @@ func (k *checker) lbs(c *cluster.Cluster) {
 		k.fail([]any{"vip"}, "a VIP moves between load balancers; with fewer than two there is nowhere to move it, so it adds nothing but a single point of failure. Add a second node with role \"lb\", or remove vip",
 			"a vip needs at least two load balancers, found %d", len(lbs))
 	}
-	prefix, err := netip.ParsePrefix(c.VIP.Address + "/" + fmt.Sprint(c.VIP.Prefix))
-	if err != nil || !prefix.Addr().Is4() {
-		k.fail([]any{"vip", "address"}, "an IPv4 address with its prefix length, e.g. \"10.0.0.100/24\"", "invalid VIP %s/%d", c.VIP.Address, c.VIP.Prefix)
-		return
-	}
-	net := prefix.Masked()
-	for _, n := range c.Nodes {
-		if n.Address == c.VIP.Address {
-			k.fail([]any{"vip", "address"}, "the VIP must be an address no node owns: pick a free address in the load balancers' subnet",
-				"VIP %s is node %s's address", c.VIP.Address, n.Name)
-		}
-	}
-	for _, n := range lbs {
-		a, err := netip.ParseAddr(n.Address)
-		if err == nil && !net.Contains(a) {
-			k.fail([]any{"vip", "address"}, fmt.Sprintf("keepalived can only hold a VIP in a subnet the load balancers are on; pick an address in the subnet of %s or fix the prefix length", n.Address),
-				"VIP %s is outside %s, the subnet of load balancer %s (%s)", c.VIP.Address, net, n.Name, n.Address)
-		}
-	}
+	k.heldAddress(c, "vip", c.VIP, lbs, "load balancer")
 	seen := map[int]string{}
 	for _, n := range lbs {
 		if n.Priority == 0 {
@@ -214,6 +197,74 @@ func (k *checker) lbs(c *cluster.Cluster) {
 			continue
 		}
 		seen[n.Priority] = n.Name
+	}
+}
+
+// heldAddress checks the address keepalived moves between holders (the
+// VIP between load balancers, the bridge VIP between bridge nodes): an IPv4
+// prefix, no node's, in every holder's subnet.
+func (k *checker) heldAddress(c *cluster.Cluster, field string, v *cluster.VIP, holders []cluster.Node, holder string) {
+	label := field
+	if field == "vip" {
+		label = "VIP"
+	}
+	prefix, err := netip.ParsePrefix(v.Address + "/" + fmt.Sprint(v.Prefix))
+	if err != nil || !prefix.Addr().Is4() {
+		k.fail([]any{field, "address"}, "an IPv4 address with its prefix length, e.g. \"10.0.0.100/24\"", "invalid %s %s/%d", label, v.Address, v.Prefix)
+		return
+	}
+	net := prefix.Masked()
+	for _, n := range c.Nodes {
+		if n.Address == v.Address {
+			k.fail([]any{field, "address"}, fmt.Sprintf("the %s must be an address no node owns: pick a free address in the %ss' subnet", label, holder),
+				"%s %s is node %s's address", label, v.Address, n.Name)
+		}
+	}
+	for _, n := range holders {
+		a, err := netip.ParseAddr(n.Address)
+		if err == nil && !net.Contains(a) {
+			k.fail([]any{field, "address"}, fmt.Sprintf("keepalived can only hold an address in a subnet the %ss are on; pick an address in the subnet of %s or fix the prefix length", holder, n.Address),
+				"%s %s is outside %s, the subnet of %s %s (%s)", label, v.Address, net, holder, n.Name, n.Address)
+		}
+	}
+}
+
+// bridgeVIP: with standbys keepalived elects the bridge master, which
+// needs an address to hold and a VRRP router id of its own; the bridge
+// nodes must share a secret, or each would hold a session of its own on
+// every broker (their client ids would differ).
+func (k *checker) bridgeVIP(c *cluster.Cluster) {
+	bridges := c.WithRole(cluster.Bridge)
+	bv := c.BridgeVIP
+	if len(bridges) < 2 {
+		if bv != nil {
+			k.fail([]any{"bridgeVIP"}, "bridgeVIP is the address keepalived moves between bridge nodes; with one bridge node there is no election: remove it, or add a second node with role \"bridge\"",
+				"bridgeVIP without standbys: %d bridge node", len(bridges))
+		}
+		return
+	}
+	names := make([]string, len(bridges))
+	for i, b := range bridges {
+		names[i] = b.Name
+	}
+	if bv == nil {
+		k.fail(rolePath(bridges[len(bridges)-1], cluster.Bridge), `add bridgeVIP: {address: "A.B.C.D/NN", routerID: N}: keepalived elects the bridge master among the bridge nodes, as it elects the VIP holder, and needs a free address in their subnet to hold and a VRRP router id of its own`,
+			"%d bridge nodes (%s) but no bridgeVIP", len(bridges), strings.Join(names, ", "))
+	} else {
+		k.heldAddress(c, "bridgeVIP", bv, bridges, "bridge node")
+		if c.VIP != nil && bv.Address == c.VIP.Address {
+			k.fail([]any{"bridgeVIP", "address"}, "give the bridge master an address of its own", "bridgeVIP %s is the vip", bv.Address)
+		}
+		if c.VIP != nil && bv.RouterID == c.VIP.RouterID {
+			k.fail([]any{"bridgeVIP", "routerID"}, fmt.Sprintf("each VRRP instance on a segment needs its own virtual_router_id: pick one other than vip.routerID (%s)", k.where([]any{"vip", "routerID"})),
+				"bridgeVIP.routerID %d is vip.routerID too", bv.RouterID)
+		}
+	}
+	if !k.user.LookupPath(cue.ParsePath("tls.bridgeSecret")).Exists() {
+		// Reported where the second bridge node is: the secret is what it
+		// must add.
+		k.fail(rolePath(bridges[len(bridges)-1], cluster.Bridge), `set tls: bridgeSecret: "/etc/mqha/tls/bridge.secret" (mqha-agent pki issue writes that file on bridge nodes): without the same secret on every bridge node their client ids on the brokers differ, and two bridge masters would not take each other's session over`,
+			"%d bridge nodes (%s) but no tls.bridgeSecret", len(bridges), strings.Join(names, ", "))
 	}
 }
 

@@ -165,15 +165,27 @@ type rawVIP struct {
 	DNSNames       []string `json:"dnsNames"`
 }
 
+func (r *rawVIP) decode() *cluster.VIP {
+	if r == nil {
+		return nil
+	}
+	addr, prefix, _ := strings.Cut(r.Address, "/")
+	var p int
+	fmt.Sscanf(prefix, "%d", &p) // the schema checked it is a CIDR
+	return &cluster.VIP{Address: addr, Prefix: p, RouterID: r.RouterID,
+		Interface: r.Interface, AdvertInterval: r.AdvertInterval, Unicast: r.Unicast, DNSNames: r.DNSNames}
+}
+
 type raw struct {
-	Name     string             `json:"name"`
-	Nodes    map[string]rawNode `json:"nodes"`
-	VIP      *rawVIP            `json:"vip"`
-	Ports    cluster.Ports      `json:"ports"`
-	TLS      cluster.TLS        `json:"tls"`
-	MQTT     cluster.MQTT       `json:"mqtt"`
-	Limits   cluster.Limits     `json:"limits"`
-	Timeouts cluster.Timeouts   `json:"timeouts"`
+	Name      string             `json:"name"`
+	Nodes     map[string]rawNode `json:"nodes"`
+	VIP       *rawVIP            `json:"vip"`
+	BridgeVIP *rawVIP            `json:"bridgeVIP"`
+	Ports     cluster.Ports      `json:"ports"`
+	TLS       cluster.TLS        `json:"tls"`
+	MQTT      cluster.MQTT       `json:"mqtt"`
+	Limits    cluster.Limits     `json:"limits"`
+	Timeouts  cluster.Timeouts   `json:"timeouts"`
 }
 
 func decode(v cue.Value) (*cluster.Cluster, error) {
@@ -184,13 +196,9 @@ func decode(v cue.Value) (*cluster.Cluster, error) {
 	c := &cluster.Cluster{
 		Name: r.Name, Ports: r.Ports, TLS: r.TLS, MQTT: r.MQTT, Limits: r.Limits, Timeouts: r.Timeouts,
 	}
-	if r.VIP != nil {
-		addr, prefix, _ := strings.Cut(r.VIP.Address, "/")
-		var p int
-		fmt.Sscanf(prefix, "%d", &p) // the schema checked it is a CIDR
-		c.VIP = &cluster.VIP{Address: addr, Prefix: p, RouterID: r.VIP.RouterID,
-			Interface: r.VIP.Interface, AdvertInterval: r.VIP.AdvertInterval, Unicast: r.VIP.Unicast,
-			DNSNames: r.VIP.DNSNames}
+	c.VIP = r.VIP.decode()
+	if c.BridgeVIP = r.BridgeVIP.decode(); c.BridgeVIP != nil {
+		c.BridgeVIP.Unicast = true // always: check_unicast_src needs it
 	}
 	for name, rn := range r.Nodes {
 		n := cluster.Node{Name: name, Address: rn.Address, Priority: rn.Priority, Interface: rn.Interface}

@@ -43,10 +43,22 @@ func TestValid(t *testing.T) {
 }
 
 // A bridge master with standbys: each bridge node has its own priority.
+// standby gives the bridge role a second node (a standby); standbyVIP is
+// what such a cluster must add: the bridge master's address and a shared
+// secret.
+const (
+	standby    = `roles: ["bridge"], priority: 20}` + "\n\tbridge2: {address: \"10.0.0.23\", roles: [\"bridge\"], priority: 10}"
+	standbyVIP = "bridgeVIP: {address: \"10.0.0.101/24\", routerID: 43}\ntls: bridgeSecret: \"/etc/mqha/tls/bridge.secret\"\n"
+)
+
 func TestBridgeStandbyValid(t *testing.T) {
-	src := strings.Replace(base, `roles: ["bridge"]}`, `roles: ["bridge"], priority: 20}`+"\n\tbridge2: {address: \"10.0.0.23\", roles: [\"bridge\"], priority: 10}", 1)
-	if err := load(t, map[string]string{"cluster.cue": src}); err != nil {
+	src := strings.Replace(base, `roles: ["bridge"]}`, standby, 1)
+	c, err := schema.Load(fstest.MapFS{"cluster.cue": {Data: []byte(src)}, "bridge.cue": {Data: []byte("package cluster\n\n" + standbyVIP)}}, ".")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if b := c.BridgeVIP; b == nil || b.Address != "10.0.0.101" || b.Prefix != 24 || b.RouterID != 43 || b.Interface != "eth0" || b.AdvertInterval != 0.2 || !b.Unicast {
+		t.Fatalf("bridgeVIP decoded as %+v", b)
 	}
 }
 
@@ -80,6 +92,16 @@ func TestRules(t *testing.T) {
 			"cluster.cue:9:2", "nodes.bridge2", "bridge bridge2 has no priority"},
 		{"equal bridge priorities", `roles: ["bridge"]}`, `roles: ["bridge"], priority: 20}` + "\n\tbridge2: {address: \"10.0.0.23\", roles: [\"bridge\"], priority: 20}", "",
 			"cluster.cue:9:63", "nodes.bridge2.priority", "bridge nodes bridge and bridge2 both have priority 20"},
+		{"standby without bridgeVIP", `roles: ["bridge"]}`, standby, `tls: bridgeSecret: "/etc/mqha/tls/bridge.secret"`,
+			"cluster.cue:9:42", "nodes.bridge2.roles.0", "2 bridge nodes (bridge, bridge2) but no bridgeVIP"},
+		{"standby without a bridge secret", `roles: ["bridge"]}`, standby, `bridgeVIP: {address: "10.0.0.101/24", routerID: 43}`,
+			"cluster.cue:9:42", "nodes.bridge2.roles.0", "2 bridge nodes (bridge, bridge2) but no tls.bridgeSecret"},
+		{"bridgeVIP with the vip's router id", `roles: ["bridge"]}`, standby, strings.Replace(standbyVIP, "43", "42", 1),
+			"extra.cue:3:49", "bridgeVIP.routerID", "bridgeVIP.routerID 42 is vip.routerID too"},
+		{"bridgeVIP a node's address", `roles: ["bridge"]}`, standby, strings.Replace(standbyVIP, "10.0.0.101", "10.0.0.21", 1),
+			"extra.cue:3:22", "bridgeVIP.address", "bridgeVIP 10.0.0.21 is node broker1's address"},
+		{"bridgeVIP without standbys", "", "", `bridgeVIP: {address: "10.0.0.101/24", routerID: 43}`,
+			"extra.cue:3:1", "bridgeVIP", "bridgeVIP without standbys: 1 bridge node"},
 		{"vip with one lb", `lb2: {address: "10.0.0.12", roles: ["lb"], priority: 100}`, ``, "",
 			"cluster.cue:4:1", "vip", "a vip needs at least two load balancers, found 1"},
 		{"lbs without vip", `vip: {address: "10.0.0.100/24", routerID: 42}`, ``, "",

@@ -29,7 +29,6 @@ import (
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/daemon"
-	"github.com/mqha/mqha/internal/election"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
@@ -111,9 +110,6 @@ type Deps struct {
 	// definition (nil: in this process; the agent's run command evaluates
 	// in a bounded child, internal/evaluate).
 	LoadDefinition func(ctx context.Context, files fs.FS) (*cluster.Cluster, error)
-	// BridgeOnDisk is the bridge role the node ran before the agent started
-	// and since when (nil: read from daemon.BridgesFile).
-	BridgeOnDisk func() (active bool, since time.Time)
 	// FaultFile is keepalived's track file (empty: daemon.FaultFile).
 	FaultFile string
 	Log       *slog.Logger
@@ -162,14 +158,10 @@ type Agent struct {
 	pulling   bool         // a pull is under way
 	pullAgain bool         // and another is wanted right after
 	waiting   []chan error // sync requests waiting for the pull under way
-	flips     chan flipRequest
 
-	// The bridge role, with standbys: what this node runs, and the election.
-	bridgeActive bool
-	bridgeSince  time.Time
-	elector      *election.Elector // guarded by mu
-	electorKey   string
-	stopElector  context.CancelFunc
+	// electsBridge: keepalived elects the bridge master on this node (under
+	// mu); the role itself is keepalived's (bridge.go).
+	electsBridge bool
 
 	// On a load balancer: brokers whose host is gone, marked down in nginx.
 	downBrokers  map[string]bool
@@ -222,12 +214,8 @@ func New(cfg Config, node string, d Deps) *Agent {
 	if d.LoadDefinition == nil {
 		d.LoadDefinition = func(_ context.Context, files fs.FS) (*cluster.Cluster, error) { return schema.Load(files, ".") }
 	}
-	if d.BridgeOnDisk == nil {
-		d.BridgeOnDisk = bridgeOnDisk
-	}
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), flips: make(chan flipRequest), brokerEvents: make(chan brokerEvent), pulls: make(chan pulled), suspends: make(chan suspendRequest), m: newMetrics()}
-	a.bridgeActive, a.bridgeSince = d.BridgeOnDisk()
+		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), brokerEvents: make(chan brokerEvent), pulls: make(chan pulled), suspends: make(chan suspendRequest), m: newMetrics()}
 	a.m.reg.MustRegister(bridgeCollector{a})
 	a.fault = newFault(d.FaultFile, a.log)
 	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
@@ -309,8 +297,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.checkHealth(ctx)
 		case <-a.recheck:
 			a.checkHealth(ctx)
-		case req := <-a.flips:
-			req.reply <- a.flipBridge(ctx, req.active, req.reason)
 		case req := <-a.suspends:
 			req.reply <- a.onSuspend(ctx, req)
 		case e := <-a.brokerEvents:
@@ -353,15 +339,14 @@ func (a *Agent) runs() []string {
 
 // Status and Sync serve the control socket.
 func (a *Agent) Status() control.Status {
+	bridge := a.bridgeStatus()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := a.st
 	if a.monitor != nil {
 		s.Checks = a.monitor.Results()
 	}
-	if a.elector != nil {
-		s.Bridge = bridgeView(a.elector.Status())
-	}
+	s.Bridge = bridge
 	return s
 }
 

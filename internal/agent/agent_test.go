@@ -927,24 +927,3 @@ func TestSuspendResume(t *testing.T) {
 		t.Error("the suspension's state file outlived resume")
 	}
 }
-
-// The bridge election's view of this node's mosquitto: a busy one (no
-// answer, but progressing) serves; failing twice without being busy
-// (stopped, hung) does not. A master stands down only on the latter.
-func TestMosquittoServesForTheElection(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		r    health.Result
-		want bool
-	}{
-		{"healthy", health.Result{Name: "mosquitto", OK: true}, true},
-		{"busy", health.Result{Name: "mosquitto", Failures: 5, Busy: true}, true},
-		{"one failure", health.Result{Name: "mosquitto", Failures: 1}, true},
-		{"hung or down", health.Result{Name: "mosquitto", Failures: 2}, false},
-		{"another check", health.Result{Name: "bridge", Failures: 9}, true},
-	} {
-		if got := serves([]health.Result{tt.r}, "mosquitto"); got != tt.want {
-			t.Errorf("%s: serves %v, want %v", tt.name, got, tt.want)
-		}
-	}
-}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"slices"
@@ -138,7 +139,7 @@ func (a *Agent) runBrokerWatch(ctx context.Context, v *View) {
 		}
 		return
 	}
-	key := electorKey(v)
+	key := brokersKey(v)
 	if a.stopWatch != nil && key == a.watchKey {
 		return
 	}
@@ -215,4 +216,15 @@ func names(m map[string]bool) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ",")
+}
+
+// brokersKey identifies what the brokers watch of v watches: a commit that
+// changes neither the brokers nor their port keeps the running one.
+func brokersKey(v *View) string {
+	var b strings.Builder
+	for _, n := range v.Cluster.WithRole(cluster.Broker) {
+		fmt.Fprintf(&b, "%s %s;", n.Name, n.Address)
+	}
+	fmt.Fprintf(&b, "%d", v.Cluster.Ports.Broker)
+	return b.String()
 }

@@ -122,8 +122,8 @@ func (a *Agent) verifyUnits(ctx context.Context, v *View, p *plan.Plan, daemonsO
 	return m.Verify(ctx, a.cfg.VerifyTimeout)
 }
 
-// rebuild points the health monitor, the unit watcher, the drift watcher
-// and the bridge election at what v says.
+// rebuild points the health monitor, the unit watcher, the drift watcher,
+// the status and the brokers watch at what v says.
 func (a *Agent) rebuild(ctx context.Context, v *View) {
 	// The definition's bound on systemd calls and unit jobs.
 	if t, ok := a.d.Systemd.(interface{ SetTimeout(time.Duration) }); ok {
@@ -133,8 +133,8 @@ func (a *Agent) rebuild(ctx context.Context, v *View) {
 	t := statusTargetOf(v)
 	a.mu.Lock()
 	a.statusTo = t
+	a.electsBridge = daemon.ElectsBridge(v.Cluster, v.Node)
 	a.mu.Unlock()
-	a.runElection(ctx, v)
 	a.runBrokerWatch(ctx, v)
 	a.watchDrift(ctx, v)
 }

@@ -113,11 +113,10 @@ func (a *Agent) view0(def *evaluated) (*View, error) {
 	return v, nil
 }
 
-// derive renders v's files and checks for this host and this node's bridge
-// role (what the definition cannot say), from v's definition and TLS.
+// derive renders v's files and checks for this host (what the definition
+// cannot say), from v's definition and TLS.
 func (a *Agent) derive(v *View) (*View, error) {
 	host := a.d.Host()
-	host.ActiveBridge = a.bridgeActive || !elected(v.Cluster, v.Node)
 	secret, err := BridgeSecret(v.Cluster, v.Node)
 	if err != nil {
 		return nil, err
@@ -132,14 +131,8 @@ func (a *Agent) derive(v *View) (*View, error) {
 		return nil, err
 	}
 	v.Output, v.Checks, v.checksOf = out, nil, map[string][]health.Check{}
-	for _, d := range daemon.For(v.Node) {
-		var cs []health.Check
-		for _, c := range d.Checks(v.Cluster, v.Node, v.TLS, host.BridgeSecret) {
-			if c.Name == daemon.BridgeCheck && !host.ActiveBridge {
-				continue // a standby has no bridge connections to check
-			}
-			cs = append(cs, c)
-		}
+	for _, d := range daemon.For(v.Cluster, v.Node) {
+		cs := d.Checks(v.Cluster, v.Node, v.TLS, host.BridgeSecret)
 		v.checksOf[d.Unit] = cs
 		v.Checks = append(v.Checks, cs...)
 	}

@@ -21,14 +21,17 @@ var Roles = []Role{LB, Broker, Bridge}
 
 // Cluster is a validated cluster definition.
 type Cluster struct {
-	Name     string
-	Nodes    []Node // sorted by name
-	VIP      *VIP   // nil when the cluster has no load balancers
-	Ports    Ports
-	TLS      TLS
-	MQTT     MQTT
-	Limits   Limits
-	Timeouts Timeouts
+	Name  string
+	Nodes []Node // sorted by name
+	VIP   *VIP   // nil when the cluster has no load balancers
+	// BridgeVIP is the bridge master's address, with standbys only (nil
+	// otherwise): keepalived on the bridge nodes elects who holds it.
+	BridgeVIP *VIP
+	Ports     Ports
+	TLS       TLS
+	MQTT      MQTT
+	Limits    Limits
+	Timeouts  Timeouts
 }
 
 type Node struct {

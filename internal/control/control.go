@@ -77,18 +77,19 @@ type Status struct {
 
 // Bridge is a bridge node's view of the election of the bridge master.
 type Bridge struct {
-	Active     bool      `json:"active"`
-	Since      time.Time `json:"since,omitzero"`
-	Master     string    `json:"master,omitempty"` // "" none known
-	State      string    `json:"state"`            // why it is what it is
-	Brokers    int       `json:"brokersReached"`
-	Takeovers  int       `json:"takeovers"`
-	StandDowns int       `json:"standDowns"`
-	// Conflicts counts tugs of war (two candidates active at once), each
-	// resolved by the later one standing down; Conflict: one is on now.
-	Conflicts    int       `json:"conflicts"`
-	Conflict     bool      `json:"conflict,omitempty"`
-	LastConflict time.Time `json:"lastConflict,omitzero"`
+	// Active: this node is the bridge master; State is keepalived's state
+	// of the bridge instance (MASTER, BACKUP, FAULT, STOP), since Since.
+	Active bool      `json:"active"`
+	State  string    `json:"state"`
+	Since  time.Time `json:"since,omitzero"`
+	// Takeovers and StandDowns count moves into and out of MASTER since boot.
+	Takeovers  int `json:"takeovers"`
+	StandDowns int `json:"standDowns"`
+	// CheckOK and Check are keepalived's last bridge check (track script)
+	// and, when it failed, why: the reason of a FAULT.
+	CheckOK   bool      `json:"checkOK"`
+	Check     string    `json:"check,omitempty"`
+	CheckedAt time.Time `json:"checkedAt,omitzero"`
 }
 
 // Suspension is an operator's pause of converging and drift revert.
@@ -173,10 +174,10 @@ func (s Status) Problems(now time.Time) []string {
 	out = append(out, s.Warnings...)
 	if b := s.Bridge; b != nil {
 		switch {
-		case b.Conflict:
-			out = append(out, "bridge: tug of war: "+b.State)
-		case b.Master == "":
-			out = append(out, "bridge: no bridge master: "+b.State)
+		case b.State != "MASTER" && b.State != "BACKUP":
+			out = append(out, "bridge: keepalived's bridge instance is "+b.State+": "+b.Check)
+		case !b.CheckOK:
+			out = append(out, "bridge: check failing: "+b.Check)
 		}
 	}
 	for _, f := range s.ForgedAdverts {

@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -96,20 +97,28 @@ const dropInDir, dropInName = "/etc/systemd/system", "mqha.conf"
 // DropIn is where the agent's systemd drop-in for the daemon lives.
 func (d Daemon) DropIn() string { return path.Join(dropInDir, d.Unit+".d", dropInName) }
 
-// RunsOn reports whether node n runs the daemon.
-func (d Daemon) RunsOn(n cluster.Node) bool {
-	return slices.ContainsFunc(d.Roles, n.Has)
+// RunsOn reports whether node n of c runs the daemon: a node with one of
+// its roles, and keepalived on the bridge nodes of a cluster with standbys
+// (it elects the bridge master).
+func (d Daemon) RunsOn(c *cluster.Cluster, n cluster.Node) bool {
+	return slices.ContainsFunc(d.Roles, n.Has) || d.Unit == keepalivedUnit && ElectsBridge(c, n)
 }
 
-// For is the daemons node n runs, in start order.
-func For(n cluster.Node) []Daemon {
+// For is the daemons node n of c runs, in start order.
+func For(c *cluster.Cluster, n cluster.Node) []Daemon {
 	var out []Daemon
 	for _, d := range All {
-		if d.RunsOn(n) {
+		if d.RunsOn(c, n) {
 			out = append(out, d)
 		}
 	}
 	return out
+}
+
+// ElectsBridge reports whether node n of c takes part in keepalived's
+// election of the bridge master: a bridge node of a cluster with standbys.
+func ElectsBridge(c *cluster.Cluster, n cluster.Node) bool {
+	return n.Has(cluster.Bridge) && HasStandby(c)
 }
 
 // Units is every managed unit, in start order.
@@ -185,8 +194,8 @@ func Bridges(c *cluster.Cluster, n cluster.Node, secret []byte) []Bridge {
 }
 
 // BridgeCandidates are the nodes with the bridge role, highest priority
-// first: with more than one, the first that serves is the bridge master and
-// the others stand by.
+// first: with more than one, keepalived elects the bridge master among them
+// and the others stand by.
 func BridgeCandidates(c *cluster.Cluster) []cluster.Node {
 	out := c.WithRole(cluster.Bridge)
 	slices.SortStableFunc(out, func(a, b cluster.Node) int { return b.Priority - a.Priority })
@@ -197,31 +206,43 @@ func BridgeCandidates(c *cluster.Cluster) []cluster.Node {
 // than one bridge node) rather than fixed by the definition.
 func HasStandby(c *cluster.Cluster) bool { return len(c.WithRole(cluster.Bridge)) > 1 }
 
-// With standbys, a bridge node's connections live in BridgesFile, under
-// /run: the agent writes it (with connections on the active bridge master
-// only) and mosquitto includes the directory. A node that reboots finds /run
-// empty and comes back as a standby whose mosquitto connects to no broker,
-// whatever it was before: it cannot take the role back from the one that
-// took over while it was gone. mosquitto's drop-in creates the directory
-// (include_dir fails on a missing one).
+// With standbys, every bridge node's agent writes the bridge connections to
+// BridgesFile, which mosquitto does not read; keepalived's notify
+// (`mqha-agent bridge-notify`, package bridgerole) links it into BridgesDir,
+// which mosquitto includes, on the node whose keepalived instance for the
+// bridge is MASTER, and removes the link on any other state, restarting
+// mosquitto either way. BridgesDir is under /run: a node that reboots finds
+// no link and bridges only once keepalived makes it master again.
+// mosquitto's drop-in creates the directory (include_dir fails on a missing
+// one).
 const (
+	BridgesFile = "/etc/mosquitto/mqha-bridges.conf"
 	BridgesDir  = "/run/mqha/bridge"
-	BridgesFile = BridgesDir + "/bridges.conf"
+	BridgesLink = BridgesDir + "/bridges.conf"
 )
 
-// BeatTopics is where the bridge candidates of cluster publish their
-// election beats (BeatTopics/node). Under $: no client's "#" and no
-// bridge's "topic #" matches it; the bridge master's connections carry it
-// out to the brokers explicitly, so a beat that reaches a broker proves the
-// bridge to it works.
-func BeatTopics(cluster string) string { return "$mqha/bridge/" + cluster }
+// MarkerTopics is where a bridge master marks, retained, that it bridges
+// (MarkerTopics/node: its priority and a count): keepalived's bridge check
+// publishes it on the master's own mosquitto every second and the master's
+// bridges carry it out to every broker. Two masters at once (bridge nodes
+// that cannot hear each other's VRRP adverts) find each other there, and
+// the one of lower priority stands down (package bridgerole). Under $: no
+// client's "#" and no bridge's "topic #" matches it.
+func MarkerTopics(cluster string) string { return "$mqha/bridge/" + cluster }
+
+// ProbeTopics is where keepalived's bridge check on the bridge master
+// publishes a message on a broker (ProbeTopics/node) and waits for it to
+// come in through the master's bridge: the bridge's data path. The bridges
+// carry it in only.
+func ProbeTopics(cluster string) string { return "$mqha/bridge-probe/" + cluster }
 
 // ACLFile is mosquitto's access control list, written by the agent on
 // every node that runs mosquitto: clients (any certificate of the cluster
-// CA) use every topic but the $ ones; only the cluster's nodes (their
-// certificate's name is the node's) use $mqha/# (health probes, the bridge
-// election's beats) and write $SYS/broker/connection/# (bridge state). A
-// client certificate can then neither forge a beat nor a bridge's state.
+// CA) use every topic but the $ ones and write only their own status; this
+// node (its certificate's name is the node's) uses its own health probe's
+// topics, and this node and the bridge nodes read and write
+// $SYS/broker/connection/# (the bridges' state). No certificate can write
+// another node's status or a bridge's state but its own node's.
 const ACLFile = "/etc/mosquitto/mqha.acl"
 
 // ACLChange is what a change of ACLFile needs: mosquitto re-reads it on
@@ -230,6 +251,10 @@ func ACLChange() (unit.Action, string) {
 	return unit.Reload, "access control list changed; mosquitto re-reads it on SIGHUP"
 }
 
+// HealthTopics is where each node's agent probes its own mosquitto
+// (HealthTopics/node/...): a node's own, by the ACL.
+const HealthTopics = probe.HealthTopics
+
 // StatusTopics is where every node's agent publishes its status, retained,
 // on every broker (StatusTopics/node): `mqha-agent fleet` reads them
 // through the VIP with a client certificate. Each node may write only its
@@ -237,7 +262,7 @@ func ACLChange() (unit.Action, string) {
 func StatusTopics(cluster string) string { return "$mqha/status/" + cluster }
 
 // BridgeCheck is the name of the check of a bridge master's connections; a
-// standby has none to check.
+// standby has none to check (it passes).
 const BridgeCheck = "bridge"
 
 // Validator checks candidate configuration files with the daemons' own
@@ -320,9 +345,20 @@ func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, bridge
 	}
 	if len(ids) > 0 {
 		// No unit: a remote broker being down is not the local mosquitto's
-		// fault, so a failing bridge is reported, never repaired by restart.
-		checks = append(checks, health.Check{Name: BridgeCheck,
-			Probe: probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)})
+		// fault, so a failing bridge is reported, never repaired by restart
+		// (with standbys keepalived's track script moves the role away).
+		bridges := probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)
+		if ElectsBridge(cl, n) {
+			// Only the bridge master keepalived chose has connections.
+			master := bridges
+			bridges = func(ctx context.Context) error {
+				if _, err := os.Lstat(BridgesLink); err != nil {
+					return nil
+				}
+				return master(ctx)
+			}
+		}
+		checks = append(checks, health.Check{Name: BridgeCheck, Probe: bridges})
 	}
 	return checks
 }
@@ -342,7 +378,9 @@ func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, _ []byte) 
 }
 
 func keepalivedChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, _ []byte) []health.Check {
-	if cl.VIP == nil {
+	// On a bridge node keepalived elects the bridge master: its track script
+	// checks the bridge (bridgerole), nothing here to add.
+	if cl.VIP == nil || !n.Has(cluster.LB) {
 		return nil
 	}
 	return []health.Check{{Name: "keepalived", Unit: keepalivedUnit,

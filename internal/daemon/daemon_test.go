@@ -30,8 +30,19 @@ func TestFor(t *testing.T) {
 		{[]cluster.Role{cluster.LB, cluster.Broker}, []string{"mosquitto", "nginx", "keepalived"}},
 		{nil, nil},
 	} {
-		if got := names(For(cluster.Node{Roles: tt.roles})); !slices.Equal(got, tt.want) {
+		n := cluster.Node{Name: "n", Roles: tt.roles}
+		if got := names(For(&cluster.Cluster{Nodes: []cluster.Node{n}}, n)); !slices.Equal(got, tt.want) {
 			t.Errorf("roles %v: daemons %v, want %v", tt.roles, got, tt.want)
+		}
+	}
+	// With standbys keepalived elects the bridge master: it runs on every
+	// bridge node.
+	b1 := cluster.Node{Name: "bridge1", Roles: []cluster.Role{cluster.Bridge}}
+	b2 := cluster.Node{Name: "bridge2", Roles: []cluster.Role{cluster.Bridge}}
+	c := &cluster.Cluster{Nodes: []cluster.Node{b1, b2}}
+	for _, n := range c.Nodes {
+		if got := names(For(c, n)); !slices.Equal(got, []string{"mosquitto", "keepalived"}) {
+			t.Errorf("%s with a standby: daemons %v, want mosquitto, keepalived", n.Name, got)
 		}
 	}
 }
@@ -76,7 +87,7 @@ func TestChecksAndBridges(t *testing.T) {
 	checks := func(name string) []string {
 		n, _ := cl.Node(name)
 		var out []string
-		for _, d := range For(n) {
+		for _, d := range For(cl, n) {
 			for _, c := range d.Checks(cl, n, &tls.Config{}, nil) {
 				out = append(out, c.Name+"@"+c.Unit)
 			}

@@ -121,7 +121,22 @@ func blackhole(ctx context.Context, n Node, addr string) error {
 	return err
 }
 
-// Heal removes every cut: the blackhole routes in every running node.
+// Isolate cuts the nodes named from each other at the lab bridge (port
+// isolation: isolated ports reach every port but each other), all traffic
+// alike, VRRP adverts included (a keepalived bound to its interface sends
+// past a blackhole route); they still reach every other node. Heal ends it.
+func (c Config) Isolate(ctx context.Context, names ...string) error {
+	for _, n := range names {
+		if _, err := run(ctx, "bridge", "link", "set", "dev", veth(n), "isolated", "on"); err != nil {
+			c.Heal(ctx)
+			return fmt.Errorf("isolate %s: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// Heal removes every cut: the blackhole routes in every running node, the
+// isolation of every node's port.
 func (c Config) Heal(ctx context.Context) error {
 	s, err := c.Load()
 	if err != nil {
@@ -134,6 +149,9 @@ func (c Config) Heal(ctx context.Context) error {
 			continue // powered off
 		}
 		if _, err := run(ctx, "nsenter", "-t", fmt.Sprint(pid), "-n", "ip", "route", "flush", "type", "blackhole"); err != nil {
+			errs = append(errs, err)
+		}
+		if _, err := run(ctx, "bridge", "link", "set", "dev", veth(n.Name), "isolated", "off"); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -1,6 +1,7 @@
 package plan_test
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"testing"
@@ -168,31 +169,50 @@ func BenchmarkRenderAndPlan200(b *testing.B) {
 	}
 }
 
-// A standby taking over changes only the included bridges file: mosquitto
-// restarts (bridges are not reloaded), although mosquitto.conf is unchanged.
-func TestBridgeTakeoverRestarts(t *testing.T) {
+// The bridge connections of a cluster with standbys (a file mosquitto
+// includes only on the master, through keepalived's link): a change of them
+// restarts mosquitto (bridges are not reloaded), although mosquitto.conf is
+// unchanged; an unchanged commit changes nothing.
+func TestBridgeConnectionsRestart(t *testing.T) {
 	c, err := schema.LoadDir("../render/testdata/standby")
 	if err != nil {
 		t.Fatal(err)
 	}
-	standby, _ := render.NodeOn(c, "bridge2", render.Host{})
-	active, _ := render.NodeOn(c, "bridge2", render.Host{ActiveBridge: true})
-	live := fstest.MapFS{}
-	for _, f := range standby.Files {
-		live[f.Path[1:]] = &fstest.MapFile{Data: f.Content}
+	out, err := render.NodeOn(c, "bridge2", render.Host{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	states := map[string]unit.State{daemon.Mosquitto.Unit: {ActiveState: "active", LoadState: "loaded"}}
+	states := map[string]unit.State{daemon.Mosquitto.Unit: {ActiveState: "active", LoadState: "loaded"},
+		daemon.Keepalived.Unit: {ActiveState: "active", LoadState: "loaded"}}
 	for _, tt := range []struct {
 		name   string
-		out    *render.Output
+		edit   func(path string, b []byte) []byte
 		action unit.Action
-	}{{"stays standby", standby, unit.None}, {"takes over", active, unit.Restart}} {
-		p, err := plan.Make(tt.out, live, states)
+	}{
+		{"unchanged", func(_ string, b []byte) []byte { return b }, unit.None},
+		{"a broker more", func(p string, b []byte) []byte {
+			if p == daemon.BridgesFile {
+				return bytes.Replace(b, []byte("connection mqha-broker2"), []byte("connection mqha-broker0"), 1)
+			}
+			return b
+		}, unit.Restart},
+	} {
+		live := fstest.MapFS{}
+		for _, f := range out.Files {
+			live[f.Path[1:]] = &fstest.MapFile{Data: tt.edit(f.Path, f.Content)}
+		}
+		p, err := plan.Make(out, live, states)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(p.Units) != 1 || p.Units[0].Action != tt.action {
-			t.Errorf("%s: %+v, want %s", tt.name, p.Units, tt.action)
+		var got unit.Action
+		for _, u := range p.Units {
+			if u.Name == daemon.Mosquitto.Unit {
+				got = u.Action
+			}
+		}
+		if got != tt.action {
+			t.Errorf("%s: mosquitto %s, want %s (%+v)", tt.name, got, tt.action, p.Units)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -102,8 +104,12 @@ const freshEvery = 20
 // connection between calls (every freshEvery-th call connects anew); any
 // failure drops it.
 func MQTTRoundTrip(addr string, tc *tls.Config, node string) Probe {
-	return MQTTRoundTripUnder("$mqha/health", addr, tc, node)
+	return MQTTRoundTripUnder(HealthTopics, addr, tc, node)
 }
+
+// HealthTopics is where each node's agent probes its own mosquitto
+// (HealthTopics/node/...): the brokers' ACL gives a node its own only.
+const HealthTopics = "$mqha/health"
 
 // MQTTRoundTripUnder is MQTTRoundTrip on a topic under prefix: a client
 // that is not a node (the brokers' ACL keeps $mqha for nodes) uses one of
@@ -145,7 +151,9 @@ func MQTTRoundTripUnder(prefix, addr string, tc *tls.Config, node string) Probe 
 			if c, err = connect(ctx, addr, tc, id); err != nil {
 				return err
 			}
-			topic = prefix + "/" + id
+			// Under the node's name: the brokers' ACL gives each node its
+			// own health topics only.
+			topic = prefix + "/" + node + "/" + id
 			if err := wait(ctx, c.Subscribe(topic, 1, handle), "subscribe"); err != nil {
 				return err
 			}
@@ -215,6 +223,142 @@ func BridgeStates(addr string, tc *tls.Config, node string, clientIDs []string) 
 		}
 		if len(down) > 0 {
 			return fmt.Errorf("bridge connections down: %s", strings.Join(down, ", "))
+		}
+		return nil
+	}
+}
+
+// MQTTConnects checks that the broker at addr takes an MQTT connection
+// (CONNACK) and lets it go.
+func MQTTConnects(addr string, tc *tls.Config, node string) Probe {
+	return func(ctx context.Context) error {
+		c, err := connect(ctx, addr, tc, "mqha-health-"+node+"-"+nonce())
+		if err != nil {
+			return err
+		}
+		c.Disconnect(50)
+		return nil
+	}
+}
+
+// BridgesUp asks the mosquitto at addr for its bridge connections' retained
+// $SYS/broker/connection/<id>/state and counts them: up (1) of all it has.
+// Before, it publishes payload retained at topic (when topic is set): a
+// bridge master's marker, which its bridges carry to the brokers.
+func BridgesUp(ctx context.Context, addr string, tc *tls.Config, node, topic, payload string, settle time.Duration) (up, all int, err error) {
+	c, err := connect(ctx, addr, tc, "mqha-health-bridge-"+node+"-"+nonce())
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Disconnect(50)
+	if topic != "" {
+		if err := wait(ctx, c.Publish(topic, 1, true, payload), "publish"); err != nil {
+			return 0, 0, err
+		}
+	}
+	state, err := retained(ctx, c, "$SYS/broker/connection/+/state", settle)
+	for _, v := range state {
+		if v == "1" {
+			up++
+		}
+	}
+	return up, len(state), err
+}
+
+// ThroughBridge publishes a message on the broker at remote and waits for
+// it to arrive at the mosquitto at local, carried by local's bridge from
+// that broker: the bridge's data path, whatever its connection state says
+// (a connection whose peer went silent still says up for 1.5 keepalives).
+func ThroughBridge(ctx context.Context, local string, localTC *tls.Config, remote string, remoteTC *tls.Config, node, topic string) error {
+	l, err := connect(ctx, local, localTC, "mqha-health-in-"+node+"-"+nonce())
+	if err != nil {
+		return err
+	}
+	defer l.Disconnect(50)
+	got := make(chan string, 8)
+	if err := wait(ctx, l.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case got <- string(m.Payload()):
+		default:
+		}
+	}), "subscribe"); err != nil {
+		return err
+	}
+	r, err := connect(ctx, remote, remoteTC, "mqha-health-out-"+node+"-"+nonce())
+	if err != nil {
+		return err
+	}
+	defer r.Disconnect(50)
+	ping := nonce()
+	if err := wait(ctx, r.Publish(topic, 1, false, ping), "publish on "+remote); err != nil {
+		return err
+	}
+	for {
+		select {
+		case m := <-got:
+			if m == ping {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("%w: a message published on %s did not come through the bridge", ErrNoAnswer, remote)
+		}
+	}
+}
+
+// Retained reads the retained messages under filter at the broker at addr:
+// topic -> payload.
+func Retained(ctx context.Context, addr string, tc *tls.Config, node, filter string, settle time.Duration) (map[string]string, error) {
+	c, err := connect(ctx, addr, tc, "mqha-health-read-"+node+"-"+nonce())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Disconnect(50)
+	return retained(ctx, c, filter, settle)
+}
+
+// retained subscribes to filter and collects what arrives within settle of
+// the SUBACK (retained messages follow it at once).
+func retained(ctx context.Context, c mqtt.Client, filter string, settle time.Duration) (map[string]string, error) {
+	var mu sync.Mutex
+	got := map[string]string{}
+	if err := wait(ctx, c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
+		mu.Lock()
+		got[m.Topic()] = string(m.Payload())
+		mu.Unlock()
+	}), "subscribe"); err != nil {
+		return nil, err
+	}
+	select {
+	case <-time.After(settle):
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return maps.Clone(got), nil
+}
+
+// TLSAccepted completes a TLS handshake at addr and waits briefly for the
+// server's verdict on the client certificate: with TLS 1.3 a client's
+// handshake ends before the server checked its certificate, and a refusal
+// arrives as an alert on the first read. No alert within the wait: accepted.
+func TLSAccepted(addr string, tc *tls.Config, wait time.Duration) Probe {
+	return func(ctx context.Context) error {
+		d := tls.Dialer{NetDialer: &net.Dialer{}, Config: tc}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("TLS to %s: %w", addr, err)
+		}
+		defer conn.Close()
+		conn.SetReadDeadline(time.Now().Add(wait))
+		if _, err := conn.Read(make([]byte, 1)); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("TLS to %s: the server closed the connection (certificate refused?)", addr)
+			}
+			return fmt.Errorf("TLS to %s: %w", addr, err)
 		}
 		return nil
 	}

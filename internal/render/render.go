@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"text/template"
 
+	"github.com/mqha/mqha/internal/bridgerole"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/daemon"
 )
@@ -72,13 +73,9 @@ type Host struct {
 	// per processor unless that many cannot hold limits.clients within
 	// NoFileMax.
 	CPUs int
-	// ActiveBridge: this bridge node is the elected bridge master (with
-	// standbys only; a lone bridge node always is). Like the limits, a fact
-	// of the node at run time that the definition cannot know.
-	ActiveBridge bool
 	// DownBrokers are brokers a load balancer's agent finds gone (their
 	// host does not answer TCP): nginx sends no client there until they
-	// answer again. A run-time fact, like ActiveBridge.
+	// answer again. A run-time fact, like the limits.
 	DownBrokers map[string]bool
 	// BridgeSecret is the bridge nodes' shared secret (tls.bridgeSecret),
 	// read on a bridge node: the bridges' client ids carry its HMAC. nil:
@@ -117,15 +114,25 @@ type data struct {
 	Brokers []cluster.Node  // every broker, for the nginx upstream
 	Peers   []cluster.Node  // the other load balancers
 	Bridges []daemon.Bridge // connections of the bridge master
-	// Standby: the bridge role is elected; the connections go to
-	// daemon.BridgesFile (none on a standby), included from BridgesDir.
-	Standby      bool
-	ActiveBridge bool
-	BridgesDir   string
-	BeatTopics   string
+	// Standby: keepalived elects the bridge master among several bridge
+	// nodes; the connections go to daemon.BridgesFile, which its notify
+	// links into BridgesDir (included) on the master only.
+	Standby     bool
+	BridgesDir  string
+	BridgesFile string
+	// BridgeVIP, BridgePeers, BridgeCheck and BridgeNotify are keepalived's
+	// bridge instance on a bridge node with standbys (BridgeVIP nil
+	// elsewhere): the address, the other bridge nodes, the track script
+	// and the notify command.
+	BridgeVIP    *cluster.VIP
+	BridgePeers  []cluster.Node
+	BridgeCheck  string
+	BridgeNotify string
+	MarkerTopics string
+	ProbeTopics  string
 	DownBrokers  map[string]bool
 	ACLFile      string
-	ACLNodes     []string // this node and the bridge nodes
+	ACLUsers     []ACLUser
 	StatusTopics string
 	SysTrees     []string // $SYS/broker subtrees clients may read
 	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
@@ -186,18 +193,23 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		}
 	}
 	d.Bridges = daemon.Bridges(c, n, h.BridgeSecret)
-	d.Standby = n.Has(cluster.Bridge) && daemon.HasStandby(c)
-	d.ActiveBridge, d.BridgesDir, d.BeatTopics = h.ActiveBridge, daemon.BridgesDir, daemon.BeatTopics(c.Name)
+	d.Standby = daemon.ElectsBridge(c, n)
+	d.BridgesDir, d.BridgesFile = daemon.BridgesDir, daemon.BridgesFile
+	d.MarkerTopics, d.ProbeTopics = daemon.MarkerTopics(c.Name), daemon.ProbeTopics(c.Name)
+	if d.Standby {
+		d.BridgeVIP = c.BridgeVIP
+		for _, b := range c.WithRole(cluster.Bridge) {
+			if b.Name != n.Name {
+				d.BridgePeers = append(d.BridgePeers, b)
+			}
+		}
+		d.BridgeCheck, d.BridgeNotify = bridgerole.CheckCommand(c, n), bridgerole.NotifyCommand
+	}
 	d.DownBrokers = h.DownBrokers
 	d.ACLFile = daemon.ACLFile
 	d.StatusTopics = daemon.StatusTopics(c.Name)
 	d.SysTrees = sysTrees
-	d.ACLNodes = []string{n.Name}
-	for _, b := range c.WithRole(cluster.Bridge) {
-		if b.Name != n.Name {
-			d.ACLNodes = append(d.ACLNodes, b.Name)
-		}
-	}
+	d.ACLUsers = aclUsers(c, n)
 
 	out := &Output{Node: n}
 	add := func(unit, p, tmpl string, kind Kind, mode fs.FileMode) error {
@@ -208,7 +220,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		out.Files = append(out.Files, File{Path: p, Mode: mode, Unit: unit, Kind: kind, Content: buf.Bytes()})
 		return nil
 	}
-	for _, dm := range daemon.For(n) {
+	for _, dm := range daemon.For(c, n) {
 		out.Units = append(out.Units, dm.Unit)
 		switch dm.Name {
 		case daemon.Mosquitto.Name:
@@ -237,13 +249,48 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 			}
 		}
 		if dm.Name == daemon.Mosquitto.Name && d.Standby {
-			if err := add(dm.Unit, daemon.BridgesFile, "mosquitto.bridges.tmpl", Config, 0o644); err != nil {
+			// The bridge master's connections, readable by mosquitto only
+			// through the link on the master; the client ids in them are
+			// no one else's business.
+			if err := add(dm.Unit, daemon.BridgesFile, "mosquitto.bridges.tmpl", Config, 0o640); err != nil {
 				return nil, err
 			}
 		}
 	}
 	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Path < out.Files[j].Path })
 	return out, nil
+}
+
+// ACLUser is one certificate name's topics beyond what every client may use.
+type ACLUser struct {
+	Name   string
+	Topics []string // "readwrite TOPIC", "read TOPIC"
+}
+
+// aclUsers are the nodes that use node n's mosquitto beyond a client: n
+// itself (its agent's health probe on its own topics, the bridges' state to
+// read) and the bridge nodes (the bridge master writes its state, and with
+// standbys its mark, on the brokers it connects to; its bridge check sends
+// its probe through them). Each node writes only its own status (a pattern
+// for every certificate); none writes another's.
+func aclUsers(c *cluster.Cluster, n cluster.Node) []ACLUser {
+	self := ACLUser{Name: n.Name, Topics: []string{"readwrite " + daemon.HealthTopics + "/" + n.Name + "/#", "read $SYS/broker/connection/#"}}
+	users := []ACLUser{self}
+	for _, b := range c.WithRole(cluster.Bridge) {
+		// A bridge node writes the bridges' state and, with standbys, its
+		// own bridge master's mark, and reads the others' marks.
+		topics := []string{"readwrite $SYS/broker/connection/#"}
+		if daemon.HasStandby(c) {
+			m, p := daemon.MarkerTopics(c.Name), daemon.ProbeTopics(c.Name)
+			topics = append(topics, "readwrite "+m+"/"+b.Name, "read "+m+"/#", "readwrite "+p+"/"+b.Name, "read "+p+"/#")
+		}
+		if b.Name == n.Name {
+			users[0].Topics = append(users[0].Topics[:1], topics...)
+			continue
+		}
+		users = append(users, ACLUser{Name: b.Name, Topics: topics})
+	}
+	return users
 }
 
 func names(ns []cluster.Node) []string {

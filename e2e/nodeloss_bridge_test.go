@@ -1,0 +1,268 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The bridge master's faults, each with a cross-broker QoS1 flow (100
+// messages a second from broker1 to a persistent subscriber on broker2):
+// keepalived on the bridge nodes moves the role, the agents only render it.
+
+// bothLinked samples, every 250 ms until stop, whether both bridge nodes
+// bridge at once (their connections linked in), and counts such samples
+// and the longest run of them.
+type linkSampler struct {
+	mu                    sync.Mutex
+	samples, both, runMax int
+	stop, done            chan struct{}
+}
+
+func sampleLinks(t *testing.T) *linkSampler {
+	s := &linkSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	linked := func(n string) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		out, _ := node(t, n).Exec(ctx, "sh", "-c", "test -L /run/mqha/bridge/bridges.conf && echo yes")
+		return strings.TrimSpace(out) == "yes"
+	}
+	go func() {
+		defer close(s.done)
+		run := 0
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			both := linked("bridge") && linked("bridge2")
+			s.mu.Lock()
+			s.samples++
+			if both {
+				s.both++
+				run++
+				s.runMax = max(s.runMax, run)
+			} else {
+				run = 0
+			}
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+func (s *linkSampler) finish() (samples, both, runMax int) {
+	close(s.stop)
+	<-s.done
+	return s.samples, s.both, s.runMax
+}
+
+// masterFault injects fault on the bridge master under the cross-broker
+// flow, waits until the standby bridges, heals, and waits until the roles
+// settle again; it reports and returns what it cost.
+func masterFault(t *testing.T, what string, inject, heal func(active string)) (active, standby string, f lossFigures) {
+	active, standby = withStandby(t)
+	flow := startCrossFlow(t, 10*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	t0 := time.Now()
+	inject(active)
+	waitFor(t, 60*time.Second, standby+" bridges after "+what+" on "+active, func() bool {
+		s := agentStatus(t, standby).Bridge
+		return s != nil && s.Active
+	})
+	took := agentStatus(t, standby).Bridge.Since.Sub(t0)
+	old := agentStatus(t, active).Bridge
+	time.Sleep(3 * time.Second)
+	sent, received, lost, dups := flow.finish(t, 30*time.Second)
+	gap, restored := flow.outage(t0)
+	report(t, "%s on bridge master %s: %s bridges %s later; %s %s (check: %s); cross-broker delivery cut for %s, restored %s after the fault; QoS1: %d sent, %d received, %d lost, %d duplicated",
+		what, active, standby, took.Round(time.Millisecond), active, old.State, old.Check, gap.Round(time.Millisecond), restored.Round(time.Millisecond), sent, received, lost, dups)
+	if old.State == "MASTER" {
+		t.Errorf("%s is still MASTER after %s", active, what)
+	}
+	heal(active)
+	back := waitFor(t, 90*time.Second, active+" back as a standby of "+standby, func() bool {
+		a, s := bridgeRoles(t)
+		return a == standby && s == active
+	})
+	report(t, "%s healed: a standby of %s %s later", active, standby, back.Round(time.Millisecond))
+	return active, standby, lossFigures{Takeover: took, Outage: gap, Restored: restored, Sent: sent, Lost: lost, Dups: dups}
+}
+
+// TestBridgeMasterMosquittoStopped: the master's mosquitto is SIGSTOPped
+// (hung: it holds its bridge connections and carries nothing). keepalived's
+// check finds it stopped and fails; the standby takes the role and the
+// brokers' bridge sessions over.
+func TestBridgeMasterMosquittoStopped(t *testing.T) {
+	f := bridgeMosquittoStopped(t)
+	// Bound: 3x the 2 s target.
+	if f.Restored > 6*time.Second {
+		t.Errorf("cross-broker delivery restored %s after the hang, want within 6 s", f.Restored)
+	}
+	if f.Lost > 20 {
+		t.Errorf("%d acknowledged QoS1 messages lost: more than were in flight in the hung master", f.Lost)
+	}
+}
+
+func bridgeMosquittoStopped(t *testing.T) lossFigures {
+	_, _, f := masterFault(t, "mosquitto SIGSTOPped",
+		func(a string) { on(t, a, "systemctl", "kill", "-s", "STOP", "mosquitto") },
+		func(a string) { onAny(t, a, "systemctl", "kill", "-s", "CONT", "mosquitto") })
+	return f
+}
+
+// TestBridgeMasterCannotConnect: the master's certificate is replaced by
+// one the brokers' bridge listeners do not trust (the lab's client
+// certificate) and its mosquitto restarted, as a bad rotation would: its
+// bridges cannot connect while its agent still reaches the brokers (it
+// keeps the certificate it loaded). The check finds no connection up and
+// fails; the standby takes over; the node stays out until it is fixed.
+func TestBridgeMasterCannotConnect(t *testing.T) {
+	f := bridgeCannotConnect(t)
+	// Bound: 3x the 5 s target.
+	if f.Restored > 15*time.Second {
+		t.Errorf("cross-broker delivery restored %s after the bad certificate, want within 15 s", f.Restored)
+	}
+	if f.Lost > 0 {
+		t.Errorf("%d acknowledged QoS1 messages lost", f.Lost)
+	}
+}
+
+func bridgeCannotConnect(t *testing.T) lossFigures {
+	client := func(f string) string { b, _ := readFile(filepath.Join(cfg.Dir, "pki", "clients", f)); return b }
+	var saved [2]string
+	_, _, f := masterFault(t, "a certificate the brokers do not trust",
+		func(a string) {
+			saved[0], saved[1] = on(t, a, "cat", "/etc/mqha/tls/node.crt"), on(t, a, "cat", "/etc/mqha/tls/node.key")
+			writeOn(t, a, "/etc/mqha/tls/node.crt", client("lab-client.crt"))
+			writeOn(t, a, "/etc/mqha/tls/node.key", client("lab-client.key"))
+			on(t, a, "systemctl", "restart", "mosquitto")
+		},
+		func(a string) {
+			writeOn(t, a, "/etc/mqha/tls/node.crt", saved[0])
+			writeOn(t, a, "/etc/mqha/tls/node.key", saved[1])
+			on(t, a, "systemctl", "restart", "mosquitto")
+		})
+	return f
+}
+
+// TestBridgeMasterAgentStopped: the master's agent is SIGSTOPped for 60 s
+// (systemd's watchdog restarts it meanwhile) and continued: the role is
+// keepalived's, so delivery never stops for more than a second and the two
+// bridge nodes never bridge at once for more than one sample.
+func TestBridgeMasterAgentStopped(t *testing.T) {
+	active, standby := withStandby(t)
+	flow := startCrossFlow(t, 10*time.Millisecond)
+	links := sampleLinks(t)
+	time.Sleep(2 * time.Second)
+	t0 := time.Now()
+	on(t, active, "systemctl", "kill", "-s", "STOP", "mqha-agent")
+	t.Cleanup(func() { onAny(t, active, "systemctl", "kill", "-s", "CONT", "mqha-agent") })
+	time.Sleep(60 * time.Second)
+	on(t, active, "systemctl", "kill", "-s", "CONT", "mqha-agent")
+	time.Sleep(5 * time.Second)
+	samples, both, run := links.finish()
+	sent, received, lost, dups := flow.finish(t, 30*time.Second)
+	gap, _ := flow.outage(t0)
+	a, s := bridgeRoles(t)
+	restarts := strings.Count(onAny(t, active, "journalctl", "-u", "mqha-agent", "--since", fmt.Sprintf("-%ds", int(time.Since(t0).Seconds())+1), "-o", "cat"), "agent started")
+	report(t, "agent on bridge master %s SIGSTOPped for 60 s (started again %d times meanwhile): longest cross-broker delivery gap %s; both bridge nodes bridging in %d of %d samples (longest run %d); roles after: master %s, standby %s; QoS1: %d sent, %d received, %d lost, %d duplicated",
+		active, restarts, gap.Round(time.Millisecond), both, samples, run, a, s, sent, received, lost, dups)
+	if gap > time.Second {
+		t.Errorf("cross-broker delivery stopped for %s while the master's agent was stopped, want at most 1 s", gap)
+	}
+	if run > 1 {
+		t.Errorf("both bridge nodes bridged for %d samples in a row", run)
+	}
+	if a != active || s != standby {
+		t.Errorf("roles moved: master %q, standby %q; want %s, %s", a, s, active, standby)
+	}
+	if lost > 0 {
+		t.Errorf("%d acknowledged QoS1 messages lost", lost)
+	}
+}
+
+// TestBridgeNodesCutOff: the bridge nodes cannot reach each other (their
+// VRRP adverts are lost) while both reach the brokers: both become master,
+// their bridges take the brokers' sessions from each other (one session per
+// broker: never two bridges on one broker, never a loop), and the one of
+// lower priority stands down on finding the other's mark fresh on a broker.
+func TestBridgeNodesCutOff(t *testing.T) {
+	active, _ := withStandby(t)
+	flow := startCrossFlow(t, 10*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	links := sampleLinks(t)
+	t0 := time.Now()
+	if err := cfg.Isolate(t.Context(), "bridge", "bridge2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cfg.Heal(context.Background()) })
+	// The one of higher priority (bridge, 20) bridges in the end.
+	var dual, settled time.Duration
+	waitFor(t, 60*time.Second, "two masters, then one", func() bool {
+		linked := 0
+		for _, n := range []string{"bridge", "bridge2"} {
+			if strings.TrimSpace(onAny(t, n, "sh", "-c", "test -L /run/mqha/bridge/bridges.conf && echo yes")) == "yes" {
+				linked++
+			}
+		}
+		if linked == 2 && dual == 0 {
+			dual = time.Since(t0)
+		}
+		if dual > 0 && linked == 1 && agentStatus(t, "bridge").Bridge.Active {
+			settled = time.Since(t0)
+			return true
+		}
+		return false
+	})
+	time.Sleep(10 * time.Second)
+	b2 := agentStatus(t, "bridge2").Bridge
+	samples, both, run := links.finish()
+	cfg.Heal(t.Context())
+	sent, received, lost, dups := flow.finish(t, 30*time.Second)
+	report(t, "bridge nodes cut off from each other (master %s): two masters %s after the cut, one (bridge, priority 20) %s after it; bridge2: %s (%s); both bridging in %d of %d samples (longest run %d); QoS1: %d sent, %d received, %d lost, %d duplicated",
+		active, dual.Round(time.Millisecond), settled.Round(time.Millisecond), b2.State, b2.Check, both, samples, run, sent, received, lost, dups)
+	if b2.Active {
+		t.Errorf("bridge2 (priority 10) still bridges 10 s after bridge (20) was alone: %s", b2.State)
+	}
+	// Bound: the lower one stands down ~8.5 s after the second master
+	// (measured: a connection of its seen down, two checks reading the
+	// other's mark); 3x.
+	if settled-dual > 25*time.Second {
+		t.Errorf("two masters for %s", settled-dual)
+	}
+	// What the master that stands down holds (taken from one broker, not
+	// yet given to the other: its session there was taken over) is lost
+	// when it restarts without bridges: measured 0-2 at 100 msg/s.
+	if lost > 20 {
+		t.Errorf("%d acknowledged QoS1 messages lost: more than a standing-down master holds in flight", lost)
+	}
+	if dups > sent/4 {
+		t.Errorf("%d duplicates of %d messages: messages circulate", dups, sent)
+	}
+	waitFor(t, 120*time.Second, "one master and one standby after healing", func() bool {
+		a, s := bridgeRoles(t)
+		return a != "" && s != ""
+	})
+}
+
+func readFile(p string) (string, error) {
+	b, err := os.ReadFile(p)
+	return string(b), err
+}
+
+// writeOn replaces the content of file p on node n, keeping its owner and
+// mode.
+func writeOn(t *testing.T, n, p, content string) {
+	t.Helper()
+	on(t, n, "sh", "-c", "echo "+base64.StdEncoding.EncodeToString([]byte(content))+" | base64 -d > "+p)
+}
