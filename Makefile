@@ -55,7 +55,9 @@ e2e: packages bin/mqha-lab
 
 # Benchmarks on a fresh lab (not part of make test): the targets that the
 # e2e suite only bounds, over repeated runs, printed as p50/p95 and written as
-# JSON under .lab/. MQHA_BENCH_PUSHES sets the number of pushes (default 10).
+# JSON under .lab/. MQHA_BENCH_PUSHES sets the number of pushes (default 10),
+# MQHA_BENCH_RUNS the node-loss runs (default 3); MQHA_BENCH_BRIDGE_LONG=1
+# adds the bridge faults that take a minute or more each.
 bench-lab: packages bin/mqha-lab
 	bin/mqha-lab down >/dev/null
 	bin/mqha-lab up

@@ -30,6 +30,7 @@ func (c *cmd) fleet(args []string) (int, error) {
 	fs, repo := c.flags("fleet")
 	src := c.defFlags(fs, repo)
 	ca := fs.String("ca", "/etc/mqha/tls/ca.crt", "the cluster CA")
+	fs.StringVar(ca, "cafile", *ca, "the same as --ca, as the mosquitto tools spell it")
 	cert := fs.String("cert", "", "a client certificate of the cluster CA (mqha-agent pki client)")
 	key := fs.String("key", "", "its key")
 	broker := fs.String("broker", "", "where to read (default: the VIP's client port)")

@@ -54,8 +54,8 @@ commands:
                                                      (exit 0 healthy, 1 degraded, 2 cannot ask)
   sync    [--retry]                                  ask the running agent to pull and converge now
                                                      (--retry: try a refused commit again)
-  fleet   [--repo DIR] --cert F --key F [--ca F] [--broker ADDR] [-o json]
-                                                     every node's status, read through the VIP with a
+  fleet   [--repo DIR] --cert F --key F [--ca|--cafile F] [--broker ADDR] [-o json]
+                                                     every node's status, read from every broker with a
                                                      client certificate (exit 0 all on head and healthy)
   suspend [--reason TEXT] [--no-repair]              stop converging and reverting drift (an incident);
                                                      health repair goes on unless --no-repair

@@ -216,6 +216,11 @@ func TestBenchNodeLoss(t *testing.T) {
 				count(fault.name+": QoS1 lost", f.Lost)
 				count(fault.name+": QoS1 duplicated", f.Dups)
 			}
+			if os.Getenv("MQHA_BENCH_BRIDGE_LONG") != "" {
+				// 60 s and more each: on request.
+				add("bridge master's agent SIGSTOP 60 s: longest delivery gap", bridgeAgentStopped(t))
+				add("bridge nodes cut off from each other: two masters for", bridgeNodesCutOff(t))
+			}
 			add("VIP holder off: VIP serves", vipHolderPowerOff(t))
 			add("broker off: 95% of its clients back", brokerPowerOff(t))
 			for _, how := range []string{"nginx", "poweroff"} {

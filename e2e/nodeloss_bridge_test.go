@@ -159,7 +159,10 @@ func bridgeCannotConnect(t *testing.T) lossFigures {
 // (systemd's watchdog restarts it meanwhile) and continued: the role is
 // keepalived's, so delivery never stops for more than a second and the two
 // bridge nodes never bridge at once for more than one sample.
-func TestBridgeMasterAgentStopped(t *testing.T) {
+func TestBridgeMasterAgentStopped(t *testing.T) { bridgeAgentStopped(t) }
+
+// bridgeAgentStopped returns the longest cross-broker delivery gap.
+func bridgeAgentStopped(t *testing.T) time.Duration {
 	active, standby := withStandby(t)
 	flow := startCrossFlow(t, 10*time.Millisecond)
 	links := sampleLinks(t)
@@ -189,6 +192,7 @@ func TestBridgeMasterAgentStopped(t *testing.T) {
 	if lost > 0 {
 		t.Errorf("%d acknowledged QoS1 messages lost", lost)
 	}
+	return gap
 }
 
 // TestBridgeNodesCutOff: the bridge nodes cannot reach each other (their
@@ -196,7 +200,10 @@ func TestBridgeMasterAgentStopped(t *testing.T) {
 // their bridges take the brokers' sessions from each other (one session per
 // broker: never two bridges on one broker, never a loop), and the one of
 // lower priority stands down on finding the other's mark fresh on a broker.
-func TestBridgeNodesCutOff(t *testing.T) {
+func TestBridgeNodesCutOff(t *testing.T) { bridgeNodesCutOff(t) }
+
+// bridgeNodesCutOff returns how long two masters bridged at once.
+func bridgeNodesCutOff(t *testing.T) time.Duration {
 	active, _ := withStandby(t)
 	flow := startCrossFlow(t, 10*time.Millisecond)
 	time.Sleep(2 * time.Second)
@@ -253,6 +260,7 @@ func TestBridgeNodesCutOff(t *testing.T) {
 		a, s := bridgeRoles(t)
 		return a != "" && s != ""
 	})
+	return settled - dual
 }
 
 func readFile(p string) (string, error) {
@@ -265,4 +273,61 @@ func readFile(p string) (string, error) {
 func writeOn(t *testing.T, n, p, content string) {
 	t.Helper()
 	on(t, n, "sh", "-c", "echo "+base64.StdEncoding.EncodeToString([]byte(content))+" | base64 -d > "+p)
+}
+
+// TestBridgeClockStep: the bridge master's wall clock steps 1 h forward,
+// then back. A container cannot step its clock without stepping the host's,
+// so keepalived on both bridge nodes runs under libfaketime (wall clock
+// only: FAKETIME_DONT_FAKE_MONOTONIC), fed from a file the test rewrites;
+// bridge-check is a static Go binary that counts on CLOCK_BOOTTIME, which
+// no step moves. Nothing may change: no move of the role, no gap in
+// delivery, never both bridging.
+func TestBridgeClockStep(t *testing.T) {
+	const (
+		clock  = "/run/mqha-e2e-faketime"
+		dropIn = "/etc/systemd/system/keepalived.service.d/e2e-faketime.conf"
+	)
+	env := "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 FAKETIME_TIMESTAMP_FILE=" + clock +
+		" FAKETIME_NO_CACHE=1 FAKETIME_DONT_FAKE_MONOTONIC=1"
+	active, standby := withStandby(t)
+	// The standby first: restarting the master's keepalived moves the role.
+	for _, n := range []string{standby, active} {
+		writeOn(t, n, clock, "+0\n")
+		on(t, n, "sh", "-c", "printf '[Service]\\nEnvironment=\"%s\"\\n' '"+strings.ReplaceAll(env, " ", "\" \"")+"' > "+dropIn+" && systemctl daemon-reload && systemctl restart keepalived")
+		t.Cleanup(func() {
+			onAny(t, n, "sh", "-c", "echo +0 > "+clock+"; rm -f "+dropIn+"; systemctl daemon-reload")
+		})
+	}
+	active, standby = withStandby(t)
+	if e := on(t, active, "sh", "-c", "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value keepalived)/environ"); !strings.Contains(e, "FAKETIME_TIMESTAMP_FILE="+clock) {
+		t.Fatalf("keepalived on %s does not run under libfaketime:\n%s", active, e)
+	}
+	faked := func(n string) string {
+		return strings.TrimSpace(on(t, n, "sh", "-c", "env "+env+" date -u +%H:%M"))
+	}
+	flow := startCrossFlow(t, 10*time.Millisecond)
+	links := sampleLinks(t)
+	time.Sleep(2 * time.Second)
+	t0 := time.Now()
+	var seen []string
+	for _, step := range []string{"+1h", "-1h"} {
+		writeOn(t, active, clock, step+"\n")
+		seen = append(seen, step+": "+faked(active))
+		time.Sleep(10 * time.Second)
+	}
+	samples, both, run := links.finish()
+	sent, received, lost, dups := flow.finish(t, 30*time.Second)
+	gap, _ := flow.outage(t0)
+	a, s := bridgeRoles(t)
+	report(t, "wall clock of keepalived on bridge master %s stepped (its date %s; the host's %s): roles after: master %s, standby %s; longest delivery gap %s; both bridging in %d of %d samples; QoS1: %d sent, %d received, %d lost, %d duplicated",
+		active, strings.Join(seen, ", "), time.Now().UTC().Format("15:04"), a, s, gap.Round(time.Millisecond), both, samples, sent, received, lost, dups)
+	if !strings.HasPrefix(seen[0], "+1h: ") || seen[0][5:] == time.Now().UTC().Format("15:04") {
+		t.Errorf("the step did not take: %v", seen)
+	}
+	if a != active || s != standby {
+		t.Errorf("roles moved: master %q, standby %q; want %s, %s", a, s, active, standby)
+	}
+	if gap > time.Second || run > 1 || lost > 0 {
+		t.Errorf("the clock step cost: gap %s, %d samples in a row both bridging, %d lost", gap, run, lost)
+	}
 }

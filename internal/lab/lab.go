@@ -37,7 +37,10 @@ type Config struct {
 
 // Packages of the base image: what any node may need.
 var Packages = []string{"systemd", "systemd-sysv", "dbus", "mosquitto", "mosquitto-clients", "nginx",
-	"libnginx-mod-stream", "keepalived", "iproute2", "ca-certificates", "procps", "git", "iputils-ping"}
+	"libnginx-mod-stream", "keepalived", "iproute2", "ca-certificates", "procps", "git", "iputils-ping",
+	// Steps a daemon's wall clock alone (a node cannot step its clock
+	// without stepping the host's): the clock-step scenario.
+	"libfaketime"}
 
 const suite = "bookworm"
 
