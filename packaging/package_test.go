@@ -48,6 +48,7 @@ func TestPackages(t *testing.T) {
 			"./usr/share/man/man8/mqha-agent.8.gz",
 			"./usr/share/doc/mqha-agent/copyright",
 			"./usr/share/doc/mqha-agent/operations.md",
+			"./usr/share/doc/mqha-agent/bridge.md",
 			"./usr/share/doc/mqha-agent/changelog.Debian.gz",
 			"./usr/share/mqha/prometheus/mqha.rules.yml",
 			"./usr/share/mqha/grafana/mqha.json",

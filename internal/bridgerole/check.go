@@ -52,9 +52,11 @@ const (
 	// reachEvery: a standby that reached a broker asks again only then.
 	reachEvery = 5 * time.Second
 	// probeEvery: the master sends a probe through its bridges this often
-	// (every check while one failed); two failing in a row fail the check.
+	// (every check while one failed); probeFails failing in a row fail the
+	// check.
 	probeEvery  = 3 * time.Second
-	probeWithin = 500 * time.Millisecond
+	probeWithin = time.Second
+	probeFails  = 3
 	// holdDown: a master that stood down for another master of higher
 	// priority (they cannot hear each other) stays out this long while that
 	// one's mark stays fresh, instead of taking the role again at once.
@@ -183,31 +185,36 @@ func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
 	return err
 }
 
-// probeBridges sends a probe from a broker through this master's bridges
-// (every probeEvery, and every check while one fails): a bridge whose
-// connection says up but whose peer went silent carries nothing. It fails
-// when no broker's probe came through twice in a row.
+// probeBridges sends a probe from each broker through this master's
+// bridges at once (every probeEvery, and every check while they fail): a
+// bridge whose connection says up but whose peer went silent carries
+// nothing. One probe through passes; none through probeFails checks in a
+// row fails. The probe queues behind what the bridge carries, so a burst
+// it needs more than probeWithin to drain counts once, not as a failure.
 func probeBridges(ctx context.Context, cfg CheckConfig, c *Check) error {
-	if cfg.Probes == "" || c.ProbeFails == 0 && bootClock()-c.ProbedAt < probeEvery {
+	if cfg.Probes == "" || len(cfg.BrokerClient) == 0 || c.ProbeFails == 0 && bootClock()-c.ProbedAt < probeEvery {
 		return nil
 	}
 	c.ProbedAt = bootClock()
-	var errs []error
+	pctx, cancel := context.WithTimeout(ctx, probeWithin)
+	defer cancel()
+	errs := make(chan error, len(cfg.BrokerClient))
 	for _, b := range cfg.BrokerClient {
-		pctx, cancel := context.WithTimeout(ctx, probeWithin)
-		err := probe.ThroughBridge(pctx, cfg.Local, cfg.LocalTLS, b, bridgeTLS(cfg.LocalTLS, b), cfg.Name, cfg.Probes+"/"+cfg.Name)
-		cancel()
-		if err == nil {
-			c.ProbeFails = 0
-			return nil
-		}
-		errs = append(errs, err)
+		go func() {
+			errs <- probe.ThroughBridge(pctx, cfg.Local, cfg.LocalTLS, b, bridgeTLS(cfg.LocalTLS, b), cfg.Name, cfg.Probes+"/"+cfg.Name)
+		}()
 	}
-	if len(errs) == 0 {
+	var failed []error
+	for range cfg.BrokerClient {
+		if err := <-errs; err != nil {
+			failed = append(failed, err)
+			continue
+		}
+		c.ProbeFails = 0
 		return nil
 	}
-	if c.ProbeFails++; c.ProbeFails >= 2 {
-		return fmt.Errorf("no probe came through this master's bridges from any broker, %d times in a row: %w", c.ProbeFails, errors.Join(errs...))
+	if c.ProbeFails++; c.ProbeFails >= probeFails {
+		return fmt.Errorf("no probe came through this master's bridges from any broker, %d checks in a row: %w", c.ProbeFails, errors.Join(failed...))
 	}
 	return nil
 }
