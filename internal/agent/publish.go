@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -37,7 +38,11 @@ func statusTargetOf(v *View) statusTarget {
 	for _, b := range v.Cluster.WithRole(cluster.Broker) {
 		t.brokers = append(t.brokers, net.JoinHostPort(b.Address, strconv.Itoa(v.Cluster.Ports.Broker)))
 	}
-	t.key = t.topic + " " + strings.Join(t.brokers, ",")
+	// The commit's certificate and CA too: a client keeps the TLS it was
+	// made with, so one made under a commit with a wrong CA would never
+	// connect again after the fix (seen: the load balancers' statuses
+	// missing from the brokers until a broker was added).
+	t.key = fmt.Sprintf("%s %s %p", t.topic, strings.Join(t.brokers, ","), v.TLS)
 	return t
 }
 
