@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/probe"
 )
 
@@ -81,8 +83,9 @@ func Run(ctx context.Context, cfg CheckConfig) (repaired string, err error) {
 	if did != "nothing to change" {
 		repaired = did
 	}
-	c := Check{At: time.Now(), Busy: last.Busy, Reached: last.Reached, ReachErr: last.ReachErr,
-		Seq: last.Seq, Seen: last.Seen, SeenAt: last.SeenAt, HoldUntil: last.HoldUntil, ProbedAt: last.ProbedAt, ProbeFails: last.ProbeFails, Down: last.Down}
+	// What the last check counted goes on; its verdict is made anew.
+	c := last
+	c.At, c.Reason = time.Now(), ""
 	err = check(ctx, cfg, st, &c)
 	c.OK = err == nil
 	if err != nil {
@@ -165,6 +168,10 @@ func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
 	if c.ReachErr == "" && c.Reached > 0 && bootClock()-c.Reached < reachEvery {
 		return nil
 	}
+	if len(cfg.Brokers) == 0 {
+		c.Reached, c.ReachErr = bootClock(), ""
+		return nil
+	}
 	var errs []error
 	for _, b := range cfg.Brokers {
 		bctx, cancel := context.WithTimeout(ctx, answerWithin)
@@ -175,10 +182,6 @@ func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
 			return nil
 		}
 		errs = append(errs, err)
-	}
-	if len(cfg.Brokers) == 0 {
-		c.Reached, c.ReachErr = bootClock(), ""
-		return nil
 	}
 	err = fmt.Errorf("reaches no broker's bridge listener with this node's certificate: %w", errors.Join(errs...))
 	c.ReachErr = err.Error()
@@ -261,14 +264,11 @@ func otherMasters(ctx context.Context, cfg CheckConfig, c *Check) (higher, lower
 	return "", ""
 }
 
-// bridgeTLS verifies broker addr by its address, as a bridge does.
+// bridgeTLS verifies broker addr (host:port) by its address, as a bridge
+// does.
 func bridgeTLS(tc *tls.Config, addr string) *tls.Config {
-	c := tc.Clone()
-	c.ServerName = addr
-	if i := strings.LastIndex(addr, ":"); i > 0 {
-		c.ServerName = addr[:i]
-	}
-	return c
+	host, _, _ := net.SplitHostPort(addr)
+	return daemon.WithName(tc, host)
 }
 
 // startedWithin reports whether the process in pidFile started less than d
