@@ -65,8 +65,7 @@ func (c *cmd) run(args []string) error {
 	// Each commit's definition is evaluated in a child of this binary,
 	// bounded in time and memory: a commit is input from whoever can push.
 	if exe, err := os.Executable(); err == nil {
-		lim := evaluate.Limits{Timeout: cfg.LoadTimeout, Memory: cfg.LoadMemory}
-		deps.LoadDefinition = func(ctx context.Context, files fs.FS) (*cluster.Cluster, error) {
+		deps.LoadDefinition = func(ctx context.Context, files fs.FS, lim evaluate.Limits) (*cluster.Cluster, error) {
 			return evaluate.Child(ctx, exe, files, lim)
 		}
 	} else {
@@ -89,7 +88,6 @@ func (c *cmd) run(args []string) error {
 	if err != nil {
 		return err
 	}
-	repo.MaxBytes = cfg.MaxDefinitionSize
 	if repo.CABundle, err = cfg.CABundle(); err != nil {
 		return err
 	}
@@ -107,6 +105,7 @@ func (c *cmd) run(args []string) error {
 	a := agent.New(cfg, node, deps)
 	go a.ServeControl(c.ctx)
 	go a.ServeHTTP(c.ctx)
+	go a.PublishStatus(c.ctx)
 	go c.reloadOnHUP(*conf, a, repo)
 	return a.Run(c.ctx)
 }

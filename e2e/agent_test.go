@@ -349,8 +349,11 @@ func TestRollingRestart(t *testing.T) {
 	}
 }
 
-// TestReloadAgentConfig (issue 8, 3): systemctl reload mqha-agent re-reads
-// agent.conf without restarting the agent (it used to kill it).
+// TestReloadAgentConfig (issue 8, 3; issue 20): systemctl reload mqha-agent
+// re-reads agent.conf without restarting the agent (it used to kill it):
+// what a reload applies takes effect, load-timeout among them (it used to
+// be left unchanged silently); a changed branch is named as needing a
+// restart and keeps its running value.
 func TestReloadAgentConfig(t *testing.T) {
 	conf := on(t, "broker1", "cat", "/etc/mqha/agent.conf")
 	pid := strings.TrimSpace(on(t, "broker1", "systemctl", "show", "-p", "MainPID", "--value", "mqha-agent"))
@@ -359,11 +362,17 @@ func TestReloadAgentConfig(t *testing.T) {
 		os.WriteFile(filepath.Join(n.Root, "etc/mqha/agent.conf"), []byte(conf), 0o644)
 		onAny(t, "broker1", "systemctl", "reload", "mqha-agent")
 	})
-	os.WriteFile(filepath.Join(n.Root, "etc/mqha/agent.conf"), []byte(conf+"poll = 2s\n"), 0o644)
+	os.WriteFile(filepath.Join(n.Root, "etc/mqha/agent.conf"), []byte(conf+"poll = 2s\nload-timeout = 25s\nbranch = elsewhere\n"), 0o644)
 	on(t, "broker1", "systemctl", "reload", "mqha-agent")
+	var journal string
 	waitFor(t, 10*time.Second, "the reload is logged", func() bool {
-		return strings.Contains(on(t, "broker1", "journalctl", "-u", "mqha-agent", "--no-pager", "--since=-1min"), `msg="configuration reloaded" poll=2s`)
+		journal = on(t, "broker1", "journalctl", "-u", "mqha-agent", "--no-pager", "--since=-1min")
+		return strings.Contains(journal, `msg="configuration reloaded" changed=poll,load-timeout needs_restart=branch`) &&
+			strings.Contains(journal, "branch changed: needs a restart (systemctl restart mqha-agent); kept the running values")
 	})
+	if st := agentStatus(t, "broker1"); st.Branch != "main" {
+		t.Errorf("the branch changed without a restart: %q", st.Branch)
+	}
 	if now := strings.TrimSpace(on(t, "broker1", "systemctl", "show", "-p", "MainPID", "--value", "mqha-agent")); now != pid {
 		t.Errorf("the agent was restarted by a reload (pid %s -> %s)", pid, now)
 	}

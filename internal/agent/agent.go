@@ -2,35 +2,51 @@
 // converges this node on each new commit, keeps the applied one enforced,
 // checks and repairs the daemons every few seconds, and reports what it did.
 //
-// One goroutine (Run's loop) does all the work, so converging and repairing
-// never race; the control socket and the webhook only read a snapshot or ask
-// the loop. Each job has a file: the loop here, the pull policy in pull.go,
-// the per-commit view in view.go, converging in converge.go, the VIP policy
-// in vip.go with the keepalived fault file in fault.go, state changes in
-// state.go, and metrics, sd_notify and the webhook in observe.go. The world
-// (git, systemd, peers, the clock) comes in through Deps, so the policies
-// are tested with fakes.
+// One goroutine, Run's loop, does all the work, so converging and
+// repairing never race; everything else reads an owner's state or posts a
+// request to the loop's mailbox. Each owner keeps its own state:
+//
+//   - agent.go: the seams to the world (Deps) and the Agent that holds the owners
+//   - loop.go: Run's loop, its mailbox (post, ask, nudge) and the watchdog
+//   - requests.go: what the control socket asks (status, sync, suspend, reload)
+//   - facts.go, facts_files.go: the record of the node's facts (applied,
+//     refused, suspended, decommissioning, warnings) with their state files
+//     and metrics; the status and the sd_notify STATUS line derive from it
+//   - pull.go: the pull state and policy (one at a time, back-off, waiters)
+//   - view.go: a commit as this node sees it (rendered files, checks, TLS)
+//   - converge.go: applying a view, the health monitor and drift watch it sets up
+//   - runtime.go: run-time changes without the fleet's turn order
+//   - bridge.go: the bridge role as keepalived reports it
+//   - brokers.go, lb.go: a load balancer's brokers watch and removed brokers
+//   - vip.go, fault.go: the VIP policy and keepalived's track file
+//   - limits.go: warnings (descriptor limits, certificate expiry)
+//   - journal.go: counting the daemons' log lines (drops, forged adverts)
+//   - decommission.go, suspend.go: leaving the cluster; the operator's pause
+//   - publish.go, http.go, metrics.go: the status on the brokers, /metrics
+//     and the webhook, the Prometheus metrics
+//   - config.go, transport.go: agent.conf (the keys table) and the repository's credentials
+//
+// The world (git, systemd, peers, the clock, the loop's tickers) comes in
+// through Deps, so the tests run the real loop with fakes.
 package agent
 
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io/fs"
 	"log/slog"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/bridgerole"
 	"github.com/mqha/mqha/internal/cluster"
-	"github.com/mqha/mqha/internal/control"
-	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
+	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/schema"
@@ -44,8 +60,9 @@ type Source interface {
 	Fetch(ctx context.Context, hash string) error
 	// Descends reports whether hash has ancestor in its history.
 	Descends(ctx context.Context, hash, ancestor string) (bool, error)
-	// Read returns the files under dir of commit hash.
-	Read(hash, dir string) (*source.Commit, error)
+	// Read returns the .cue files under dir of commit hash, refusing more
+	// than maxBytes of them together (agent.conf max-definition-size).
+	Read(hash, dir string, maxBytes int64) (*source.Commit, error)
 }
 
 // Verifier checks a commit's signature and names its signer.
@@ -86,6 +103,9 @@ type Deps struct {
 	Converge Converger
 	// LoadTLS reads the node's certificate as a client of the cluster CA.
 	LoadTLS func(tls TLSFiles) (*tls.Config, error)
+	// Probe is how a health check probes its daemon (nil: as rendered, TLS
+	// and MQTT to the node's own listeners).
+	Probe func(c health.Check) probe.Probe
 	// ProbeLB checks that a load balancer passes TLS through to a broker.
 	ProbeLB func(ctx context.Context, addr string, tc *tls.Config) error
 	// WatchUnits reports units whose state changes (nil: none reported).
@@ -102,80 +122,55 @@ type Deps struct {
 	PeerConns func(ctx context.Context, ports []int) (int, error)
 	// Notify sends sd_notify lines (nil: dropped).
 	Notify func(state string)
-	// Now is the clock of the pull policy (nil: time.Now).
-	Now func() time.Time
+	// Now is the clock of the policies (nil: time.Now), Ticker the loop's
+	// rounds (nil: time.Ticker); named "poll" or "health".
+	Now    func() time.Time
+	Ticker func(name string, d time.Duration) Ticker
+	// BridgeState reads what keepalived's bridge instance last reported
+	// (nil: bridgerole.Read).
+	BridgeState func() (bridgerole.State, bridgerole.Check, error)
 	// Host is what this host allows, for sizing (nil: LocalHost).
 	Host func() render.Host
 	// LoadDefinition evaluates a commit's files into the cluster
-	// definition (nil: in this process; the agent's run command evaluates
-	// in a bounded child, internal/evaluate).
-	LoadDefinition func(ctx context.Context, files fs.FS) (*cluster.Cluster, error)
+	// definition within lim (agent.conf load-timeout, load-memory; nil: in
+	// this process, unbounded; the agent's run command evaluates in a
+	// bounded child, internal/evaluate).
+	LoadDefinition func(ctx context.Context, files fs.FS, lim evaluate.Limits) (*cluster.Cluster, error)
 	// FaultFile is keepalived's track file (empty: daemon.FaultFile).
 	FaultFile string
 	Log       *slog.Logger
 	Version   string
 }
 
-// Agent is the running daemon of one node.
+// Agent is the running daemon of one node: the loop (loop.go) and the
+// owners it drives, each of which keeps its own state.
 type Agent struct {
 	cfg  Config
 	node string
 	d    Deps
 	log  *slog.Logger
+	m    *metrics
 
-	applied string // the last commit applied successfully
-	// stateWarning says the recorded state was damaged (until restart).
-	stateWarning string
-	view         *View  // applied, loaded once (nil until first needed)
-	refused      string // last commit refused; not retried until the branch moves
-	backoff      time.Duration
-	nextTry      time.Time
+	facts   *record     // applied, refused, suspended, decommission, warnings (facts.go)
+	pulls   puller      // the pull under way, its waiters, the back-off (pull.go)
+	bridge  *bridgeRole // keepalived's bridge role, as last reported (bridge.go)
+	brokers brokerWatch // a load balancer's brokers marked down (brokers.go)
+	fault   *Fault      // keepalived's track file on a load balancer (fault.go)
+	daemons daemons     // the health monitor and units of the applied commit (converge.go)
+	drift   driftWatch  // hand edits of the applied files (converge.go)
+	publish publisher   // where the status is published (publish.go)
 
-	stages    []control.Stage // of the commit being converged
-	monitor   *health.Monitor
-	fault     *Fault
-	drift     <-chan string
-	stopDrift context.CancelFunc
+	view *View // the applied commit (nil until first needed)
+	// decomCluster is the definition that removed this node (nil after a
+	// restart until needed; decommission.go).
+	decomCluster *cluster.Cluster
 
-	sync   chan syncRequest // the control socket's "pull now"
-	reload chan reloadRequest
-	hook   chan struct{}
-	// deliveries are the webhook's recent delivery ids (replays refused).
-	deliveries seen
-	// statusTo is where the status is published (publish.go); under mu.
-	statusTo statusTarget
-	// suspended is the operator's pause (suspend.go); nil when none.
-	suspended *control.Suspension
-	// decom is this node's way out of the cluster (decommission.go); nil
-	// while the definition lists it.
-	decom        *control.Decommission
-	decomCluster *cluster.Cluster // the definition that removed it (nil after a restart until needed)
-	suspends     chan suspendRequest
-	recheck      chan struct{} // a failed check runs again soon
-
-	// Pulls run off the loop (network); the loop settles what they found.
-	pulls     chan pulled
-	pulling   bool         // a pull is under way
-	pullAgain bool         // and another is wanted right after
-	waiting   []chan error // sync requests waiting for the pull under way
-
-	// electsBridge: keepalived elects the bridge master on this node (under
-	// mu); the role itself is keepalived's (bridge.go).
-	electsBridge bool
-
-	// On a load balancer: brokers whose host is gone, marked down in nginx.
-	downBrokers  map[string]bool
-	brokerEvents chan brokerEvent
-	watchKey     string
-	stopWatch    context.CancelFunc
-
-	mu    sync.Mutex
-	st    control.Status
-	said  string       // the last STATUS line sent
-	units []string     // units the node runs (for the unit watcher)
-	beat  atomic.Int64 // last finished loop round, unix ns
-
-	m metrics
+	mail  chan func(context.Context) // the loop's mailbox (loop.go)
+	ticks tickers                    // poll and health rounds (loop.go)
+	beat  atomic.Int64               // last finished loop round, unix ns
+	// nudged coalesces requests that need no answer (webhook, recheck).
+	nudged sync.Map
+	hook   webhook // its secret file and recent deliveries (http.go)
 }
 
 // New prepares the agent of node cfg.Node (already defaulted) from its
@@ -183,6 +178,9 @@ type Agent struct {
 func New(cfg Config, node string, d Deps) *Agent {
 	if d.Now == nil {
 		d.Now = time.Now
+	}
+	if d.Ticker == nil {
+		d.Ticker = realTicker
 	}
 	if d.Notify == nil {
 		d.Notify = func(string) {}
@@ -211,259 +209,21 @@ func New(cfg Config, node string, d Deps) *Agent {
 	if d.PeerConns == nil {
 		d.PeerConns = peerConns
 	}
+	if d.BridgeState == nil {
+		d.BridgeState = bridgerole.Read
+	}
 	if d.LoadDefinition == nil {
-		d.LoadDefinition = func(_ context.Context, files fs.FS) (*cluster.Cluster, error) { return schema.Load(files, ".") }
+		d.LoadDefinition = func(_ context.Context, files fs.FS, _ evaluate.Limits) (*cluster.Cluster, error) {
+			return schema.Load(files, ".")
+		}
 	}
-	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log,
-		sync: make(chan syncRequest), reload: make(chan reloadRequest), hook: make(chan struct{}, 1), recheck: make(chan struct{}, 1), brokerEvents: make(chan brokerEvent), pulls: make(chan pulled), suspends: make(chan suspendRequest), m: newMetrics()}
-	a.m.reg.MustRegister(bridgeCollector{a})
+	m := newMetrics()
+	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log, m: m, mail: make(chan func(context.Context), 16),
+		facts: newRecord(cfg.StateDir, m, d.Log, d.Now, d.Notify), bridge: &bridgeRole{read: d.BridgeState}}
+	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.fault = newFault(d.FaultFile, a.log)
-	a.st.Node, a.st.Version, a.st.Repo, a.st.Branch = node, d.Version, cfg.Repo, cfg.Branch
-	a.restoreState()
-	a.restoreSuspension()
-	a.restoreDecommission()
-	a.st.Insecure = a.insecurity()
+	a.hook.setFile(cfg.WebhookSecretFile)
+	a.facts.restore(func(hash string) error { _, err := d.Source.Read(hash, cfg.Path, cfg.MaxDefinitionSize); return err })
+	a.facts.SetInsecure(a.insecurity())
 	return a
-}
-
-// maxOperation bounds one round of the loop: waiting for this node's turn
-// (patience 1 min), applying, verifying (verify-timeout). A loop silent for
-// longer is hung, and the watchdog lets systemd restart the agent.
-const maxOperation = 3 * time.Minute
-
-// Run converges once, says READY, and then loops until ctx ends.
-func (a *Agent) Run(ctx context.Context) error {
-	var units <-chan string
-	if a.d.WatchUnits != nil {
-		var err error
-		if units, err = a.d.WatchUnits(a.runs); err != nil {
-			return err
-		}
-	}
-	go a.watchdog(ctx)
-	go a.followJournal(ctx, daemon.Mosquitto.Unit, "dropped messages", a.countDrops)
-	go a.followJournal(ctx, daemon.Keepalived.Unit, "forged VRRP adverts", a.countForged)
-	go a.publishStatus(ctx)
-	a.log.Info("agent started", "node", a.node, "repo", a.cfg.Repo, "branch", a.cfg.Branch, "applied", source.Short(a.applied),
-		"signatures", a.d.Verifier != nil, "version", a.d.Version)
-
-	a.beat.Store(time.Now().UnixNano())
-	// An apply a crash interrupted is finished first (its files are on
-	// disk, its units may still run the old ones); then the recorded
-	// commit from the local mirror, then READY: the first pull runs off
-	// the loop, so a git server that does not answer holds up neither the
-	// start nor the repairs.
-	if did, err := apply.Replay(ctx, JournalPath(a.cfg.StateDir), a.d.Systemd); err != nil {
-		a.log.Error("finish the apply an earlier run left half done", "err", err)
-	} else if len(did) > 0 {
-		a.log.Warn("finished the apply an earlier run left half done", "did", did)
-	}
-	a.enforce(ctx)
-	a.checkWarnings(ctx)
-	a.d.Notify("READY=1")
-	a.startPull(ctx, true)
-	poll := time.NewTicker(a.cfg.Poll)
-	defer poll.Stop()
-	checks := time.NewTicker(a.cfg.HealthInterval)
-	defer checks.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			a.d.Notify("STOPPING=1")
-			return nil
-		case <-poll.C:
-			a.startPull(ctx, false)
-			// Limits in force and certificate dates change slowly: checked
-			// every poll, not every health round.
-			a.checkWarnings(ctx)
-		case req := <-a.sync:
-			a.syncNow(ctx, req)
-		case r := <-a.pulls:
-			a.pullDone(ctx, r)
-		case req := <-a.reload:
-			err := a.applyConfig(req.cfg, req.verifier)
-			poll.Reset(a.cfg.Poll)
-			checks.Reset(a.cfg.HealthInterval)
-			req.reply <- err
-		case <-a.hook:
-			// Not forced: the back-off holds while the repository is
-			// unreachable, whoever signs requests.
-			a.startPull(ctx, false)
-		case <-checks.C:
-			a.checkHealth(ctx)
-			a.stepDecommission(ctx)
-		case u := <-units:
-			a.log.Info("unit changed state; checking now", "unit", u)
-			a.checkHealth(ctx)
-		case <-a.recheck:
-			a.checkHealth(ctx)
-		case req := <-a.suspends:
-			req.reply <- a.onSuspend(ctx, req)
-		case e := <-a.brokerEvents:
-			a.onBrokerEvent(ctx, e)
-		case path := <-a.drift:
-			a.log.Warn("a managed file changed on disk; reverting it", "path", path)
-			a.m.drift.Inc()
-			a.enforce(ctx)
-		}
-		a.beat.Store(time.Now().UnixNano())
-	}
-}
-
-// watchdog pings systemd while the loop is alive: it finished a round
-// recently, or the round it is in has not run past maxOperation.
-func (a *Agent) watchdog(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			last := time.Unix(0, a.beat.Load())
-			if time.Since(last) < maxOperation {
-				a.d.Notify("WATCHDOG=1")
-			} else {
-				a.log.Error("the agent loop has not finished a round for too long; letting the watchdog restart it", "since", last)
-			}
-		}
-	}
-}
-
-// runs is the set of units this node runs under the applied commit.
-func (a *Agent) runs() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.units
-}
-
-// Status and Sync serve the control socket.
-func (a *Agent) Status() control.Status {
-	bridge := a.bridgeStatus()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := a.st
-	if a.monitor != nil {
-		s.Checks = a.monitor.Results()
-	}
-	s.Bridge = bridge
-	return s
-}
-
-// syncRequest asks the loop to pull now; retry forgets a refused commit.
-type syncRequest struct {
-	retry bool
-	reply chan error
-}
-
-// syncNow pulls and converges at once, answering when that pull is
-// settled; retry first forgets the refused commit (the operator fixed what
-// refused it on this node).
-func (a *Agent) syncNow(ctx context.Context, req syncRequest) {
-	if req.retry && a.refused != "" {
-		a.log.Info("retrying the refused commit on request", "commit", source.Short(a.refused))
-		a.refused = ""
-	}
-	a.waiting = append(a.waiting, req.reply)
-	if a.pulling {
-		a.pullAgain = true // the pull under way may predate the push
-		return
-	}
-	a.startPull(ctx, true)
-}
-
-func (a *Agent) Sync(ctx context.Context, retry bool) error {
-	reply := make(chan error, 1)
-	return ask(ctx, a.sync, syncRequest{retry, reply}, reply)
-}
-
-// ask hands req to the loop through ch and waits for its answer on reply.
-func ask[T any](ctx context.Context, ch chan<- T, req T, reply <-chan error) error {
-	select {
-	case ch <- req:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (a *Agent) checkHealth(ctx context.Context) {
-	a.mu.Lock()
-	m := a.monitor
-	a.mu.Unlock()
-	if m != nil {
-		m.Once(ctx)
-	}
-}
-
-// reloadRequest hands the loop a re-read configuration.
-type reloadRequest struct {
-	cfg      Config
-	verifier Verifier
-	reply    chan error
-}
-
-// Reload applies a re-read agent.conf (systemctl reload mqha-agent) in the
-// loop, between two rounds. What can change without a restart changes; the
-// error names what needs one and keeps its old value.
-func (a *Agent) Reload(ctx context.Context, cfg Config, verifier Verifier) error {
-	reply := make(chan error, 1)
-	return ask(ctx, a.reload, reloadRequest{cfg, verifier, reply}, reply)
-}
-
-// applyConfig takes the settings of cfg that can change while running.
-func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
-	var fixed []string
-	for _, f := range []struct {
-		name     string
-		old, new string
-	}{
-		{"repo", a.cfg.Repo, cfg.Repo}, {"branch", a.cfg.Branch, cfg.Branch}, {"path", a.cfg.Path, cfg.Path},
-		{"node", a.cfg.Node, cfg.Node}, {"state-dir", a.cfg.StateDir, cfg.StateDir}, {"socket", a.cfg.Socket, cfg.Socket},
-		{"listen", a.cfg.Listen, cfg.Listen}, {"token-file", a.cfg.TokenFile, cfg.TokenFile}, {"ca-file", a.cfg.CAFile, cfg.CAFile},
-		{"ssh-key", a.cfg.SSHKey, cfg.SSHKey}, {"known-hosts", a.cfg.KnownHosts, cfg.KnownHosts},
-	} {
-		if f.old != f.new {
-			fixed = append(fixed, f.name)
-		}
-	}
-	a.cfg.Poll, a.cfg.HealthInterval, a.cfg.VerifyTimeout, a.cfg.Settle = cfg.Poll, cfg.HealthInterval, cfg.VerifyTimeout, cfg.Settle
-	a.cfg.FetchTimeout = cfg.FetchTimeout
-	a.cfg.Decommission, a.cfg.DecommissionGrace = cfg.Decommission, cfg.DecommissionGrace
-	a.cfg.AllowRewind, a.cfg.WebhookSecretFile, a.cfg.TrustedKeys = cfg.AllowRewind, cfg.WebhookSecretFile, cfg.TrustedKeys
-	a.d.Verifier = verifier
-	insecure := a.insecurity()
-	a.update(func(s *control.Status) { s.Insecure = insecure })
-	a.log.Info("configuration reloaded", "poll", a.cfg.Poll, "health_interval", a.cfg.HealthInterval,
-		"verify_timeout", a.cfg.VerifyTimeout, "signatures", verifier != nil, "allow_rewind", a.cfg.AllowRewind)
-	if len(fixed) > 0 {
-		return fmt.Errorf("%s changed: restart mqha-agent to apply (kept the running values)", strings.Join(fixed, ", "))
-	}
-	return nil
-}
-
-// insecurity is what lets a commit nobody trusted reach this node: commits
-// unsigned (no trusted-keys) and fetched over a transport that does not
-// authenticate the server (git://, http://; file:// is as trusted as the
-// file system, https and ssh authenticate the server); or an applied
-// commit that the trusted keys no longer vouch for (a key removed).
-func (a *Agent) insecurity() []string {
-	var out []string
-	if u, err := url.Parse(a.cfg.Repo); a.d.Verifier == nil && err == nil && (u.Scheme == "git" || u.Scheme == "http") {
-		out = append(out, fmt.Sprintf("commits are not signed (no trusted-keys) and %s:// does not authenticate the server: whoever can answer for %s can change this node; use https or ssh, and sign commits (trusted-keys)", u.Scheme, u.Host))
-	}
-	if v := a.view; v != nil && v.GuessableBridgeIDs {
-		out = append(out, fmt.Sprintf("no bridge secret (%s): any client certificate can connect under this bridge's client ids and take its sessions on the brokers over; install the same random secret on every bridge node (mqha-agent pki issue writes bridge.secret)", v.Cluster.TLS.BridgeSecret))
-	}
-	if a.d.Verifier != nil && a.applied != "" {
-		if _, err := a.d.Verifier.Verify(a.applied); err != nil {
-			out = append(out, fmt.Sprintf("the applied commit %s is not signed by a trusted key (%v): it keeps running until a trusted commit replaces it", source.Short(a.applied), err))
-		}
-	}
-	return out
 }

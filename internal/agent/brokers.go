@@ -72,7 +72,7 @@ func confirmGone(ctx context.Context, addr string, d time.Duration) bool {
 // when a broker's host goes or comes back. down are the brokers marked down
 // already: a watch started anew (the brokers changed) still says when they
 // come back.
-func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls.Config, down map[string]bool, events chan<- brokerEvent) {
+func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls.Config, down map[string]bool, events func(context.Context, brokerEvent) bool) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for _, b := range cl.WithRole(cluster.Broker) {
@@ -119,9 +119,7 @@ func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls
 				default:
 					continue
 				}
-				select {
-				case events <- brokerEvent{b.Name, gone}:
-				case <-ctx.Done():
+				if !events(ctx, brokerEvent{b.Name, gone}) {
 					return
 				}
 			}
@@ -129,26 +127,66 @@ func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls
 	}
 }
 
-// runBrokerWatch starts, restarts or stops the watch of the brokers' hosts
-// as v says: on load balancers only, anew when the brokers change.
-func (a *Agent) runBrokerWatch(ctx context.Context, v *View) {
+// brokerWatch is a load balancer's watch of the brokers' hosts, and the
+// brokers it marks down in nginx.
+type brokerWatch struct {
+	down map[string]bool // brokers marked down
+	key  string          // what the running watch watches (brokersKey)
+	stop context.CancelFunc
+}
+
+// off stops the watch.
+func (w *brokerWatch) off() {
+	if w.stop != nil {
+		w.stop()
+	}
+	w.stop, w.key = nil, ""
+}
+
+// followBrokers starts, restarts or stops the watch of the brokers' hosts
+// as v says: on load balancers only, anew when the brokers change. A watch
+// started anew still says when the brokers marked down come back.
+func (a *Agent) followBrokers(ctx context.Context, v *View) {
+	w := &a.brokers
 	if !v.Node.Has(cluster.LB) {
-		if a.stopWatch != nil {
-			a.stopWatch()
-			a.stopWatch, a.watchKey = nil, ""
-		}
+		w.off()
 		return
 	}
 	key := brokersKey(v)
-	if a.stopWatch != nil && key == a.watchKey {
+	if w.stop != nil && key == w.key {
 		return
 	}
-	if a.stopWatch != nil {
-		a.stopWatch()
-	}
+	w.off()
 	wctx, cancel := context.WithCancel(ctx)
-	a.stopWatch, a.watchKey = cancel, key
-	go watchBrokers(wctx, v.Cluster, v.Node.Name, v.TLS, maps.Clone(a.downBrokers), a.brokerEvents)
+	w.stop, w.key = cancel, key
+	events := func(ctx context.Context, e brokerEvent) bool {
+		return a.post(ctx, func(ctx context.Context) { a.onBrokerEvent(ctx, e) })
+	}
+	go watchBrokers(wctx, v.Cluster, v.Node.Name, v.TLS, maps.Clone(w.down), events)
+}
+
+// markDown is the brokers marked down after e (nil: no change). Never
+// every broker: with none answering, this load balancer is the one cut
+// off (allGone), and that is the VIP policy's business.
+func markDown(cur map[string]bool, cl *cluster.Cluster, e brokerEvent) (next map[string]bool, allGone bool) {
+	if _, ok := cl.Node(e.name); !ok || cur[e.name] == e.gone {
+		return nil, false
+	}
+	next = maps.Clone(cur)
+	if next == nil {
+		next = map[string]bool{}
+	}
+	if !e.gone {
+		delete(next, e.name)
+		return next, false
+	}
+	next[e.name] = true
+	for _, x := range cl.WithRole(cluster.Broker) {
+		if !next[x.Name] {
+			return next, false
+		}
+	}
+	return nil, true
 }
 
 // onBrokerEvent updates the brokers this load balancer marks down and
@@ -159,32 +197,20 @@ func (a *Agent) onBrokerEvent(ctx context.Context, e brokerEvent) {
 	if v == nil || !v.Node.Has(cluster.LB) {
 		return
 	}
-	b, ok := v.Cluster.Node(e.name)
-	if !ok || a.downBrokers[e.name] == e.gone {
+	down, allGone := markDown(a.brokers.down, v.Cluster, e)
+	b, _ := v.Cluster.Node(e.name)
+	switch {
+	case allGone:
+		a.log.Warn("no broker's host answers this load balancer: marking none down (this node is the one cut off?)", "broker", e.name)
 		return
-	}
-	down := maps.Clone(a.downBrokers)
-	if down == nil {
-		down = map[string]bool{}
-	}
-	if e.gone {
-		down[e.name] = true
-		live := 0
-		for _, x := range v.Cluster.WithRole(cluster.Broker) {
-			if !down[x.Name] {
-				live++
-			}
-		}
-		if live == 0 {
-			a.log.Warn("no broker's host answers this load balancer: marking none down (this node is the one cut off?)", "broker", e.name)
-			return
-		}
+	case down == nil:
+		return
+	case e.gone:
 		a.log.Warn("a broker's host does not answer: marking it down and moving its clients", "broker", e.name, "address", b.Address)
-	} else {
-		delete(down, e.name)
+	default:
 		a.log.Info("a broker's host answers again: sending clients to it again", "broker", e.name)
 	}
-	prev := a.downBrokers
+	prev := a.brokers.down
 	closed := false
 	closeConns := func() {
 		if !e.gone || closed {
@@ -197,7 +223,7 @@ func (a *Agent) onBrokerEvent(ctx context.Context, e brokerEvent) {
 			a.log.Error("close the connections to a broker whose host is gone", "broker", e.name, "err", err)
 		}
 	}
-	err := a.runtimeChange(ctx, "brokers down "+names(down), func() { a.downBrokers = down }, func() { a.downBrokers = prev }, closeConns)
+	err := a.runtimeChange(ctx, "brokers down "+names(down), func() { a.brokers.down = down }, func() { a.brokers.down = prev }, closeConns)
 	if err != nil {
 		a.log.Error("mark a broker down in nginx", "broker", e.name, "err", err)
 	}

@@ -3,7 +3,6 @@ package agent
 import (
 	"bufio"
 	"bytes"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -14,10 +13,6 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/control"
-
-	"github.com/go-git/go-git/v5/plumbing/transport"
-	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
-	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
 )
 
 // Config is /etc/mqha/agent.conf: "key = value" lines, # comments.
@@ -64,57 +59,107 @@ func defaultConfig() Config {
 		Decommission: true, DecommissionGrace: time.Minute}
 }
 
+// applies says when a changed key takes effect.
+type applies bool
+
+const (
+	onReload  applies = true  // systemctl reload mqha-agent
+	onRestart applies = false // systemctl restart mqha-agent
+)
+
+// key is one key of agent.conf: how it is parsed into its field, and
+// whether a reload applies it.
 type key struct {
-	name string
-	set  func(c *Config, v string) error
+	name    string
+	when    applies
+	set     func(c *Config, v string) error
+	differs func(a, b *Config) bool
+	take    func(dst, src *Config)
 }
 
-// keys is every key of agent.conf and how it sets its field: the one list
-// the parser, its error messages and the documentation tests read.
+func field[T comparable](name string, when applies, ptr func(*Config) *T, parse func(string) (T, error)) key {
+	return key{name: name, when: when,
+		set: func(c *Config, v string) error {
+			x, err := parse(v)
+			if err == nil {
+				*ptr(c) = x
+			}
+			return err
+		},
+		differs: func(a, b *Config) bool { return *ptr(a) != *ptr(b) },
+		take:    func(dst, src *Config) { *ptr(dst) = *ptr(src) }}
+}
+
+// keys is every key of agent.conf: the one table the parser, its errors,
+// the reload, the man page and the example configuration follow (their
+// tests read it).
 var keys = []key{
-	{"repo", str(func(c *Config) *string { return &c.Repo })},
-	{"branch", str(func(c *Config) *string { return &c.Branch })},
-	{"path", str(func(c *Config) *string { return &c.Path })},
-	{"node", str(func(c *Config) *string { return &c.Node })},
-	{"poll", dur(func(c *Config) *time.Duration { return &c.Poll }, time.Second)},
-	{"fetch-timeout", dur(func(c *Config) *time.Duration { return &c.FetchTimeout }, time.Second)},
-	{"max-definition-size", func(c *Config, v string) (err error) { c.MaxDefinitionSize, err = size(v); return err }},
-	{"load-timeout", dur(func(c *Config) *time.Duration { return &c.LoadTimeout }, time.Second)},
-	{"load-memory", func(c *Config, v string) (err error) { c.LoadMemory, err = size(v); return err }},
-	{"settle", dur(func(c *Config) *time.Duration { return &c.Settle }, 0)},
-	{"state-dir", str(func(c *Config) *string { return &c.StateDir })},
-	{"token-file", str(func(c *Config) *string { return &c.TokenFile })},
-	{"ca-file", str(func(c *Config) *string { return &c.CAFile })},
-	{"ssh-key", str(func(c *Config) *string { return &c.SSHKey })},
-	{"known-hosts", str(func(c *Config) *string { return &c.KnownHosts })},
-	{"health-interval", dur(func(c *Config) *time.Duration { return &c.HealthInterval }, 500*time.Millisecond)},
-	{"verify-timeout", dur(func(c *Config) *time.Duration { return &c.VerifyTimeout }, time.Second)},
-	{"trusted-keys", str(func(c *Config) *string { return &c.TrustedKeys })},
-	{"allow-rewind", boolean(func(c *Config) *bool { return &c.AllowRewind })},
-	{"socket", str(func(c *Config) *string { return &c.Socket })},
-	{"listen", str(func(c *Config) *string { return &c.Listen })},
-	{"webhook-secret-file", str(func(c *Config) *string { return &c.WebhookSecretFile })},
-	{"decommission", boolean(func(c *Config) *bool { return &c.Decommission })},
-	{"decommission-grace", dur(func(c *Config) *time.Duration { return &c.DecommissionGrace }, 0)},
+	field("repo", onRestart, func(c *Config) *string { return &c.Repo }, text),
+	field("branch", onRestart, func(c *Config) *string { return &c.Branch }, text),
+	field("path", onRestart, func(c *Config) *string { return &c.Path }, text),
+	field("node", onRestart, func(c *Config) *string { return &c.Node }, text),
+	field("poll", onReload, func(c *Config) *time.Duration { return &c.Poll }, atLeast(time.Second)),
+	field("fetch-timeout", onReload, func(c *Config) *time.Duration { return &c.FetchTimeout }, atLeast(time.Second)),
+	field("max-definition-size", onReload, func(c *Config) *int64 { return &c.MaxDefinitionSize }, size),
+	field("load-timeout", onReload, func(c *Config) *time.Duration { return &c.LoadTimeout }, atLeast(time.Second)),
+	field("load-memory", onReload, func(c *Config) *int64 { return &c.LoadMemory }, size),
+	field("settle", onReload, func(c *Config) *time.Duration { return &c.Settle }, atLeast(0)),
+	field("state-dir", onRestart, func(c *Config) *string { return &c.StateDir }, text),
+	field("token-file", onRestart, func(c *Config) *string { return &c.TokenFile }, text),
+	field("ca-file", onRestart, func(c *Config) *string { return &c.CAFile }, text),
+	field("ssh-key", onRestart, func(c *Config) *string { return &c.SSHKey }, text),
+	field("known-hosts", onRestart, func(c *Config) *string { return &c.KnownHosts }, text),
+	field("health-interval", onReload, func(c *Config) *time.Duration { return &c.HealthInterval }, atLeast(500*time.Millisecond)),
+	field("verify-timeout", onReload, func(c *Config) *time.Duration { return &c.VerifyTimeout }, atLeast(time.Second)),
+	field("trusted-keys", onReload, func(c *Config) *string { return &c.TrustedKeys }, text),
+	field("allow-rewind", onReload, func(c *Config) *bool { return &c.AllowRewind }, boolean),
+	field("socket", onRestart, func(c *Config) *string { return &c.Socket }, text),
+	field("listen", onRestart, func(c *Config) *string { return &c.Listen }, text),
+	field("webhook-secret-file", onReload, func(c *Config) *string { return &c.WebhookSecretFile }, text),
+	field("decommission", onReload, func(c *Config) *bool { return &c.Decommission }, boolean),
+	field("decommission-grace", onReload, func(c *Config) *time.Duration { return &c.DecommissionGrace }, atLeast(0)),
 }
 
-func str(field func(*Config) *string) func(*Config, string) error {
-	return func(c *Config, v string) error { *field(c) = v; return nil }
-}
+func text(v string) (string, error) { return v, nil }
 
-func boolean(field func(*Config) *bool) func(*Config, string) error {
-	return func(c *Config, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("%q: want true or false", v)
-		}
-		*field(c) = b
-		return nil
+func boolean(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%q: want true or false", v)
 	}
+	return b, nil
 }
 
-func dur(field func(*Config) *time.Duration, min time.Duration) func(*Config, string) error {
-	return func(c *Config, v string) (err error) { *field(c), err = duration(v, min); return err }
+func atLeast(min time.Duration) func(string) (time.Duration, error) {
+	return func(v string) (time.Duration, error) { return duration(v, min) }
+}
+
+// reloadKeys copies into cur the keys of next that a reload applies and
+// that changed; it names those, and the changed ones that need a restart
+// (kept at their running value).
+func reloadKeys(cur, next *Config) (took, restart []string) {
+	for _, k := range keys {
+		switch {
+		case !k.differs(cur, next):
+		case k.when == onReload:
+			k.take(cur, next)
+			took = append(took, k.name)
+		default:
+			restart = append(restart, k.name)
+		}
+	}
+	return took, restart
+}
+
+// ReloadKeys are the keys a reload applies; the others need a restart.
+func ReloadKeys() []string {
+	var out []string
+	for _, k := range keys {
+		if k.when == onReload {
+			out = append(out, k.name)
+		}
+	}
+	return out
 }
 
 // Keys are the names agent.conf accepts.
@@ -216,54 +261,6 @@ func duration(v string, min time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("%s is below the minimum %s", d, min)
 	}
 	return d, nil
-}
-
-// Auth builds the transport credentials the configuration names.
-func (c Config) Auth() (transport.AuthMethod, error) {
-	switch {
-	case c.TokenFile != "":
-		tok, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("token-file: %w", err)
-		}
-		return &githttp.BasicAuth{Username: "mqha", Password: strings.TrimSpace(string(tok))}, nil
-	case c.SSHKey != "":
-		u, _ := url.Parse(c.Repo)
-		user := "git"
-		if u.User != nil {
-			user = u.User.Username()
-		}
-		keys, err := gitssh.NewPublicKeysFromFile(user, c.SSHKey, "")
-		if err != nil {
-			return nil, fmt.Errorf("ssh-key: %w", err)
-		}
-		if c.KnownHosts == "" {
-			return nil, fmt.Errorf("ssh-key needs known-hosts: the server's key must be checked")
-		}
-		cb, err := gitssh.NewKnownHostsCallback(c.KnownHosts)
-		if err != nil {
-			return nil, fmt.Errorf("known-hosts: %w", err)
-		}
-		keys.HostKeyCallback = cb
-		return keys, nil
-	}
-	return nil, nil
-}
-
-// CABundle reads ca-file: the certificates that may sign the git server's
-// (an internal CA), trusted besides the system's. nil when none is set.
-func (c Config) CABundle() ([]byte, error) {
-	if c.CAFile == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("ca-file: %w", err)
-	}
-	if !x509.NewCertPool().AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("ca-file %s holds no PEM certificate", c.CAFile)
-	}
-	return b, nil
 }
 
 // NodeName is the node this agent runs: configured, else the host name up

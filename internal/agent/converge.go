@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/mqha/mqha/internal/apply"
@@ -85,7 +86,7 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 		Slot: rolloutSlot, Patience: rolloutPatience}
 	defer gate.Done()
 	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verifyUnits(ctx, v, p, false) },
-		Timing: a.timing, Settle: a.cfg.Settle})
+		Timing: a.facts.Stage, Settle: a.cfg.Settle})
 	if p != nil && !p.Empty() {
 		for _, ch := range p.Changes {
 			a.log.Info("diff", "path", ch.File.Path, "diff", ch.Diff)
@@ -96,11 +97,25 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 	}
 	if v != a.view {
 		old := a.view
-		a.applyDone(v)
+		a.applied(v)
 		a.rebuild(ctx, v)
 		a.closeRemovedBrokers(ctx, old, v)
 	}
 	return nil
+}
+
+// applied records v as the applied commit: a node listed again is back in
+// the cluster (this apply started its units).
+func (a *Agent) applied(v *View) {
+	if a.facts.Decommission() != nil {
+		a.log.Info("this node is in the cluster definition again", "commit", source.Short(v.Commit))
+		a.facts.SetDecommission(nil)
+	}
+	a.facts.SetApplied(v.Commit, v.Subject)
+	a.view = v
+	a.log.Info("converged", "commit", source.Short(v.Commit), "subject", v.Subject)
+	a.facts.SetInsecure(a.insecurity())
+	a.facts.SetRoles(v.Node.RoleList())
 }
 
 // verifyUnits runs the health checks of the daemons a plan touched until
@@ -123,28 +138,22 @@ func (a *Agent) verifyUnits(ctx context.Context, v *View, p *plan.Plan, daemonsO
 }
 
 // rebuild points the health monitor, the unit watcher, the drift watcher,
-// the status and the brokers watch at what v says.
+// the status publisher, the bridge role and the brokers watch at v.
 func (a *Agent) rebuild(ctx context.Context, v *View) {
 	// The definition's bound on systemd calls and unit jobs.
 	if t, ok := a.d.Systemd.(interface{ SetTimeout(time.Duration) }); ok {
 		t.SetTimeout(time.Duration(v.Cluster.Timeouts.Unit) * time.Second)
 	}
 	a.rebuildMonitor(v)
-	t := statusTargetOf(v)
-	a.mu.Lock()
-	a.statusTo = t
-	a.electsBridge = daemon.ElectsBridge(v.Cluster, v.Node)
-	a.mu.Unlock()
-	a.runBrokerWatch(ctx, v)
+	a.publish.set(statusTargetOf(v))
+	a.bridge.set(daemon.ElectsBridge(v.Cluster, v.Node))
+	a.followBrokers(ctx, v)
 	a.watchDrift(ctx, v)
 }
 
 // watchDrift points the drift watcher at v's files.
 func (a *Agent) watchDrift(ctx context.Context, v *View) {
-	if a.stopDrift != nil {
-		a.stopDrift()
-		a.stopDrift, a.drift = nil, nil
-	}
+	a.drift.off()
 	if a.d.WatchFiles == nil {
 		return
 	}
@@ -159,15 +168,61 @@ func (a *Agent) watchDrift(ctx context.Context, v *View) {
 		cancel()
 		return
 	}
-	a.drift, a.stopDrift = ch, cancel
+	a.drift = driftWatch{ch, cancel}
+}
+
+// driftWatch reports hand edits of the applied files (nil ch: none).
+type driftWatch struct {
+	ch   <-chan string
+	stop context.CancelFunc
+}
+
+func (w *driftWatch) off() {
+	if w.stop != nil {
+		w.stop()
+	}
+	*w = driftWatch{}
 }
 
 // rebuildMonitor points the health monitor and the unit watcher at v.
 func (a *Agent) rebuildMonitor(v *View) {
-	m := &health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult,
-		NoRepair: a.suspended != nil && a.suspended.NoRepair}
-	a.mu.Lock()
-	a.monitor = m
-	a.units = v.Output.Units
-	a.mu.Unlock()
+	s := a.facts.Suspended()
+	a.daemons.set(&health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult,
+		NoRepair: s != nil && s.NoRepair}, v.Output.Units)
+}
+
+// daemons are the health monitor of the applied commit and the units it
+// runs: the loop sets them, the control socket and the unit watcher read.
+type daemons struct {
+	mu      sync.Mutex
+	monitor *health.Monitor
+	units   []string
+}
+
+func (d *daemons) set(m *health.Monitor, units []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.monitor, d.units = m, units
+}
+
+func (d *daemons) get() *health.Monitor {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.monitor
+}
+
+// runs is the set of units this node runs under the applied commit.
+func (d *daemons) runs() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.units
+}
+
+// noRepair turns repairs off (suspend --no-repair) or on.
+func (d *daemons) noRepair(on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.monitor != nil {
+		d.monitor.NoRepair = on
+	}
 }

@@ -2,13 +2,10 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,61 +37,6 @@ import (
 // node.
 var errNotInDefinition = errors.New("is not in the cluster definition")
 
-func (a *Agent) decommissionPath() string { return filepath.Join(a.cfg.StateDir, "decommission") }
-
-// setDecommission records d (nil: a member) in the state file, the status
-// and the metric together.
-func (a *Agent) setDecommission(d *control.Decommission) {
-	if d == nil {
-		if err := os.Remove(a.decommissionPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-			a.log.Error("remove decommission state", "err", err)
-		}
-	} else {
-		b, _ := json.Marshal(d)
-		a.writeState("decommission", string(b))
-	}
-	a.decom = d
-	a.m.decommission.Set(decomLevel(d))
-	a.update(func(s *control.Status) {
-		s.Decommission = d
-		if d != nil && !d.Done.IsZero() {
-			s.Checks, s.Roles = nil, "none (decommissioned)"
-		}
-	})
-}
-
-// decomLevel is the mqha_decommission value of d: 0 a member, 1 draining,
-// 2 decommissioned.
-func decomLevel(d *control.Decommission) float64 {
-	switch {
-	case d == nil:
-		return 0
-	case d.Done.IsZero():
-		return 1
-	}
-	return 2
-}
-
-// restoreDecommission reads what an earlier run recorded.
-func (a *Agent) restoreDecommission() {
-	b, err := os.ReadFile(a.decommissionPath())
-	if err != nil {
-		return
-	}
-	var d control.Decommission
-	if err := json.Unmarshal(b, &d); err != nil || d.Commit == "" {
-		// Unreadable: treated as a member; the next commit decides again.
-		a.log.Error("unreadable decommission state; ignored", "file", a.decommissionPath(), "err", err)
-		return
-	}
-	a.decom = &d
-	a.m.decommission.Set(decomLevel(&d))
-	a.st.Decommission = &d
-	if !d.Done.IsZero() {
-		a.st.Roles = "none (decommissioned)"
-	}
-}
-
 // startDecommission handles commit def, which does not list this node
 // (notIn says so): the commit is recorded as applied and the node drains,
 // unless agent.conf opts out (then it is refused, as notIn).
@@ -102,14 +44,15 @@ func (a *Agent) startDecommission(ctx context.Context, def *evaluated, notIn err
 	if !a.cfg.Decommission {
 		return fmt.Errorf("%w; decommission = false in agent.conf: it keeps serving its last configuration", notIn)
 	}
-	if a.applied == "" && a.decom == nil {
+	old := a.facts.Decommission()
+	if a.facts.Applied() == "" && old == nil {
 		// Never a member: a node installed before its commit, not one
 		// taken out. Nothing of it is touched.
 		return fmt.Errorf("%w: add it to the definition to make it part of the cluster; nothing was changed on this node", notIn)
 	}
 	d := &control.Decommission{Commit: def.hash, Subject: def.subject, Since: a.d.Now(),
 		State: "draining: waiting for the others to apply the commit and let go of this node"}
-	if old := a.decom; old != nil {
+	if old != nil {
 		// A later commit that still leaves it out: the same way out.
 		d.Since, d.Done, d.Stopped, d.State = old.Since, old.Done, old.Stopped, old.State
 	} else {
@@ -117,21 +60,21 @@ func (a *Agent) startDecommission(ctx context.Context, def *evaluated, notIn err
 			"grace", a.cfg.DecommissionGrace)
 	}
 	a.decomCluster = def.cluster
-	a.recordApplied(def.hash, def.subject)
-	a.setDecommission(d)
+	a.facts.SetApplied(def.hash, def.subject)
+	a.facts.SetDecommission(d)
 	return a.stepDecommission(ctx)
 }
 
 // stepDecommission, every health round while draining: the units stop once
 // no other host is connected, or after decommission-grace.
 func (a *Agent) stepDecommission(ctx context.Context) error {
-	d := a.decom
+	d := a.facts.Decommission()
 	if d == nil || !d.Done.IsZero() {
 		return nil
 	}
 	cl := a.decomCluster
 	if cl == nil {
-		def, err := evaluateCommit(a.d, a.cfg.Path, d.Commit)
+		def, err := evaluateCommit(ctx, a.d, a.cfg, d.Commit)
 		if err != nil {
 			a.decomState(d, fmt.Sprintf("draining: cannot read commit %s for the cluster's ports: %v", source.Short(d.Commit), err))
 			return err
@@ -180,7 +123,7 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 	done.Done, done.Stopped = a.d.Now(), stopped
 	done.State = fmt.Sprintf("decommissioned by commit %s: %s; stopped and disabled: %s", source.Short(d.Commit), why, orNone(stopped))
 	a.log.Warn("decommissioned: this node's units are stopped and disabled", "commit", source.Short(d.Commit), "why", why, "stopped", stopped)
-	a.setDecommission(&done)
+	a.facts.SetDecommission(&done)
 	return nil
 }
 
@@ -189,7 +132,7 @@ func (a *Agent) decomState(d *control.Decommission, state string) {
 	if d.State != state {
 		next := *d
 		next.State = state
-		a.setDecommission(&next)
+		a.facts.SetDecommission(&next)
 	}
 }
 

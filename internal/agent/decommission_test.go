@@ -52,11 +52,9 @@ func TestDecommission(t *testing.T) {
 				return tt.peers[min(round, len(tt.peers)-1)], nil
 			}
 			h.src.head = "c1"
-			h.tick(t, false)
+			h.poll()
 			h.src.head = "c2"
-			if err := h.tick(t, false); err != nil {
-				t.Fatal(err)
-			}
+			h.poll()
 			s := h.a.Status()
 			if s.Applied != "c2" || s.Refused != "" || s.Decommission == nil || !s.Decommission.Done.IsZero() {
 				t.Fatalf("after the removing commit: %+v %+v", s, s.Decommission)
@@ -64,15 +62,15 @@ func TestDecommission(t *testing.T) {
 			if p := s.Problems(h.clock.t); len(p) == 0 || !strings.Contains(p[0], "decommissioning: draining") {
 				t.Errorf("draining is not a problem of status: %q", p)
 			}
-			for i := 1; i < tt.rounds-1; i++ { // the first count was the removing commit's tick
+			for i := 1; i < tt.rounds-1; i++ { // the first count was the removing commit's poll
 				h.clock.advance(3 * time.Second)
-				h.a.stepDecommission(context.Background())
+				h.round()
 				if len(stopped) > 0 {
 					t.Fatalf("units stopped at round %d, want %d", i, tt.rounds)
 				}
 			}
 			h.clock.advance(3 * time.Second)
-			h.a.stepDecommission(context.Background())
+			h.round()
 			s = h.a.Status()
 			d := s.Decommission
 			if len(stopped) != 1 || d == nil || d.Done.IsZero() || !strings.Contains(d.State, tt.why) || d.Stopped[0] != "mosquitto.service" {
@@ -82,20 +80,22 @@ func TestDecommission(t *testing.T) {
 				t.Errorf("a decommissioned node is what its commit says: problems %q, roles %q", s.Problems(h.clock.t), s.Roles)
 			}
 			// Nothing left to check or repair, no drift to revert.
-			if len(h.a.monitor.Checks) != 0 || h.a.enforce(context.Background()) != nil || len(stopped) != 1 {
-				t.Errorf("monitor checks %d after decommission", len(h.a.monitor.Checks))
+			var enforced error
+			h.onLoop(func() { enforced = h.a.enforce(h.ctx) })
+			if m := h.a.daemons.get(); len(m.Checks) != 0 || enforced != nil || len(stopped) != 1 {
+				t.Errorf("monitor checks %d after decommission", len(m.Checks))
 			}
 
 			// A restart stays decommissioned.
 			h2 := newHarness(t, "broker9", dir, map[string]string{"c1": broker9, "c2": "", "c3": broker9})
 			h2.src.head = "c2"
-			h2.tick(t, false)
+			h2.poll()
 			if d := h2.a.Status().Decommission; d == nil || d.Done.IsZero() || len(h2.conv.calls) != 0 {
 				t.Fatalf("after a restart: %+v, converged %v", d, h2.conv.calls)
 			}
 			// Listed again: converged back, a member.
 			h2.src.head = "c3"
-			if err := h2.tick(t, false); err != nil {
+			if err := h2.sync(false); err != nil {
 				t.Fatal(err)
 			}
 			if s := h2.a.Status(); s.Applied != "c3" || s.Decommission != nil || s.Roles != "broker" {
@@ -113,7 +113,7 @@ func TestDecommission(t *testing.T) {
 func TestNeverAMemberIsLeftAlone(t *testing.T) {
 	h := newHarness(t, "broker9", "", map[string]string{"c1": ""})
 	h.src.head = "c1"
-	h.tick(t, false)
+	h.poll()
 	s := h.a.Status()
 	if s.Refused != "c1" || !strings.Contains(s.RefusedReason, "add it to the definition") || s.Decommission != nil || len(h.conv.calls) != 0 {
 		t.Fatalf("a spare node: %+v, converged %v", s, h.conv.calls)

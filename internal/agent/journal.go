@@ -3,13 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
+	"iter"
 	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/mqha/mqha/internal/control"
 )
 
 // mosquitto 2.0 has no counter of the messages it drops when a session's
@@ -28,26 +27,48 @@ var forgedLine = regexp.MustCompile(`unicast source address (\S+) not a unicast 
 
 // countForged counts the forged adverts among keepalived's log lines.
 func (a *Agent) countForged(lines []string) {
+	for src, n := range count(lines, func(l string) (string, bool) {
+		m := forgedLine.FindStringSubmatch(l)
+		if m == nil {
+			return "", false
+		}
+		return m[1], true
+	}) {
+		a.log.Warn("keepalived dropped VRRP adverts from a host that is not a load balancer of the cluster", "source", src, "adverts", n)
+		a.facts.Forged(src, n)
+	}
+}
+
+// countDrops counts the drop episodes among mosquitto's log lines.
+func (a *Agent) countDrops(lines []string) {
+	for client, n := range count(lines, func(l string) (string, bool) {
+		_, client, ok := strings.Cut(l, dropLine)
+		return strings.TrimSuffix(strings.TrimSpace(client), "."), ok
+	}) {
+		a.log.Warn("mosquitto is dropping messages for a client: its queue is full (mqtt.maxQueuedMessages/maxQueuedBytes)", "client", client, "episodes", n)
+		a.facts.Dropped(client, n)
+	}
+}
+
+// count counts the lines match picks, by the key it names, in the order
+// of each key's first line.
+func count(lines []string, match func(string) (string, bool)) iter.Seq2[string, int] {
 	per := map[string]int{}
+	var order []string
 	for _, l := range lines {
-		if m := forgedLine.FindStringSubmatch(l); m != nil {
-			per[m[1]]++
+		if k, ok := match(l); ok {
+			if per[k] == 0 {
+				order = append(order, k)
+			}
+			per[k]++
 		}
 	}
-	now := a.d.Now()
-	for src, n := range per {
-		a.m.forged.WithLabelValues(src).Add(float64(n))
-		a.log.Warn("keepalived dropped VRRP adverts from a host that is not a load balancer of the cluster", "source", src, "adverts", n)
-		a.update(func(s *control.Status) {
-			for i := range s.ForgedAdverts {
-				if s.ForgedAdverts[i].Source == src {
-					s.ForgedAdverts[i].Adverts += n
-					s.ForgedAdverts[i].Last = now
-					return
-				}
+	return func(yield func(string, int) bool) {
+		for _, k := range order {
+			if !yield(k, per[k]) {
+				return
 			}
-			s.ForgedAdverts = append(s.ForgedAdverts, control.Forged{Source: src, Adverts: n, Last: now})
-		})
+		}
 	}
 }
 
@@ -62,7 +83,7 @@ func (a *Agent) followJournal(ctx context.Context, unit, what string, handle fun
 	cursor, failing := "", false
 	for {
 		// A node without the daemon has nothing to read.
-		if slices.Contains(a.runs(), unit) {
+		if slices.Contains(a.daemons.runs(), unit) {
 			lines, next, err := a.d.Journal(ctx, unit, cursor)
 			switch {
 			case err != nil && !failing:
@@ -83,30 +104,6 @@ func (a *Agent) followJournal(ctx context.Context, unit, what string, handle fun
 			return
 		case <-time.After(journalPoll):
 		}
-	}
-}
-
-// countDrops counts the drop episodes among log lines.
-func (a *Agent) countDrops(lines []string) {
-	for _, l := range lines {
-		_, client, ok := strings.Cut(l, dropLine)
-		if !ok {
-			continue
-		}
-		client = strings.TrimSuffix(strings.TrimSpace(client), ".")
-		a.m.drops.WithLabelValues(client).Inc()
-		a.log.Warn("mosquitto is dropping messages for a client: its queue is full (mqtt.maxQueuedMessages/maxQueuedBytes)", "client", client)
-		now := a.d.Now()
-		a.update(func(s *control.Status) {
-			for i := range s.Drops {
-				if s.Drops[i].Client == client {
-					s.Drops[i].Episodes++
-					s.Drops[i].Last = now
-					return
-				}
-			}
-			s.Drops = append(s.Drops, control.Drop{Client: client, Episodes: 1, Last: now})
-		})
 	}
 }
 

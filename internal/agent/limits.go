@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
 )
@@ -78,10 +77,7 @@ func (a *Agent) checkWarnings(ctx context.Context) {
 			warns = append(warns, fmt.Sprintf("the %s certificate %s expires in %d days (%s): renew it (mqha-agent pki)", c.Name, c.File, int(left.Hours()/24), c.NotAfter.Format("2006-01-02")))
 		}
 	}
-	if a.stateWarning != "" {
-		warns = append(warns, a.stateWarning)
-	}
-	a.update(func(s *control.Status) { s.Warnings, s.Certificates = warns, v.Certs })
+	a.facts.SetWarnings(warns, v.Certs)
 }
 
 // certWarning is how long before a certificate expires status warns.

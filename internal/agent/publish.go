@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -46,9 +47,28 @@ func statusTargetOf(v *View) statusTarget {
 	return t
 }
 
-// publishStatus runs until ctx ends: it keeps a connection to every broker
+// publisher holds where the status goes: the loop sets it as commits
+// apply, PublishStatus reads it.
+type publisher struct {
+	mu     sync.Mutex
+	target statusTarget
+}
+
+func (p *publisher) set(t statusTarget) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = t
+}
+
+func (p *publisher) get() statusTarget {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.target
+}
+
+// PublishStatus runs until ctx ends: it keeps a connection to every broker
 // of the applied commit and publishes the status every publishEvery.
-func (a *Agent) publishStatus(ctx context.Context) {
+func (a *Agent) PublishStatus(ctx context.Context) {
 	tick := time.NewTicker(publishEvery)
 	defer tick.Stop()
 	var (
@@ -66,9 +86,7 @@ func (a *Agent) publishStatus(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		a.mu.Lock()
-		t := a.statusTo
-		a.mu.Unlock()
+		t := a.publish.get()
 		if t.v == nil {
 			continue
 		}

@@ -4,44 +4,85 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/mqha/mqha/internal/atomicfile"
-	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/source"
 )
+
+// The pull policy: one pull at a time, off the loop (the network part);
+// the loop settles what it found. While the remote is unreachable, pulls
+// back off from the poll interval to maxBackoff and the applied commit
+// stays enforced; a refused commit is not tried again until the branch
+// moves (or the agent restarts, or sync --retry: what refused it may have
+// been fixed on the node).
 
 // maxBackoff caps the wait between checks of an unreachable repository.
 const maxBackoff = time.Minute
 
-// tick looks for a new commit and converges on it, or keeps enforcing the
-// applied one. force skips the fetch back-off (a push trigger, sync). It is
-// pull and settle in one call; the running agent does pull off its loop.
-//
-// The pull policy: while the remote is unreachable, checks back off from
-// the poll interval to maxBackoff and the applied commit stays enforced; a
-// refused commit is not retried until the branch moves (or the agent
-// restarts: what refused it may have been fixed on the node).
-func (a *Agent) tick(ctx context.Context, force bool) error {
-	if !force && a.d.Now().Before(a.nextTry) {
-		return a.enforce(ctx)
+// puller is the pull state the loop keeps.
+type puller struct {
+	underWay bool           // a pull runs
+	again    bool           // and another is wanted right after it
+	waiting  []chan<- error // sync requests waiting for the pull under way
+	after    []chan<- error // and for the one after it
+	backoff  time.Duration
+	nextTry  time.Time
+}
+
+// wait makes reply wait for a pull that starts after now: the one under
+// way may predate the push that made someone ask.
+func (p *puller) wait(reply chan<- error) {
+	if p.underWay {
+		p.after = append(p.after, reply)
+		p.again = true
+		return
 	}
-	return a.settle(ctx, a.pull(ctx, a.pullFrom()))
+	p.waiting = append(p.waiting, reply)
 }
 
-// pullFrom is what a pull needs to know of the loop's state.
+// start reports whether a pull starts now: not while one runs (a forced
+// one is queued after it), nor within the back-off unless forced.
+func (p *puller) start(force bool, now time.Time) bool {
+	if p.underWay {
+		p.again = p.again || force
+		return false
+	}
+	if !force && now.Before(p.nextTry) {
+		return false
+	}
+	p.underWay = true
+	return true
+}
+
+// done ends the pull under way: it returns who waits for its outcome and
+// whether another was wanted meanwhile.
+func (p *puller) done() (waiting []chan<- error, again bool) {
+	waiting, again = p.waiting, p.again
+	p.underWay, p.again, p.waiting, p.after = false, false, p.after, nil
+	return waiting, again
+}
+
+// reached records whether the remote answered: a failure backs off (twice
+// the last wait, at least poll, at most maxBackoff), an answer ends it.
+func (p *puller) reached(err error, now time.Time, poll time.Duration) {
+	if err == nil {
+		p.backoff, p.nextTry = 0, time.Time{}
+		return
+	}
+	p.backoff = min(max(2*p.backoff, poll), maxBackoff)
+	p.nextTry = now.Add(p.backoff)
+}
+
+// pullState is what a pull reads of the loop, copied at its start (a
+// reload may change the configuration or the verifier meanwhile).
 type pullState struct {
-	applied, refused string
-	allowRewind      bool
-	timeout          time.Duration
-	deps             Deps // as of the pull's start (a reload may change the verifier)
-	path, stateDir   string
-}
-
-func (a *Agent) pullFrom() pullState {
-	return pullState{a.applied, a.refused, a.cfg.AllowRewind, a.cfg.FetchTimeout, a.d, a.cfg.Path, a.cfg.StateDir}
+	applied, refused string // refused: the commit held until the branch moves
+	cfg              Config
+	deps             Deps
 }
 
 // pulled is what one look at the remote found, its network work done.
@@ -54,36 +95,66 @@ type pulled struct {
 	eval   time.Duration // reading and evaluating it
 }
 
-// pull does the network part of a tick: ls-remote, and for a new head the
-// fetch and the ancestry check, each with its own deadline (fetch-timeout),
-// so a git server that accepts and never answers costs one deadline, never
-// the loop. It reads only what st says and may run off the loop.
-func (a *Agent) pull(ctx context.Context, st pullState) pulled {
+// startPull pulls off the loop, unless one runs (then a forced one follows
+// it) or the back-off holds (then the applied commit is enforced).
+func (a *Agent) startPull(ctx context.Context, force bool) {
+	if !a.pulls.start(force, a.d.Now()) {
+		if !a.pulls.underWay {
+			a.enforce(ctx)
+		}
+		return
+	}
+	st := pullState{a.facts.Applied(), "", a.cfg, a.d}
+	if f := a.facts.get(); f.holdRefused {
+		st.refused = f.refused
+	}
+	go func() {
+		r := pull(ctx, st, a.log)
+		a.post(ctx, func(ctx context.Context) { a.pullDone(ctx, r) })
+	}()
+}
+
+// pullDone settles a pull in the loop and answers whoever waits for it.
+func (a *Agent) pullDone(ctx context.Context, r pulled) {
+	waiting, again := a.pulls.done()
+	err := a.settle(ctx, r)
+	for _, w := range waiting {
+		w <- err
+	}
+	if again {
+		a.startPull(ctx, true)
+	}
+}
+
+// pull does the network part: ls-remote, and for a new head the fetch and
+// the ancestry check, each with its own deadline (fetch-timeout), so a git
+// server that accepts and never answers costs one deadline, never the
+// loop; then the signature, and the bounded read and evaluation.
+func pull(ctx context.Context, st pullState, log *slog.Logger) pulled {
 	mark := time.Now()
+	timeout := st.cfg.FetchTimeout
 	bounded := func(f func(context.Context) error) error {
-		ctx, cancel := context.WithTimeout(ctx, st.timeout)
+		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		err := f(ctx)
 		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			err = fmt.Errorf("%w (no answer within fetch-timeout %s)", err, st.timeout)
+			err = fmt.Errorf("%w (no answer within fetch-timeout %s)", err, timeout)
 		}
 		return err
 	}
+	src := st.deps.Source
 	var head string
-	err := bounded(func(ctx context.Context) (err error) { head, err = st.deps.Source.Head(ctx); return err })
+	err := bounded(func(ctx context.Context) (err error) { head, err = src.Head(ctx); return err })
 	if err != nil || head == st.applied || head == st.refused {
 		return pulled{err: err}
 	}
 	r := pulled{target: head}
-	if r.terr = bounded(func(ctx context.Context) error { return st.deps.Source.Fetch(ctx, head) }); r.terr != nil {
+	if r.terr = bounded(func(ctx context.Context) error { return src.Fetch(ctx, head) }); r.terr != nil {
 		return r
 	}
-	if st.applied != "" && !st.allowRewind {
+	if st.applied != "" && !st.cfg.AllowRewind {
 		var ok bool
-		r.terr = bounded(func(ctx context.Context) (err error) {
-			ok, err = st.deps.Source.Descends(ctx, head, st.applied)
-			return err
-		})
+		r.terr = bounded(func(ctx context.Context) (err error) { ok, err = src.Descends(ctx, head, st.applied); return err })
 		if r.terr == nil && !ok {
 			r.terr = fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(head), source.Short(st.applied))
 		}
@@ -98,41 +169,37 @@ func (a *Agent) pull(ctx context.Context, st pullState) pulled {
 			r.terr = fmt.Errorf("commit %s: untrusted: %w", source.Short(head), err)
 			return r
 		}
-		a.log.Info("signature verified", "commit", source.Short(head), "signer", who)
+		log.Info("signature verified", "commit", source.Short(head), "signer", who)
 	}
 	r.took = time.Since(mark)
-	// Reading and evaluating, bounded, off the loop too. Until it returns
-	// a mark says which commit: a load that takes the agent down refuses
-	// it at the next start (restoreState).
-	trying := filepath.Join(st.stateDir, "trying")
+	// Until the evaluation returns a mark says which commit: a load that
+	// takes the agent down refuses it at the next start (restore).
+	trying := filepath.Join(st.cfg.StateDir, "trying")
 	atomicfile.Write(trying, []byte(head+"\n"), 0o644)
 	mark = time.Now()
-	r.def, r.terr = evaluateCommit(st.deps, st.path, head)
+	r.def, r.terr = evaluateCommit(ctx, st.deps, st.cfg, head)
 	r.eval = time.Since(mark)
 	os.Remove(trying)
 	return r
 }
 
-// settle is the local part of a tick, in the loop: the back-off, then the
-// new commit (checked and evaluated by pull) converged or refused, else the
-// applied one enforced.
+// settle is the local part, in the loop: the back-off, then the new commit
+// converged or refused, else the applied one enforced.
 func (a *Agent) settle(ctx context.Context, r pulled) error {
-	a.fetched(r.err)
+	a.facts.Fetched(r.err)
+	a.pulls.reached(r.err, a.d.Now(), a.cfg.Poll)
+	applied := a.facts.Applied()
 	if r.err != nil {
-		a.backoff = min(max(2*a.backoff, a.cfg.Poll), maxBackoff)
-		a.nextTry = a.d.Now().Add(a.backoff)
-		a.log.Warn("cannot reach the cluster repository; enforcing the last good commit", "err", r.err, "retry_in", a.backoff, "applied", source.Short(a.applied))
-	} else {
-		a.backoff, a.nextTry = 0, time.Time{}
+		a.log.Warn("cannot reach the cluster repository; enforcing the last good commit", "err", r.err, "retry_in", a.pulls.backoff, "applied", source.Short(applied))
 	}
-	if a.suspended != nil {
+	if a.facts.Suspended() != nil {
 		// Seen, said, not applied until resumed.
-		if r.target != "" && r.target != a.applied {
-			a.update(func(s *control.Status) { s.Pending = r.target })
+		if r.target != "" && r.target != applied {
+			a.facts.SetPending(r.target)
 		}
 		return nil
 	}
-	if r.target == "" || r.target == a.applied || r.target == a.refused {
+	if r.target == "" || r.target == applied || a.facts.Holds(r.target) {
 		return a.enforce(ctx)
 	}
 	err := r.terr
@@ -140,7 +207,7 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 		err = a.convergeNew(ctx, r.def, r.took, r.eval)
 	}
 	if err != nil {
-		a.refuse(r.target, err)
+		a.facts.Refuse(r.target, err)
 		a.enforce(ctx) // the previous files are back; keep them enforced
 		return err
 	}
@@ -148,11 +215,9 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 	return nil
 }
 
-// convergeNew converges on an evaluated commit (checked, read and
-// evaluated off the loop by pull).
+// convergeNew converges on an evaluated commit.
 func (a *Agent) convergeNew(ctx context.Context, def *evaluated, fetching, evaluating time.Duration) error {
-	a.stages = nil
-	a.timing("fetch+trust", fetching)
+	a.facts.Stage("fetch+trust", fetching)
 	mark := time.Now()
 	v, err := a.view0(def)
 	if errors.Is(err, errNotInDefinition) {
@@ -161,63 +226,27 @@ func (a *Agent) convergeNew(ctx context.Context, def *evaluated, fetching, evalu
 	if err != nil {
 		return err
 	}
-	a.timing("load", evaluating+time.Since(mark))
+	a.facts.Stage("load", evaluating+time.Since(mark))
 	return a.apply(ctx, v)
-}
-
-// startPull pulls in a goroutine of its own; the loop settles the result
-// (a.pulls). One pull at a time: a forced one asked for meanwhile runs
-// right after.
-func (a *Agent) startPull(ctx context.Context, force bool) {
-	if a.pulling {
-		a.pullAgain = a.pullAgain || force
-		return
-	}
-	if !force && a.d.Now().Before(a.nextTry) {
-		a.enforce(ctx)
-		return
-	}
-	a.pulling = true
-	st := a.pullFrom()
-	go func() {
-		r := a.pull(ctx, st)
-		select {
-		case a.pulls <- r:
-		case <-ctx.Done():
-		}
-	}()
-}
-
-// pullDone settles a pull in the loop and answers whoever waits for it.
-func (a *Agent) pullDone(ctx context.Context, r pulled) {
-	a.pulling = false
-	err := a.settle(ctx, r)
-	for _, w := range a.waiting {
-		w <- err
-	}
-	a.waiting = nil
-	if a.pullAgain {
-		a.pullAgain = false
-		a.startPull(ctx, true)
-	}
 }
 
 // enforce re-applies the applied commit: a no-op unless something drifted
 // or a unit is down.
 func (a *Agent) enforce(ctx context.Context) error {
-	if a.applied == "" || a.suspended != nil || a.decom != nil {
+	applied := a.facts.Applied()
+	if applied == "" || a.facts.Suspended() != nil || a.facts.Decommission() != nil {
 		return nil // suspended: hand edits stay; decommissioned: nothing to enforce
 	}
 	v := a.view
-	if v == nil || v.Commit != a.applied {
+	if v == nil || v.Commit != applied {
 		var err error
-		if v, err = a.load(a.applied); err != nil {
-			a.log.Error("cannot enforce the applied commit", "commit", source.Short(a.applied), "err", err)
+		if v, err = a.load(ctx, applied); err != nil {
+			a.log.Error("cannot enforce the applied commit", "commit", source.Short(applied), "err", err)
 			return err
 		}
 	}
 	if err := a.apply(ctx, v); err != nil {
-		a.log.Error("cannot enforce the applied commit", "commit", source.Short(a.applied), "err", err)
+		a.log.Error("cannot enforce the applied commit", "commit", source.Short(applied), "err", err)
 		return err
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
@@ -63,8 +64,8 @@ type TLSFiles = cluster.TLS
 // refuses the commit with what failed and where; a node whose certificate
 // does not load is refused too, so that the fleet gate and the post-apply
 // verification (which need it) never silently turn off.
-func (a *Agent) load(hash string) (*View, error) {
-	def, err := evaluateCommit(a.d, a.cfg.Path, hash)
+func (a *Agent) load(ctx context.Context, hash string) (*View, error) {
+	def, err := evaluateCommit(ctx, a.d, a.cfg, hash)
 	if err != nil {
 		return nil, err
 	}
@@ -77,15 +78,15 @@ type evaluated struct {
 	cluster       *cluster.Cluster
 }
 
-// evaluateCommit reads and evaluates commit hash: what a commit can make
-// expensive, bounded (source caps, the evaluation's child). It touches no
-// state of the loop, so it may run off it.
-func evaluateCommit(d Deps, path, hash string) (*evaluated, error) {
-	commit, err := d.Source.Read(hash, path)
+// evaluateCommit reads and evaluates commit hash within cfg's bounds
+// (max-definition-size, load-timeout, load-memory). It touches no state of
+// the loop, so it may run off it.
+func evaluateCommit(ctx context.Context, d Deps, cfg Config, hash string) (*evaluated, error) {
+	commit, err := d.Source.Read(hash, cfg.Path, cfg.MaxDefinitionSize)
 	if err != nil {
 		return nil, err
 	}
-	c, err := d.LoadDefinition(context.Background(), commit.Files)
+	c, err := d.LoadDefinition(ctx, commit.Files, evaluate.Limits{Timeout: cfg.LoadTimeout, Memory: cfg.LoadMemory})
 	if err != nil {
 		return nil, fmt.Errorf("commit %s (%s): %w", source.Short(hash), commit.Subject, err)
 	}
@@ -124,7 +125,7 @@ func (a *Agent) derive(v *View) (*View, error) {
 	host.BridgeSecret = secret
 	v.GuessableBridgeIDs = v.Node.Has(cluster.Bridge) && secret == nil
 	if v.Node.Has(cluster.LB) {
-		host.DownBrokers = a.downBrokers
+		host.DownBrokers = a.brokers.down
 	}
 	out, err := render.NodeOn(v.Cluster, a.node, host)
 	if err != nil {
@@ -133,6 +134,11 @@ func (a *Agent) derive(v *View) (*View, error) {
 	v.Output, v.Checks, v.checksOf = out, nil, map[string][]health.Check{}
 	for _, d := range daemon.For(v.Cluster, v.Node) {
 		cs := d.Checks(v.Cluster, v.Node, v.TLS, host.BridgeSecret)
+		if a.d.Probe != nil {
+			for i := range cs {
+				cs[i].Probe = a.d.Probe(cs[i])
+			}
+		}
 		v.checksOf[d.Unit] = cs
 		v.Checks = append(v.Checks, cs...)
 	}

@@ -25,12 +25,7 @@ const recheckAfter = time.Second
 func (a *Agent) onResult(r health.Result) {
 	a.m.checked(r)
 	if !r.OK && r.Failures == 1 {
-		time.AfterFunc(recheckAfter, func() {
-			select {
-			case a.recheck <- struct{}{}:
-			default:
-			}
-		})
+		time.AfterFunc(recheckAfter, func() { a.nudge("recheck", a.checkHealth) })
 	}
 	if r.Name != "nginx" {
 		return

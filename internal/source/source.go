@@ -31,9 +31,6 @@ type Repo struct {
 	// CABundle: certificates trusted for an https server besides the
 	// system's (agent.conf ca-file).
 	CABundle []byte
-	// MaxBytes bounds the .cue files of a commit that Read reads (0:
-	// DefaultMaxBytes).
-	MaxBytes int64
 
 	mu   sync.Mutex
 	repo *git.Repository
@@ -116,15 +113,16 @@ type Commit struct {
 	Files   fs.FS // the files under the requested directory, read from the tree
 }
 
-// Read returns the commit's files under dir ("" or "." for the root).
-func (r *Repo) Read(hash, dir string) (*Commit, error) {
+// Read returns the commit's files under dir ("" or "." for the root),
+// refusing more than maxBytes of .cue files together (0: DefaultMaxBytes).
+func (r *Repo) Read(hash, dir string, maxBytes int64) (*Commit, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c, err := r.repo.CommitObject(plumbing.NewHash(hash))
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", Short(hash), err)
 	}
-	return readCommit(c, dir, r.MaxBytes)
+	return readCommit(c, dir, maxBytes)
 }
 
 // ReadWorkTree reads revision rev (HEAD, a branch, a hash) of the git work

@@ -55,7 +55,7 @@ func TestPullAndRead(t *testing.T) {
 	if err := r.Fetch(ctx, head); err != nil {
 		t.Fatal(err)
 	}
-	c, err := r.Read(head, "cluster")
+	c, err := r.Read(head, "cluster", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +85,11 @@ func TestPullAndRead(t *testing.T) {
 	if err := r.Fetch(ctx, second); err != nil {
 		t.Fatal(err)
 	}
-	c2, _ := r.Read(second, "cluster")
+	c2, _ := r.Read(second, "cluster", 0)
 	if _, err := schema.Load(c2.Files, "."); err == nil || !strings.Contains(err.Error(), "bad.cue:3:") {
 		t.Errorf("want an error at bad.cue:3, got %v", err)
 	}
-	if _, err := r.Read(second, "nope"); err == nil {
+	if _, err := r.Read(second, "nope", 0); err == nil {
 		t.Error("reading a missing directory worked")
 	}
 }
@@ -264,7 +264,7 @@ func TestReadBounded(t *testing.T) {
 	if err := r.Fetch(ctx, head); err != nil {
 		t.Fatal(err)
 	}
-	c, err := r.Read(head, ".")
+	c, err := r.Read(head, ".", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,12 +282,11 @@ func TestReadBounded(t *testing.T) {
 	if err := r.Fetch(ctx, head); err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.Read(head, ".")
+	_, err = r.Read(head, ".", 0)
 	if err == nil || !strings.Contains(err.Error(), "max-definition-size") || !strings.Contains(err.Error(), "huge.cue") {
 		t.Errorf("an 11 MiB definition: %v, want a refusal naming the file and max-definition-size", err)
 	}
-	r.MaxBytes = 16 << 20
-	if _, err := r.Read(head, "."); err != nil {
+	if _, err := r.Read(head, ".", 16<<20); err != nil {
 		t.Errorf("with max-definition-size raised: %v", err)
 	}
 }
