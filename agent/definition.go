@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/mqha/mqha/internal/render"
+
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/schema"
@@ -24,14 +26,31 @@ type defSource struct {
 	worktree  *bool
 }
 
-func (c *cmd) defFlags(fs *flag.FlagSet, repo *string) defSource {
-	return defSource{repo: repo,
+// defCommand makes the flags of a command that reads the definition
+// (vet, nodes, render, diff, fleet): --repo, --rev, --worktree.
+func (c *cmd) defCommand(name string) (*flag.FlagSet, defSource) {
+	fs, repo := c.flags(name)
+	return fs, defSource{repo: repo,
 		rev:      fs.String("rev", "HEAD", "read the definition of this commit (when --repo is in a git work tree)"),
 		worktree: fs.Bool("worktree", false, "read the files as they are in the working tree, committed or not")}
 }
 
-// load reads and checks the definition, saying on stderr which commit it
-// read and which .cue files in the working tree differ from it.
+// loadAfter is the preamble of those commands: the flags parsed, checked
+// (check, if set), then the definition read.
+func (c *cmd) loadAfter(fs *flag.FlagSet, s defSource, args []string, check func() error) (*cluster.Cluster, error) {
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return nil, err
+		}
+	}
+	return c.definition(s)
+}
+
+// definition reads and checks the definition, saying on stderr which
+// commit it read and which .cue files in the working tree differ from it.
 func (c *cmd) definition(s defSource) (*cluster.Cluster, error) {
 	if *s.worktree {
 		return schema.LoadDir(*s.repo)
@@ -93,4 +112,67 @@ func uncommitted(dir string, committed fs.FS) []string {
 	})
 	sort.Strings(out)
 	return out
+}
+
+func (c *cmd) vet(args []string) error {
+	fs, src := c.defCommand("vet")
+	cl, err := c.loadAfter(fs, src, args, nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s: cluster %s is valid: %d nodes (%d lb, %d broker, %d bridge)\n", *src.repo, cl.Name,
+		len(cl.Nodes), len(cl.WithRole(cluster.LB)), len(cl.WithRole(cluster.Broker)), len(cl.WithRole(cluster.Bridge)))
+	return nil
+}
+
+func (c *cmd) nodes(args []string) error {
+	fs, src := c.defCommand("nodes")
+	cl, err := c.loadAfter(fs, src, args, nil)
+	if err != nil {
+		return err
+	}
+	for _, n := range cl.Nodes {
+		fmt.Fprintf(c.stdout, "%s %s %s\n", n.Name, n.Address, n.RoleList())
+	}
+	return nil
+}
+
+func (c *cmd) render(args []string) error {
+	fs, src := c.defCommand("render")
+	node := fs.String("node", "", "render this node")
+	all := fs.Bool("all", false, "render every node, each under OUT/NAME/")
+	out := fs.String("out", "", "output directory (required)")
+	cl, err := c.loadAfter(fs, src, args, func() error {
+		if *out == "" || (*node == "") == !*all {
+			return errors.New("need --out DIR and exactly one of --node NAME or --all")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	targets := map[string]string{*node: *out}
+	if *all {
+		targets = map[string]string{}
+		for _, n := range cl.Nodes {
+			targets[n.Name] = filepath.Join(*out, n.Name)
+		}
+	}
+	for name, dir := range targets {
+		o, err := render.Node(cl, name)
+		if err != nil {
+			return err
+		}
+		for _, f := range o.Files {
+			p := filepath.Join(dir, f.Path)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(p, f.Content, f.Mode); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, p)
+		}
+	}
+	return nil
 }

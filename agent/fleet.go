@@ -2,14 +2,11 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +16,7 @@ import (
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/pki"
 	"github.com/mqha/mqha/internal/source"
 )
 
@@ -27,8 +25,7 @@ import (
 // definition, marking what disagrees with the head commit. Exit 0 when
 // every node reported, runs the head and is healthy; 1 otherwise.
 func (c *cmd) fleet(args []string) (int, error) {
-	fs, repo := c.flags("fleet")
-	src := c.defFlags(fs, repo)
+	fs, src := c.defCommand("fleet")
 	ca := fs.String("ca", "/etc/mqha/tls/ca.crt", "the cluster CA")
 	fs.StringVar(ca, "cafile", *ca, "the same as --ca, as the mosquitto tools spell it")
 	cert := fs.String("cert", "", "a client certificate of the cluster CA (mqha-agent pki client)")
@@ -36,13 +33,12 @@ func (c *cmd) fleet(args []string) (int, error) {
 	broker := fs.String("broker", "", "where to read (default: the VIP's client port)")
 	wait := fs.Duration("wait", 3*time.Second, "how long to wait for every node's status")
 	format := fs.String("o", "text", "text or json")
-	if err := parse(fs, args); err != nil {
-		return exitError, err
-	}
-	if *cert == "" || *key == "" {
-		return exitError, fmt.Errorf("--cert and --key: a client certificate of the cluster CA (mqha-agent pki client NAME makes one)")
-	}
-	cl, err := c.definition(src)
+	cl, err := c.loadAfter(fs, src, args, func() error {
+		if *cert == "" || *key == "" {
+			return fmt.Errorf("--cert and --key: a client certificate of the cluster CA (mqha-agent pki client NAME makes one)")
+		}
+		return nil
+	})
 	if err != nil {
 		return exitError, err
 	}
@@ -50,7 +46,7 @@ func (c *cmd) fleet(args []string) (int, error) {
 	if commit, _, ok, err := source.ReadWorkTree(*src.repo, *src.rev); err == nil && ok {
 		head = commit.Hash
 	}
-	tc, err := clientTLS(*ca, *cert, *key)
+	tc, err := pki.LoadTLS(*ca, *cert, *key)
 	if err != nil {
 		return exitError, err
 	}
@@ -62,13 +58,13 @@ func (c *cmd) fleet(args []string) (int, error) {
 		addrs = []string{*broker}
 	} else {
 		for _, b := range cl.WithRole(cluster.Broker) {
-			addrs = append(addrs, net.JoinHostPort(b.Address, strconv.Itoa(cl.Ports.Broker)))
+			addrs = append(addrs, b.At(cl.Ports.Broker))
 		}
 	}
 	statuses, read, errs := readAll(addrs, tc, daemon.StatusTopics(cl.Name), len(cl.Nodes), *wait)
 	if len(read) == 0 && *broker == "" && cl.VIP != nil {
 		// No broker answered directly (a firewall in between): the VIP.
-		vip := net.JoinHostPort(cl.VIP.Address, strconv.Itoa(cl.Ports.Client))
+		vip := cluster.HostPort(cl.VIP.Address, cl.Ports.Client)
 		var more []error
 		statuses, read, more = readAll([]string{vip}, tc, daemon.StatusTopics(cl.Name), len(cl.Nodes), *wait)
 		errs = append(errs, more...)
@@ -87,22 +83,6 @@ func (c *cmd) fleet(args []string) (int, error) {
 	fmt.Fprintf(c.stdout, "read from %s\n", strings.Join(read, ", "))
 	printFleet(c, cl, statuses, head)
 	return fleetCode(cl, statuses, head), nil
-}
-
-func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	ca, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("--ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("--ca %s holds no certificate", caFile)
-	}
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--cert/--key: %w", err)
-	}
-	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // staleAfter is the age past which a node's status is not taken as its
@@ -252,8 +232,8 @@ func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head 
 		}
 		fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", name, n.RoleList(), applied, age, now, p)
 		for _, cert := range s.Certificates {
-			if days := int(time.Until(cert.NotAfter).Hours() / 24); days < 30 {
-				fmt.Fprintf(w, "%-10s   certificate %s expires in %d days\n", "", cert.Name, days)
+			if warn := cert.Warning(time.Now()); warn != "" {
+				fmt.Fprintf(w, "%-10s   %s\n", "", warn)
 			}
 		}
 	}

@@ -219,6 +219,17 @@ func TestVetReadsTheCommit(t *testing.T) {
 	}
 }
 
+// A `git worktree` checkout is read like any (go-git used to miss its
+// refs: "reference not found").
+func TestVetInAGitWorktree(t *testing.T) {
+	repo, gitIn := exampleRepo(t)
+	wt := filepath.Join(t.TempDir(), "wt")
+	gitIn("worktree", "add", "-q", "--detach", wt)
+	if code, out, errs := mqha(t, "vet", "--repo", wt); code != 0 || !strings.Contains(out, "valid: 5 nodes") {
+		t.Errorf("vet in a worktree of %s: exit %d\n%s%s", repo, code, out, errs)
+	}
+}
+
 // diff --from REV: what a commit does to the whole fleet, summary first,
 // added and removed nodes said as such.
 func TestFleetDiff(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,7 +78,7 @@ func watchBrokers(ctx context.Context, cl *cluster.Cluster, self string, tc *tls
 		if b.Name == self {
 			continue
 		}
-		addr := net.JoinHostPort(b.Address, strconv.Itoa(cl.Ports.Bridge))
+		addr := b.At(cl.Ports.Bridge)
 		lost := make(chan struct{}, 1)
 		back := make(chan struct{}, 1)
 		signal := func(ch chan struct{}) {

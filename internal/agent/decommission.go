@@ -118,7 +118,7 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 		}
 	}
 	a.view = v
-	a.rebuild(ctx, v) // no checks, no election, no brokers watch, no drift watch
+	a.rebuild(ctx, v) // no checks, no bridge role, no brokers watch, no drift watch
 	done := *d
 	done.Done, done.Stopped = a.d.Now(), stopped
 	done.State = fmt.Sprintf("decommissioned by commit %s: %s; stopped and disabled: %s", source.Short(d.Commit), why, orNone(stopped))

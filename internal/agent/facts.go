@@ -221,13 +221,9 @@ func (r *record) Dropped(client string, n int) {
 	r.m.drops.WithLabelValues(client).Add(float64(n))
 	now := r.now()
 	r.change(func(f *facts) {
-		i := slices.IndexFunc(f.drops, func(d control.Drop) bool { return d.Client == client })
-		if i < 0 {
-			f.drops = append(f.drops, control.Drop{Client: client})
-			i = len(f.drops) - 1
-		}
-		f.drops[i].Episodes += n
-		f.drops[i].Last = now
+		d := entry(&f.drops, func(d control.Drop) bool { return d.Client == client }, control.Drop{Client: client})
+		d.Episodes += n
+		d.Last = now
 	})
 }
 
@@ -236,14 +232,21 @@ func (r *record) Forged(src string, n int) {
 	r.m.forged.WithLabelValues(src).Add(float64(n))
 	now := r.now()
 	r.change(func(f *facts) {
-		i := slices.IndexFunc(f.forged, func(x control.Forged) bool { return x.Source == src })
-		if i < 0 {
-			f.forged = append(f.forged, control.Forged{Source: src})
-			i = len(f.forged) - 1
-		}
-		f.forged[i].Adverts += n
-		f.forged[i].Last = now
+		x := entry(&f.forged, func(x control.Forged) bool { return x.Source == src }, control.Forged{Source: src})
+		x.Adverts += n
+		x.Last = now
 	})
+}
+
+// entry is the element of *list that match picks, appended as add when
+// there is none.
+func entry[T any](list *[]T, match func(T) bool, add T) *T {
+	i := slices.IndexFunc(*list, match)
+	if i < 0 {
+		*list = append(*list, add)
+		i = len(*list) - 1
+	}
+	return &(*list)[i]
 }
 
 // status is the part of the control status the facts make.

@@ -28,12 +28,16 @@ type fakeSource struct {
 	reads    []string
 	maxBytes []int64 // of each Read
 	hang     bool    // Head waits for its deadline, as a server that never answers
+	hung     int     // Heads that hung
 }
 
 func (f *fakeSource) Head(ctx context.Context) (string, error) {
 	f.mu.Lock()
 	f.heads++
 	hang := f.hang
+	if hang {
+		f.hung++
+	}
 	f.mu.Unlock()
 	if hang {
 		<-ctx.Done()

@@ -22,11 +22,11 @@ func (a *Agent) closeRemovedBrokers(ctx context.Context, old, cur *View) {
 	}
 	kept := map[string]bool{}
 	for _, b := range cur.Cluster.WithRole(cluster.Broker) {
-		kept[b.Address+":"+strconv.Itoa(cur.Cluster.Ports.Broker)] = true
+		kept[b.At(cur.Cluster.Ports.Broker)] = true
 	}
 	for _, b := range old.Cluster.WithRole(cluster.Broker) {
 		port := old.Cluster.Ports.Broker
-		if kept[b.Address+":"+strconv.Itoa(port)] {
+		if kept[b.At(port)] {
 			continue
 		}
 		if err := a.d.CloseConns(ctx, b.Address, port); err != nil {

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
@@ -70,18 +69,12 @@ func (a *Agent) checkWarnings(ctx context.Context) {
 	now := a.d.Now()
 	for _, c := range v.Certs {
 		a.m.certExpiry.WithLabelValues(c.Name).Set(float64(c.NotAfter.Unix()))
-		switch left := c.NotAfter.Sub(now); {
-		case left <= 0:
-			warns = append(warns, fmt.Sprintf("the %s certificate %s expired on %s: clients and peers refuse it; renew it (mqha-agent pki)", c.Name, c.File, c.NotAfter.Format("2006-01-02")))
-		case left < certWarning:
-			warns = append(warns, fmt.Sprintf("the %s certificate %s expires in %d days (%s): renew it (mqha-agent pki)", c.Name, c.File, int(left.Hours()/24), c.NotAfter.Format("2006-01-02")))
+		if w := c.Warning(now); w != "" {
+			warns = append(warns, w)
 		}
 	}
 	a.facts.SetWarnings(warns, v.Certs)
 }
-
-// certWarning is how long before a certificate expires status warns.
-const certWarning = 30 * 24 * time.Hour
 
 // openFilesLimit is the soft "Max open files" of process pid.
 func openFilesLimit(pid int) (int, error) {

@@ -31,7 +31,12 @@ func TestHungServerDoesNotHoldTheLoop(t *testing.T) {
 	first := make(chan error, 1)
 	go func() { first <- h.sync(false) }()
 	// The loop answers while the pull hangs.
-	h.onLoop(func() {})
+	for hung := 0; hung == 0; {
+		h.onLoop(func() {})
+		h.src.mu.Lock()
+		hung = h.src.hung
+		h.src.mu.Unlock()
+	}
 	if d := time.Since(start); d > 150*time.Millisecond {
 		t.Fatalf("the loop took %s to answer while the pull hung", d)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +36,7 @@ type statusTarget struct {
 func statusTargetOf(v *View) statusTarget {
 	t := statusTarget{topic: daemon.StatusTopics(v.Cluster.Name) + "/" + v.Node.Name, v: v}
 	for _, b := range v.Cluster.WithRole(cluster.Broker) {
-		t.brokers = append(t.brokers, net.JoinHostPort(b.Address, strconv.Itoa(v.Cluster.Ports.Broker)))
+		t.brokers = append(t.brokers, b.At(v.Cluster.Ports.Broker))
 	}
 	// The commit's certificate and CA too: a client keeps the TLS it was
 	// made with, so one made under a commit with a wrong CA would never

@@ -15,6 +15,7 @@ import (
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/pki"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
 )
@@ -145,26 +146,19 @@ func (a *Agent) derive(v *View) (*View, error) {
 	return v, nil
 }
 
-// LoadTLS reads the node's certificate and key, trusting the cluster CA.
+// LoadTLS reads the node's certificate and key, trusting the cluster CA;
+// with a node CA of its own, the certificate must come from it.
 func LoadTLS(f TLSFiles) (*tls.Config, error) {
-	ca, err := os.ReadFile(f.CA)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("%s holds no certificate", f.CA)
-	}
-	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	tc, err := pki.LoadTLS(f.CA, f.Cert, f.Key)
 	if err != nil {
 		return nil, err
 	}
 	if f.NodeCA != "" && f.NodeCA != f.CA {
-		if err := checkNodeCA(f, pool, cert.Leaf); err != nil {
+		if err := checkNodeCA(f, tc.RootCAs, tc.Certificates[0].Leaf); err != nil {
 			return nil, err
 		}
 	}
-	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	return tc, nil
 }
 
 // checkNodeCA: with a node CA of its own, this node's certificate must come

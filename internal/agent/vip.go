@@ -3,8 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
@@ -69,7 +67,7 @@ func (a *Agent) peerLBServes() bool {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
-		err := a.d.ProbeLB(ctx, net.JoinHostPort(l.Address, strconv.Itoa(cl.Ports.Client)), daemon.WithName(v.TLS, cl.VIP.Address))
+		err := a.d.ProbeLB(ctx, l.At(cl.Ports.Client), daemon.WithName(v.TLS, cl.VIP.Address))
 		cancel()
 		if err == nil {
 			return true

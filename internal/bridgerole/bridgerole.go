@@ -19,7 +19,6 @@
 package bridgerole
 
 import (
-	"net"
 	"strconv"
 	"strings"
 
@@ -41,12 +40,12 @@ func CheckCommand(c *cluster.Cluster, n cluster.Node) string {
 	var bridge, client []string
 	for _, b := range c.WithRole(cluster.Broker) {
 		if b.Name != n.Name {
-			bridge = append(bridge, net.JoinHostPort(b.Address, strconv.Itoa(c.Ports.Bridge)))
-			client = append(client, net.JoinHostPort(b.Address, strconv.Itoa(c.Ports.Broker)))
+			bridge = append(bridge, b.At(c.Ports.Bridge))
+			client = append(client, b.At(c.Ports.Broker))
 		}
 	}
 	args := []string{Binary, "bridge-check",
-		"--local", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Ports.Broker)), "--name", n.Name, "--address", n.Address,
+		"--local", cluster.HostPort("127.0.0.1", c.Ports.Broker), "--name", n.Name, "--address", n.Address,
 		"--priority", strconv.Itoa(n.Priority), "--markers", daemon.MarkerTopics(c.Name), "--probes", daemon.ProbeTopics(c.Name),
 		"--brokers", strings.Join(bridge, ","), "--broker-clients", strings.Join(client, ","),
 		"--ca", c.TLS.CA, "--node-ca", c.TLS.NodeCA, "--cert", c.TLS.Cert, "--key", c.TLS.Key}

@@ -3,7 +3,9 @@
 package cluster
 
 import (
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -86,6 +88,13 @@ type Timeouts struct {
 
 // Has reports whether the node holds role r.
 func (n Node) Has(r Role) bool { return slices.Contains(n.Roles, r) }
+
+// At is the node's address with port: host:port, the one place it is
+// built (an IPv6 address gets its brackets).
+func (n Node) At(port int) string { return HostPort(n.Address, port) }
+
+// HostPort joins host and port ([::1]:8883 for an IPv6 host).
+func HostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
 // RoleList is the node's roles joined by commas, in the fixed role order.
 func (n Node) RoleList() string {

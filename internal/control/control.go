@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/source"
 )
 
 // DefaultSocket is where the packaged agent listens (its RuntimeDirectory).
@@ -67,15 +68,16 @@ type Status struct {
 	Suspended *Suspension `json:"suspended,omitempty"`
 	// Pending is the branch head a suspended agent has not applied.
 	Pending string `json:"pending,omitempty"`
-	// Bridge is the bridge election as this node sees it (bridge nodes of
-	// a cluster with standbys only).
+	// Bridge is the bridge role as keepalived last reported it on this node
+	// (bridge nodes of a cluster with standbys only).
 	Bridge *Bridge `json:"bridge,omitempty"`
 	// Decommission is set once a commit removed this node from the
 	// definition: draining, then its units stopped and disabled.
 	Decommission *Decommission `json:"decommission,omitempty"`
 }
 
-// Bridge is a bridge node's view of the election of the bridge master.
+// Bridge is a bridge node's role, as keepalived's bridge instance, its
+// notify command and its track script last reported it.
 type Bridge struct {
 	// Active: this node is the bridge master; State is keepalived's state
 	// of the bridge instance (MASTER, BACKUP, FAULT, STOP), since Since.
@@ -105,6 +107,21 @@ type Cert struct {
 	Name     string    `json:"name"` // node, ca
 	File     string    `json:"file"`
 	NotAfter time.Time `json:"notAfter"`
+}
+
+// CertWarning is how long before a certificate expires it is warned of.
+const CertWarning = 30 * 24 * time.Hour
+
+// Warning says that c has expired or expires within CertWarning of now
+// ("" otherwise): the agent's status and the fleet view say the same.
+func (c Cert) Warning(now time.Time) string {
+	switch left := c.NotAfter.Sub(now); {
+	case left <= 0:
+		return fmt.Sprintf("the %s certificate %s expired on %s: clients and peers refuse it; renew it (mqha-agent pki)", c.Name, c.File, c.NotAfter.Format("2006-01-02"))
+	case left < CertWarning:
+		return fmt.Sprintf("the %s certificate %s expires in %d days (%s): renew it (mqha-agent pki)", c.Name, c.File, int(left.Hours()/24), c.NotAfter.Format("2006-01-02"))
+	}
+	return ""
 }
 
 // Stage is one stage of converging a commit and how long it took.
@@ -161,7 +178,7 @@ func (s Status) Problems(now time.Time) []string {
 		out = append(out, fmt.Sprintf("suspended (%s) since %s: %s", what, p.Since.Format(time.RFC3339), p.Reason))
 	}
 	if s.Refused != "" && s.Refused != s.Applied {
-		out = append(out, "refused commit "+short(s.Refused)+": "+s.RefusedReason)
+		out = append(out, "refused commit "+source.Short(s.Refused)+": "+s.RefusedReason)
 	}
 	if s.FetchError != "" {
 		out = append(out, "cannot fetch: "+s.FetchError)
@@ -191,13 +208,6 @@ func (s Status) Problems(now time.Time) []string {
 		}
 	}
 	return out
-}
-
-func short(h string) string {
-	if len(h) > 12 {
-		return h[:12]
-	}
-	return h
 }
 
 // Agent is what the server needs of the running agent.

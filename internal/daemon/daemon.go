@@ -18,7 +18,6 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -157,6 +156,9 @@ type Bridge struct {
 	Connection    string // mosquitto's connection name
 	ClientID      string // the bridge's client id on the broker
 }
+
+// At is the broker's address with port.
+func (b Bridge) At(port int) string { return cluster.HostPort(b.Address, port) }
 
 // Bridges are node n's bridge connections, when n is (or may become) the
 // bridge master: one per broker but itself.
@@ -301,7 +303,7 @@ func peers(cl *cluster.Cluster, n cluster.Node, r cluster.Role, port int) []stri
 	var out []string
 	for _, p := range cl.WithRole(r) {
 		if p.Name != n.Name {
-			out = append(out, net.JoinHostPort(p.Address, strconv.Itoa(port)))
+			out = append(out, p.At(port))
 		}
 	}
 	return out
@@ -332,7 +334,7 @@ func peersServe(addrs []string, tc *tls.Config, serverName string) func(context.
 
 func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, bridgeSecret []byte) []health.Check {
 	// The local listener presents the node's certificate (its address).
-	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Broker))
+	local := cluster.HostPort("127.0.0.1", cl.Ports.Broker)
 	mq := health.Check{Name: "mosquitto", Unit: mosquittoUnit, HungAfter: hungAfter,
 		Probe: probe.MQTTRoundTrip(local, WithName(tc, n.Address), n.Name)}
 	if n.Has(cluster.Broker) {
@@ -373,7 +375,7 @@ func nginxChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, _ []byte) 
 	viaVIP := WithName(tc, cl.VIP.Address)
 	brokers := peers(cl, n, cluster.Broker, cl.Ports.Broker)
 	return []health.Check{{Name: "nginx", Unit: nginxUnit, HungAfter: hungAfter,
-		Probe:      probe.ThroughLB(net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.Ports.Client)), brokers, viaVIP),
+		Probe:      probe.ThroughLB(cluster.HostPort("127.0.0.1", cl.Ports.Client), brokers, viaVIP),
 		PeersServe: peersServe(peers(cl, n, cluster.LB, cl.Ports.Client), tc, cl.VIP.Address)}}
 }
 

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
@@ -125,7 +124,7 @@ func (g *Gate) others(r cluster.Role, port int) []string {
 	var out []string
 	for _, n := range g.Cluster.WithRole(r) {
 		if n.Name != g.Node.Name {
-			out = append(out, net.JoinHostPort(n.Address, strconv.Itoa(port)))
+			out = append(out, n.At(port))
 		}
 	}
 	return out

@@ -134,7 +134,9 @@ func ReadWorkTree(dir, rev string) (c *Commit, top string, ok bool, err error) {
 	if err != nil {
 		return nil, "", false, err
 	}
-	repo, err := git.PlainOpenWithOptions(abs, &git.PlainOpenOptions{DetectDotGit: true})
+	// EnableDotGitCommonDir: a `git worktree` checkout reads its refs from
+	// the main repository (without it HEAD is "reference not found").
+	repo, err := git.PlainOpenWithOptions(abs, &git.PlainOpenOptions{DetectDotGit: true, EnableDotGitCommonDir: true})
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		return nil, "", false, nil
 	}
