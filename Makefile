@@ -11,10 +11,10 @@ NFPM    := $(GO) tool -modfile=tools.mod nfpm
 DEB     := dist/mqha-agent_$(PKG_VERSION)-1_amd64.deb
 RPM     := dist/mqha-agent-$(PKG_VERSION)-1.x86_64.rpm
 
-.PHONY: build test test-deps lint fuzz bench bench-lab clean packages lab lab-down lab-status lab-node e2e
+.PHONY: build test test-deps lint fuzz bench bench-lab clean packages lab lab-down lab-status lab-node e2e soak
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
+	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(AGENT_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
 
 # Every test: unit tests, the tests that run the real nginx, keepalived and
 # mosquitto (required here: they fail, never skip, when something is
@@ -49,19 +49,32 @@ test-deps:
 e2e: packages bin/mqha-lab
 	bin/mqha-lab down
 	bin/mqha-lab up
-	$(GO) test -count=1 -tags e2e -v -timeout 20m ./e2e; rc=$$?; \
+	$(GO) test -count=1 -tags e2e -v -timeout 40m ./e2e; rc=$$?; \
 	  $(GO) test -count=1 -tags 'e2e leftovers' -run '^TestLabLeftovers$$' -v -timeout 10m ./e2e || rc=1; \
 	  bin/mqha-lab down; exit $$rc
 
 # Benchmarks on a fresh lab (not part of make test): the targets that the
 # e2e suite only bounds, over repeated runs, printed as p50/p95 and written as
-# JSON under .lab/. MQHA_BENCH_PUSHES sets the number of pushes (default 10),
+# JSON under reports/ (kept: the lab is torn down after). MQHA_BENCH_PUSHES sets the number of pushes (default 10),
 # MQHA_BENCH_RUNS the node-loss runs (default 3); MQHA_BENCH_BRIDGE_LONG=1
 # adds the bridge faults that take a minute or more each.
 bench-lab: packages bin/mqha-lab
 	bin/mqha-lab down >/dev/null
 	bin/mqha-lab up
 	$(GO) test -count=1 -tags 'e2e benchlab' -run '^TestBench' -v -timeout 30m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
+
+# The soak on a fresh lab: load through the VIP, faults and commits on a
+# seeded schedule for DURATION (default 60m), the invariants checked; the
+# report (soak.json, soak.txt, soak.png) goes to reports/soak/. SEED replays a
+# run (default: random, printed); CLIENTS, FAULTS and COMMITS narrow it.
+# make test runs the short soak (5 min, a fixed seed) in the e2e suite.
+DURATION ?= 60m
+soak: packages bin/mqha-lab
+	bin/mqha-lab down
+	bin/mqha-lab up
+	MQHA_SOAK_DURATION=$(DURATION) MQHA_SOAK_SEED=$(SEED) MQHA_SOAK_CLIENTS=$(CLIENTS) \
+	  MQHA_SOAK_FAULTS=$(FAULTS) MQHA_SOAK_COMMITS=$(COMMITS) MQHA_SOAK_GAP=$(GAP) \
+	  $(GO) test -count=1 -tags e2e -run '^TestSoak$$' -v -timeout 6h ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

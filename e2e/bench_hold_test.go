@@ -24,7 +24,7 @@ import (
 // processes (this host caps every process at 20,000 descriptors), on four
 // brokers (one mosquitto holds at most ~19,000 here): no kill, no VIP move,
 // no client dropped; it prints the ramp, the spread over the brokers and
-// the memory per connection, and writes .lab/bench-hold.json.
+// the memory per connection, and writes reports/bench-hold.json.
 func TestBenchHold(t *testing.T) {
 	total := 50000
 	if v, err := strconv.Atoi(os.Getenv("MQHA_BENCH_HOLD")); err == nil && v > 0 {
@@ -164,7 +164,7 @@ func TestBenchHold(t *testing.T) {
 	out, _ := json.MarshalIndent(map[string]any{"at": time.Now().UTC(), "target": total, "connected": connected, "failed": failed,
 		"ramp_s": ramp.Seconds(), "dropped": dropped, "repairs": after - before, "vip_moved": moved, "per_broker": spread,
 		"nginx_rss_kib": rssHeld, "nginx_kib_per_conn": nginxPer, "mosquitto_rss_kib": brokerRSS}, "", "  ")
-	os.WriteFile(filepath.Join(cfg.Dir, "bench-hold.json"), out, 0o644)
+	os.WriteFile(reportPath("bench-hold.json"), out, 0o644)
 	if dropped > 0 || after != before || moved || connected < total {
 		t.Errorf("held %d of %d: %d dropped, %d repairs, VIP moved %v", connected, total, dropped, after-before, moved)
 	}

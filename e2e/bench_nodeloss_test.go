@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
@@ -187,7 +186,7 @@ func lbLoss(t *testing.T, how string) (vip, clients95 time.Duration, lost int) {
 }
 
 // TestBenchNodeLoss runs the node-loss scenarios MQHA_BENCH_RUNS times
-// (3) and prints p50/p95 of their figures; JSON in .lab/bench-nodeloss.json.
+// (3) and prints p50/p95 of their figures; JSON in reports/bench-nodeloss.json.
 func TestBenchNodeLoss(t *testing.T) {
 	runs := 3
 	if v, err := strconv.Atoi(os.Getenv("MQHA_BENCH_RUNS")); err == nil && v > 0 {
@@ -257,7 +256,7 @@ func TestBenchNodeLoss(t *testing.T) {
 		fmt.Printf("BENCH %-58s %7d   per run: %v\n", k, len(counts[k]), counts[k])
 	}
 	out, _ := json.MarshalIndent(map[string]any{"runs": runs, "at": time.Now().UTC(), "nodeloss": rows}, "", "  ")
-	path := filepath.Join(cfg.Dir, "bench-nodeloss.json")
+	path := reportPath("bench-nodeloss.json")
 	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}

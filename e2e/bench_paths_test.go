@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -111,7 +110,7 @@ func latency(t *testing.T, p path, qos byte, rate int, d time.Duration) (time.Du
 // TestBenchPaths prints, side by side over repeated runs (p50/p95 of the
 // runs), what each path costs: QoS0/QoS1 msg/s and messages lost, latency
 // p50/p99 at 1,000 msg/s, and mutual-TLS handshakes/s direct vs through the
-// VIP. Run by `make bench-lab`; JSON in .lab/bench-paths.json.
+// VIP. Run by `make bench-lab`; JSON in reports/bench-paths.json.
 func TestBenchPaths(t *testing.T) {
 	runs := 3
 	if v, err := strconv.Atoi(os.Getenv("MQHA_BENCH_RUNS")); err == nil && v > 0 {
@@ -170,7 +169,7 @@ func TestBenchPaths(t *testing.T) {
 		out = append(out, *r)
 	}
 	b, _ := json.MarshalIndent(map[string]any{"runs": runs, "at": time.Now().UTC(), "paths": out}, "", "  ")
-	file := filepath.Join(cfg.Dir, "bench-paths.json")
+	file := reportPath("bench-paths.json")
 	if err := os.WriteFile(file, b, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -107,7 +107,7 @@ func TestBenchConvergence(t *testing.T) {
 		fmt.Println()
 	}
 	out, _ := json.MarshalIndent(map[string]any{"pushes": pushes, "at": time.Now().UTC(), "convergence": rows}, "", "  ")
-	path := filepath.Join(cfg.Dir, "bench-convergence.json")
+	path := reportPath("bench-convergence.json")
 	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}

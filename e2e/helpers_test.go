@@ -56,6 +56,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// reportPath is where a bench or the soak writes its report: reports/ at
+// the top of the checkout, which outlives the lab (lab-down removes .lab).
+func reportPath(name string) string {
+	dir := filepath.Join(root, "reports")
+	os.MkdirAll(dir, 0o755)
+	return filepath.Join(dir, name)
+}
+
 // report prints a measured figure so that it shows in CI output.
 func report(t *testing.T, format string, args ...any) {
 	t.Helper()

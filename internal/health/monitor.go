@@ -43,6 +43,10 @@ type Check struct {
 	PeersServe func(ctx context.Context) error
 }
 
+// brokenKill is nil but in a deliberately broken build (broken.go, tag
+// soakbroken): it says when to kill a unit whose check passed.
+var brokenKill func(unit string) bool
+
 // PeerPatience bounds how long a hung unit is left alone because a peer of
 // its role does not serve either: a dead peer must not stop every repair.
 const PeerPatience = 30 * time.Second
@@ -234,6 +238,13 @@ func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
 	}
 	snapshot := *r
 	m.mu.Unlock()
+	if err == nil && c.Unit != "" && brokenKill != nil && brokenKill(c.Unit) {
+		// Only in a build with the soakbroken tag (broken.go): the soak's
+		// checker must see this.
+		m.Log.Warn("unit is active but hung: killing it", "unit", c.Unit, "evidence", "none: a deliberately broken agent")
+		m.kill(ctx, c.Unit)
+		return snapshot
+	}
 	if err == nil {
 		return snapshot
 	}

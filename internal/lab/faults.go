@@ -136,7 +136,7 @@ func (c Config) Isolate(ctx context.Context, names ...string) error {
 }
 
 // Heal removes every cut: the blackhole routes in every running node, the
-// isolation of every node's port.
+// isolation of every node's port, a link unplugged.
 func (c Config) Heal(ctx context.Context) error {
 	s, err := c.Load()
 	if err != nil {
@@ -154,6 +154,27 @@ func (c Config) Heal(ctx context.Context) error {
 		if _, err := run(ctx, "bridge", "link", "set", "dev", veth(n.Name), "isolated", "off"); err != nil {
 			errs = append(errs, err)
 		}
+		if err := c.Plug(ctx, n.Name); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// Unplug takes node name's link to the lab down: the node is cut off from
+// every other node, the VIP's segment and the git server, and keeps
+// running. Plug (or Heal) brings the link back.
+func (c Config) Unplug(ctx context.Context, name string) error {
+	if _, err := run(ctx, "ip", "link", "set", "dev", veth(name), "down"); err != nil {
+		return fmt.Errorf("unplug %s: %w", name, err)
+	}
+	return nil
+}
+
+// Plug brings node name's link to the lab up again.
+func (c Config) Plug(ctx context.Context, name string) error {
+	if _, err := run(ctx, "ip", "link", "set", "dev", veth(name), "up"); err != nil {
+		return fmt.Errorf("plug %s back: %w", name, err)
+	}
+	return nil
 }

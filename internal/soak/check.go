@@ -1,0 +1,414 @@
+package soak
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Run is what a soak recorded: the checker's whole input.
+type Run struct {
+	Config Config    `json:"config"`
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end"`
+	Events []Done    `json:"events"` // as carried out
+	// Samples are taken once a second.
+	Samples     []Sample     `json:"samples"`
+	Publishers  []Publisher  `json:"publishers"`
+	Subscribers []Subscriber `json:"subscribers"`
+	// Homes say which broker each client was on since when (the brokers'
+	// logs), so that a loss can be told apart from the known limit.
+	Homes map[string][]Home `json:"homes"`
+	// Acts are what the agents did to daemons (their journals).
+	Acts   []Act   `json:"acts"`
+	Agents []Usage `json:"agents"`
+	// Settled is what the fleet looked like once the last fault ended.
+	Settled Settled `json:"settled"`
+	// Errors are agent panics and internal errors found in the journals.
+	Errors []string `json:"errors,omitempty"`
+}
+
+// Done is an event as carried out.
+type Done struct {
+	Event
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"` // the fault healed (a commit: pushed)
+	Err   string    `json:"err,omitempty"`
+}
+
+// Sample is one second of the run.
+type Sample struct {
+	At         time.Time           `json:"at"`
+	VIPHolders []string            `json:"vipHolders"`
+	VIPServed  bool                `json:"vipServed"`
+	VIPError   string              `json:"vipError,omitempty"`
+	VIPBroker  string              `json:"vipBroker,omitempty"` // where the probe landed
+	Bridges    map[string][]string `json:"bridges"`             // broker -> bridge nodes connected to it
+	BridgeHold string              `json:"bridgeHolder,omitempty"`
+	Delivered  int                 `json:"delivered"` // messages delivered in the second
+	P99        time.Duration       `json:"p99"`       // their publish-to-delivery latency
+}
+
+// Publisher is one publishing client: Acked[seq] is when its message seq
+// was acknowledged (QoS1) or sent (QoS0); zero: never.
+type Publisher struct {
+	Name  string      `json:"name"`
+	QoS   byte        `json:"qos"`
+	Acked []time.Time `json:"-"`
+	Sent  int         `json:"sent"`
+}
+
+// Subscriber is one subscribing client, following one publisher.
+type Subscriber struct {
+	Name       string `json:"name"`
+	Persistent bool   `json:"persistent"`
+	Follows    string `json:"follows"`
+	Got        []bool `json:"-"` // by sequence number
+	Received   int    `json:"received"`
+	Duplicates int    `json:"duplicates"`
+	Reordered  int    `json:"reordered"`
+	// Up are the intervals it was connected and subscribed.
+	Up []Interval `json:"up"`
+	// SessionLost are the connects that found no session (persistent
+	// subscribers): what was queued for it is gone.
+	SessionLost []time.Time `json:"sessionLost,omitempty"`
+}
+
+// Interval is [From, To).
+type Interval struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+// Home is a client's broker from At on.
+type Home struct {
+	At     time.Time `json:"at"`
+	Broker string    `json:"broker"`
+}
+
+// Act is something an agent did to a daemon: "killed" (a hung unit) or
+// "started" (a unit that was not running).
+type Act struct {
+	At   time.Time `json:"at"`
+	Node string    `json:"node"`
+	Unit string    `json:"unit"`
+	What string    `json:"what"`
+}
+
+// Usage is an agent's resources at the start and the end of the run.
+type Usage struct {
+	Node                   string `json:"node"`
+	RSSStart, RSSEnd       int64  `json:"-"`
+	FDsStart, FDsEnd       int    `json:"-"`
+	GoroutinesStart, GoEnd int    `json:"-"`
+	Started                int64  `json:"-"` // the process's start, unix seconds
+	// Restarted: the agent restarted during the run (a fault), so start
+	// and end are different processes.
+	Restarted bool `json:"restarted"`
+}
+
+// Settled is the fleet after the last fault: how long every node took to
+// run the head commit with every check ok, and what it said if not.
+type Settled struct {
+	Head  string        `json:"head"`
+	After time.Duration `json:"after"`
+	OK    bool          `json:"ok"`
+	Fleet string        `json:"fleet,omitempty"`
+}
+
+// Breach is an invariant broken, when, and what the run shows of it.
+type Breach struct {
+	At        time.Time `json:"at"`
+	Invariant string    `json:"invariant"`
+	What      string    `json:"what"`
+}
+
+// Bounds the checker holds the run to.
+const (
+	settleBound  = 120 * time.Second // every node on the head commit and ok after the last fault
+	failoverTail = 15 * time.Second  // a failover window lasts this long after its fault ends
+	deliverGrace = 10 * time.Second  // a clean subscriber must stay up this long after a publish to be owed it
+	vipTarget    = 0.999
+)
+
+// Figures are what the report states.
+type Figures struct {
+	Faults        map[string]int `json:"faults"`
+	Commits       map[string]int `json:"commits"`
+	Sent          int            `json:"sent"`
+	Acknowledged  int            `json:"acknowledged"`
+	Delivered     int            `json:"delivered"`
+	Lost          int            `json:"lost"`
+	LostKnown     int            `json:"lostKnownLimit"` // while the client's broker was down
+	Duplicated    int            `json:"duplicated"`
+	Reordered     int            `json:"reordered"`
+	VIPAvailable  float64        `json:"vipAvailability"`
+	LongestOutage time.Duration  `json:"longestOutage"`
+	OutageCause   string         `json:"outageCause,omitempty"`
+	Settled       Settled        `json:"settled"`
+}
+
+// Check evaluates every invariant over the run.
+func Check(r *Run) (Figures, []Breach) {
+	f := Figures{Faults: map[string]int{}, Commits: map[string]int{}, Settled: r.Settled}
+	for _, e := range r.Events {
+		if e.Commit != "" {
+			f.Commits[e.Commit]++
+		} else {
+			f.Faults[e.Fault]++
+		}
+	}
+	var out []Breach
+	out = append(out, r.checkMessages(&f)...)
+	out = append(out, r.checkVIP(&f)...)
+	out = append(out, r.checkBridges()...)
+	out = append(out, r.checkActs()...)
+	out = append(out, r.checkEnd()...)
+	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
+	return f, out
+}
+
+// checkMessages: no QoS1 message acknowledged to its publisher is lost for
+// a subscriber whose session was alive; losses while the publisher's or
+// the subscriber's broker was down are the known limit, counted apart.
+func (r *Run) checkMessages(f *Figures) []Breach {
+	pubs := map[string]*Publisher{}
+	for i := range r.Publishers {
+		p := &r.Publishers[i]
+		pubs[p.Name] = p
+		f.Sent += p.Sent
+		for _, t := range p.Acked {
+			if !t.IsZero() && p.QoS > 0 {
+				f.Acknowledged++
+			}
+		}
+	}
+	var out []Breach
+	for _, s := range r.Subscribers {
+		f.Delivered += s.Received
+		f.Duplicated += s.Duplicates
+		f.Reordered += s.Reordered
+		p := pubs[s.Follows]
+		if p == nil || p.QoS == 0 || len(s.Up) == 0 {
+			continue
+		}
+		var first []time.Time // the first loss of each run of losses
+		lost := 0
+		for seq, t := range p.Acked {
+			if t.IsZero() || seq < len(s.Got) && s.Got[seq] || !r.owed(s, t) {
+				continue
+			}
+			if r.brokerDown(p.Name, t) || r.brokerDown(s.Name, t) {
+				f.LostKnown++
+				continue
+			}
+			f.Lost++
+			lost++
+			if lost == 1 || seq > 0 && (seq-1 >= len(s.Got) || s.Got[seq-1]) {
+				first = append(first, t)
+			}
+		}
+		for _, t := range first {
+			out = append(out, Breach{At: t, Invariant: "no acknowledged QoS1 message lost",
+				What: fmt.Sprintf("%s lost messages of %s acknowledged from %s (%d in the run; its broker and the publisher's were up)",
+					s.Name, s.Follows, t.Sub(r.Start).Round(time.Second), lost)})
+		}
+	}
+	return out
+}
+
+// owed reports whether subscriber s's session was alive for a message
+// acknowledged at t: a persistent one from its first subscription on
+// (unless a connect found its session gone), a clean one while connected
+// from before t until deliverGrace after it.
+func (r *Run) owed(s Subscriber, t time.Time) bool {
+	if r.End.Sub(t) < deliverGrace {
+		return false // still in flight at the end
+	}
+	if s.Persistent {
+		if t.Before(s.Up[0].From) {
+			return false
+		}
+		for _, l := range s.SessionLost {
+			// Lost with the session: what came before the reconnect that
+			// found it gone, since the last time it was up before.
+			if t.Before(l) && !t.Before(lastUpBefore(s.Up, l)) {
+				return false
+			}
+		}
+		return true
+	}
+	for _, u := range s.Up {
+		if !t.Before(u.From) && u.To.Sub(t) >= deliverGrace {
+			return true
+		}
+	}
+	return false
+}
+
+func lastUpBefore(up []Interval, t time.Time) time.Time {
+	last := time.Time{}
+	for _, u := range up {
+		if u.To.Before(t) {
+			last = u.To
+		}
+	}
+	return last
+}
+
+// home is client's broker at t ("" unknown).
+func (r *Run) home(client string, t time.Time) string {
+	b := ""
+	for _, h := range r.Homes[client] {
+		if !h.At.After(t) {
+			b = h.Broker
+		}
+	}
+	return b
+}
+
+// brokerDown reports whether client's broker at t had a fault open around
+// t (its failover window).
+func (r *Run) brokerDown(client string, t time.Time) bool {
+	b := r.home(client, t)
+	if b == "" {
+		return false
+	}
+	for _, e := range r.Events {
+		if e.Node != b || e.Commit != "" || e.Unit != "" && e.Unit != "mosquitto" {
+			continue
+		}
+		if within(t, e.Start.Add(-deliverGrace), e.End.Add(failoverTail)) {
+			return true
+		}
+	}
+	return false
+}
+
+func within(t, from, to time.Time) bool { return !t.Before(from) && t.Before(to) }
+
+// checkVIP: at most one holder at every sample; served for vipTarget of the
+// samples outside the failover windows of load balancer faults and of
+// faults on the broker the probe lands on.
+func (r *Run) checkVIP(f *Figures) []Breach {
+	var out []Breach
+	counted, served := 0, 0
+	var outageFrom time.Time
+	for i, s := range r.Samples {
+		if len(s.VIPHolders) > 1 {
+			out = append(out, Breach{At: s.At, Invariant: "at most one VIP holder", What: "held by " + strings.Join(s.VIPHolders, " and ")})
+		}
+		if !s.VIPServed && outageFrom.IsZero() {
+			outageFrom = s.At
+		}
+		if (s.VIPServed || i == len(r.Samples)-1) && !outageFrom.IsZero() {
+			if d := s.At.Sub(outageFrom); d > f.LongestOutage {
+				f.LongestOutage, f.OutageCause = d, r.cause(outageFrom, s.At)
+			}
+			outageFrom = time.Time{}
+		}
+		if r.failover(s) {
+			continue
+		}
+		counted++
+		if s.VIPServed {
+			served++
+		}
+	}
+	f.VIPAvailable = 1
+	if counted > 0 {
+		f.VIPAvailable = float64(served) / float64(counted)
+	}
+	if f.VIPAvailable < vipTarget {
+		out = append(out, Breach{At: r.Start, Invariant: "the VIP serves 99.9% of the time outside failovers",
+			What: fmt.Sprintf("served %d of %d samples (%.3f%%); longest outage %s (%s)", served, counted, 100*f.VIPAvailable, f.LongestOutage, f.OutageCause)})
+	}
+	return out
+}
+
+// failover reports whether sample s falls in a failover window: a fault on
+// a load balancer, or on the broker the probe landed on, open or just
+// healed.
+func (r *Run) failover(s Sample) bool {
+	for _, e := range r.Events {
+		if e.Commit != "" || !within(s.At, e.Start, e.End.Add(failoverTail)) {
+			continue
+		}
+		if e.Group(r.Config.Nodes) == "lb" || e.Node != "" && e.Node == s.VIPBroker {
+			return true
+		}
+	}
+	return false
+}
+
+// cause names the events open between from and to.
+func (r *Run) cause(from, to time.Time) string {
+	var c []string
+	for _, e := range r.Events {
+		if e.Start.Before(to) && e.End.Add(failoverTail).After(from) {
+			c = append(c, e.String())
+		}
+	}
+	if len(c) == 0 {
+		return "no fault open"
+	}
+	return strings.Join(c, "; ")
+}
+
+// checkBridges: at most one bridge connected to each broker at any sample.
+func (r *Run) checkBridges() []Breach {
+	var out []Breach
+	for _, s := range r.Samples {
+		for b, nodes := range s.Bridges {
+			if len(nodes) > 1 {
+				out = append(out, Breach{At: s.At, Invariant: "at most one bridge per broker", What: fmt.Sprintf("%s bridged by %s", b, strings.Join(nodes, " and "))})
+			}
+		}
+	}
+	return out
+}
+
+// checkActs: an agent kills or starts a daemon only when a fault of that
+// daemon (or its node) was open: never one that served.
+func (r *Run) checkActs() []Breach {
+	var out []Breach
+	for _, a := range r.Acts {
+		i := slices.IndexFunc(r.Events, func(e Done) bool {
+			if e.Commit != "" || e.Node != a.Node || !within(a.At, e.Start, e.End.Add(failoverTail)) {
+				return false
+			}
+			return e.Unit == a.Unit || e.Fault == PowerOff || e.Fault == Cut
+		})
+		if i < 0 {
+			out = append(out, Breach{At: a.At, Invariant: "the agent acts on failed daemons only",
+				What: fmt.Sprintf("%s %s %s with no fault of it open", a.Node, a.What, a.Unit)})
+		}
+	}
+	return out
+}
+
+// checkEnd: the fleet settled on the head commit, no agent leaked or
+// failed inside.
+func (r *Run) checkEnd() []Breach {
+	var out []Breach
+	if !r.Settled.OK || r.Settled.After > settleBound {
+		out = append(out, Breach{At: r.End, Invariant: fmt.Sprintf("every node on the head commit and ok within %s of the last fault", settleBound),
+			What: fmt.Sprintf("after %s: %s", r.Settled.After.Round(time.Second), r.Settled.Fleet)})
+	}
+	for _, u := range r.Agents {
+		if u.Restarted {
+			continue
+		}
+		if u.RSSEnd > u.RSSStart*3/2+16<<20 || u.FDsEnd > u.FDsStart+32 || u.GoEnd > u.GoroutinesStart+20 {
+			out = append(out, Breach{At: r.End, Invariant: "no agent leaks",
+				What: fmt.Sprintf("%s: RSS %d -> %d MiB, fds %d -> %d, goroutines %d -> %d", u.Node, u.RSSStart>>20, u.RSSEnd>>20,
+					u.FDsStart, u.FDsEnd, u.GoroutinesStart, u.GoEnd)})
+		}
+	}
+	for _, e := range r.Errors {
+		out = append(out, Breach{At: r.End, Invariant: "no agent panics or fails inside", What: e})
+	}
+	return out
+}
