@@ -98,6 +98,10 @@ func wait(ctx context.Context, tok mqtt.Token, what string) error {
 // listener that stopped accepting clients.
 const freshEvery = 20
 
+// keepIdle is how long the round-trip probe keeps its connection without
+// being called (health rounds come every few seconds).
+const keepIdle = 30 * time.Second
+
 // MQTTRoundTrip publishes a QoS1 message to the broker at addr and waits
 // for it to come back on a subscription. Topics under $mqha are not matched
 // by a bridge's "#", so the probe stays on this broker. It keeps its
@@ -134,9 +138,19 @@ func MQTTRoundTripUnder(prefix, addr string, tc *tls.Config, node string) Probe 
 			c = nil
 		}
 	}
+	// A probe nobody calls any more (its commit was replaced) lets its
+	// connection go: every commit builds its own probes, and each kept
+	// connection holds a client and its goroutines (the soak saw one more
+	// per commit on every broker's agent).
+	idle := time.AfterFunc(keepIdle, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		drop()
+	})
 	return func(ctx context.Context) (err error) {
 		mu.Lock()
 		defer mu.Unlock()
+		defer idle.Reset(keepIdle)
 		defer func() {
 			if err != nil {
 				drop()
