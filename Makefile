@@ -88,6 +88,8 @@ bench:
 packages: build
 	mkdir -p dist
 	gzip -9n < packaging/mqha-agent.8 > dist/mqha-agent.8.gz
+	$(BIN) completion bash > dist/mqha-agent.bash
+	$(BIN) completion zsh > dist/_mqha-agent
 	printf '%s\n' "mqha-agent ($(PKG_VERSION)-1) unstable; urgency=medium" "" \
 	  "  * Built from commit $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)." "" \
 	  " -- mqha maintainers <maintainers@mqha.dev>  $$(date -u -R -d @$(SOURCE_DATE_EPOCH))" \

@@ -10,12 +10,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"testing/fstest"
+	"time"
 
-	"github.com/mqha/mqha/internal/render"
-
+	"github.com/mqha/mqha/internal/agent"
 	"github.com/mqha/mqha/internal/cluster"
+	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/source"
-	"github.com/mqha/mqha/schema"
 )
 
 // defSource says where vet, nodes, render and diff read the definition:
@@ -24,15 +25,27 @@ import (
 type defSource struct {
 	repo, rev *string
 	worktree  *bool
+	// The bounds of the evaluation, as the agent's (a definition is input
+	// from whoever can push; vet runs in CI on every pull request).
+	loadTimeout *time.Duration
+	loadMemory  *int64
 }
 
 // defCommand makes the flags of a command that reads the definition
 // (vet, nodes, render, diff, fleet): --repo, --rev, --worktree.
 func (c *cmd) defCommand(name string) (*flag.FlagSet, defSource) {
 	fs, repo := c.flags(name)
-	return fs, defSource{repo: repo,
-		rev:      fs.String("rev", "HEAD", "read the definition of this commit (when --repo is in a git work tree)"),
-		worktree: fs.Bool("worktree", false, "read the files as they are in the working tree, committed or not")}
+	s := defSource{repo: repo,
+		rev:         fs.String("rev", "HEAD", "read the definition of this commit (when --repo is in a git work tree)"),
+		worktree:    fs.Bool("worktree", false, "read the files as they are in the working tree, committed or not"),
+		loadTimeout: fs.Duration("load-timeout", 20*time.Second, "refuse a definition that takes longer to evaluate"),
+		loadMemory:  new(int64)}
+	*s.loadMemory = 256 << 20
+	fs.Func("load-memory", "refuse a definition that needs more memory to evaluate (e.g. 256M)", func(v string) (err error) {
+		*s.loadMemory, err = agent.ParseSize(v)
+		return err
+	})
+	return fs, s
 }
 
 // loadAfter is the preamble of those commands: the flags parsed, checked
@@ -53,7 +66,7 @@ func (c *cmd) loadAfter(fs *flag.FlagSet, s defSource, args []string, check func
 // commit it read and which .cue files in the working tree differ from it.
 func (c *cmd) definition(s defSource) (*cluster.Cluster, error) {
 	if *s.worktree {
-		return schema.LoadDir(*s.repo)
+		return c.evaluate(s, nil)
 	}
 	commit, top, ok, err := source.ReadWorkTree(*s.repo, *s.rev)
 	if err != nil {
@@ -63,7 +76,7 @@ func (c *cmd) definition(s defSource) (*cluster.Cluster, error) {
 		if *s.rev != "HEAD" {
 			return nil, fmt.Errorf("--rev %s: %s is not in a git work tree", *s.rev, *s.repo)
 		}
-		return schema.LoadDir(*s.repo) // a plain directory: its files are the definition
+		return c.evaluate(s, nil) // a plain directory: its files are the definition
 	}
 	fmt.Fprintf(c.stderr, "reading commit %s (%s) of %s, as the agents do; --worktree reads uncommitted files\n", source.Short(commit.Hash), *s.rev, top)
 	// The working tree is compared with HEAD only: against an older commit
@@ -73,7 +86,60 @@ func (c *cmd) definition(s defSource) (*cluster.Cluster, error) {
 			fmt.Fprintf(c.stderr, "warning: %s\n", w)
 		}
 	}
-	return schema.Load(commit.Files, ".")
+	return c.evaluate(s, commit.Files)
+}
+
+// evaluate evaluates files (nil: the .cue files under --repo) in a child
+// of this binary, within --load-timeout and --load-memory, as the agent
+// does; SIGINT or SIGTERM stops it at once.
+func (c *cmd) evaluate(s defSource, files fs.FS) (*cluster.Cluster, error) {
+	if files == nil {
+		var err error
+		if files, err = cueFiles(*s.repo); err != nil {
+			return nil, err
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this binary to evaluate the definition in a child: %w", err)
+	}
+	lim := evaluate.Limits{Timeout: 20 * time.Second, Memory: 256 << 20, TimeoutKnob: "--load-timeout", MemoryKnob: "--load-memory"}
+	if s.loadTimeout != nil {
+		lim.Timeout, lim.Memory = *s.loadTimeout, *s.loadMemory
+	}
+	return evaluate.Child(c.ctx, exe, files, lim)
+}
+
+// cueFiles are the .cue files under dir (what the schema reads; a file in
+// a subdirectory is read to say it is misplaced).
+func cueFiles(dir string) (fs.FS, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cluster repository %s: %w", dir, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("cluster repository %s is not a directory", dir)
+	}
+	out := fstest.MapFS{}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && p != dir && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".cue") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out[filepath.ToSlash(rel)] = &fstest.MapFile{Data: b, Mode: 0o644}
+		return nil
+	})
+	return out, err
 }
 
 // uncommitted lists the .cue files whose working-tree content is not the
@@ -112,67 +178,4 @@ func uncommitted(dir string, committed fs.FS) []string {
 	})
 	sort.Strings(out)
 	return out
-}
-
-func (c *cmd) vet(args []string) error {
-	fs, src := c.defCommand("vet")
-	cl, err := c.loadAfter(fs, src, args, nil)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(c.stdout, "%s: cluster %s is valid: %d nodes (%d lb, %d broker, %d bridge)\n", *src.repo, cl.Name,
-		len(cl.Nodes), len(cl.WithRole(cluster.LB)), len(cl.WithRole(cluster.Broker)), len(cl.WithRole(cluster.Bridge)))
-	return nil
-}
-
-func (c *cmd) nodes(args []string) error {
-	fs, src := c.defCommand("nodes")
-	cl, err := c.loadAfter(fs, src, args, nil)
-	if err != nil {
-		return err
-	}
-	for _, n := range cl.Nodes {
-		fmt.Fprintf(c.stdout, "%s %s %s\n", n.Name, n.Address, n.RoleList())
-	}
-	return nil
-}
-
-func (c *cmd) render(args []string) error {
-	fs, src := c.defCommand("render")
-	node := fs.String("node", "", "render this node")
-	all := fs.Bool("all", false, "render every node, each under OUT/NAME/")
-	out := fs.String("out", "", "output directory (required)")
-	cl, err := c.loadAfter(fs, src, args, func() error {
-		if *out == "" || (*node == "") == !*all {
-			return errors.New("need --out DIR and exactly one of --node NAME or --all")
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	targets := map[string]string{*node: *out}
-	if *all {
-		targets = map[string]string{}
-		for _, n := range cl.Nodes {
-			targets[n.Name] = filepath.Join(*out, n.Name)
-		}
-	}
-	for name, dir := range targets {
-		o, err := render.Node(cl, name)
-		if err != nil {
-			return err
-		}
-		for _, f := range o.Files {
-			p := filepath.Join(dir, f.Path)
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(p, f.Content, f.Mode); err != nil {
-				return err
-			}
-			fmt.Fprintln(c.stdout, p)
-		}
-	}
-	return nil
 }

@@ -50,7 +50,11 @@ func (c *cmd) diff(args []string) (int, error) {
 	to := fs.String("to", "HEAD", "with --from: to this one")
 	all := fs.Bool("all", false, "with --from: every node (the default when --node is not given)")
 	check := fs.Bool("validate", false, "with --from: run the daemons' own checks on the changed files, where installed here")
+	format := outputFlag(fs)
 	if err := parse(fs, args); err != nil {
+		return exitError, err
+	}
+	if err := format.check(); err != nil {
 		return exitError, err
 	}
 	if *from != "" {
@@ -66,7 +70,7 @@ func (c *cmd) diff(args []string) (int, error) {
 		if err != nil {
 			return exitError, fmt.Errorf("--to %s: %w", *to, err)
 		}
-		changed, err := fleetDiff(c.ctx, c.stdout, old, cur, *node, *check)
+		changed, err := fleetDiff(c.ctx, c.stdout, format, old, cur, *node, *check)
 		switch {
 		case err != nil:
 			return exitError, err
@@ -100,18 +104,60 @@ func (c *cmd) diff(args []string) (int, error) {
 	if err != nil {
 		return exitError, err
 	}
-	for _, ch := range p.Changes {
-		fmt.Fprint(c.stdout, ch.Diff)
+	err = format.emit(c.stdout, planOf(p), func(w io.Writer) {
+		for _, ch := range p.Changes {
+			fmt.Fprint(w, ch.Diff)
+		}
+		fmt.Fprintf(w, "\nplan for node %s (%s):\n", p.Node, out.Node.RoleList())
+		if !p.StatesKnown {
+			fmt.Fprintf(w, "  note: %s\n", statesNote)
+		}
+		writePlan(w, p)
+	})
+	if err != nil {
+		return exitError, err
 	}
-	fmt.Fprintf(c.stdout, "\nplan for node %s (%s):\n", p.Node, out.Node.RoleList())
-	if !p.StatesKnown {
-		fmt.Fprintf(c.stdout, "  note: %s\n", statesNote)
-	}
-	writePlan(c.stdout, p)
 	if p.Empty() {
 		return exitOK, nil
 	}
 	return exitChanges, nil
+}
+
+// planJSON is a plan as -o json writes it.
+type planJSON struct {
+	Node  string `json:"node"`
+	Files []struct {
+		Path string `json:"path"`
+		Diff string `json:"diff"`
+	} `json:"files"`
+	DaemonReload bool `json:"daemonReload,omitempty"`
+	Units        []struct {
+		Name   string `json:"name"`
+		Action string `json:"action"`
+		Reason string `json:"reason,omitempty"`
+	} `json:"units"`
+	StatesKnown bool `json:"statesKnown"`
+}
+
+func planOf(p *plan.Plan) *planJSON {
+	if p == nil {
+		return nil
+	}
+	out := &planJSON{Node: p.Node, DaemonReload: p.DaemonReload, StatesKnown: p.StatesKnown}
+	for _, ch := range p.Changes {
+		out.Files = append(out.Files, struct {
+			Path string `json:"path"`
+			Diff string `json:"diff"`
+		}{ch.File.Path, ch.Diff})
+	}
+	for _, u := range p.Units {
+		out.Units = append(out.Units, struct {
+			Name   string `json:"name"`
+			Action string `json:"action"`
+			Reason string `json:"reason,omitempty"`
+		}{u.Name, string(u.Action), u.Reason})
+	}
+	return out
 }
 
 func writePlan(w io.Writer, p *plan.Plan) {

@@ -29,13 +29,16 @@ const (
 const usage = `usage: mqha-agent COMMAND [flags]
 
 commands:
-  vet     [--repo DIR] [--rev REV | --worktree]      validate the cluster definition (by default
+  vet     [--repo DIR] [--rev REV | --worktree] [-o json]
+                                                     validate the cluster definition (by default
                                                      the committed HEAD, as the agents read it)
-  nodes   [--repo DIR] [--rev REV | --worktree]      list nodes: NAME ADDRESS ROLES
+  nodes   [--repo DIR] [--rev REV | --worktree] [-o json]
+                                                     list nodes: NAME ADDRESS ROLES
   render  [--repo DIR] (--node NAME | --all) --out DIR
                                                      write the rendered files under DIR
-  diff    [--repo DIR] [--node NAME] [--root DIR]    show what apply would change, and the plan
-  diff    --from REV [--to REV] [--all | --node NAME] [--validate]
+  diff    [--repo DIR] [--node NAME] [--root DIR] [-o json]
+                                                     show what apply would change, and the plan
+  diff    --from REV [--to REV] [--all | --node NAME] [--validate] [-o json]
                                                      what a change does to every node: a summary,
                                                      then each node's diffs and plan (for a PR)
   apply   [--repo DIR] [--node NAME]                 validate, write and reload/restart (as root)
@@ -51,9 +54,12 @@ commands:
   suspend [--reason TEXT] [--no-repair]              stop converging and reverting drift (an incident);
                                                      health repair goes on unless --no-repair
   resume                                             end a suspension and converge now
-  version                                            print the version
+  completion bash|zsh                                print the shell completion script
+  version                                            print the version (also --version)
 
-exit codes: 0 ok, 1 differences (diff) or degraded (status), 2 error
+vet, nodes, render, diff, apply and fleet evaluate the definition in a bounded child,
+as the agent does: --load-timeout D (20s), --load-memory SIZE (256M).
+exit codes: 0 ok, 1 differences (diff) or degraded (status, fleet), 2 error (a refused definition too)
 `
 
 func main() {
@@ -109,6 +115,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		// Hidden: the agent evaluates each commit's definition in a
 		// child of its own binary, bounded (internal/evaluate).
 		return evaluate.Serve(os.Stdin, stdout)
+	case "completion":
+		err = c.completion(args[1:])
 	case "version", "--version":
 		fmt.Fprintln(stdout, "mqha-agent", version)
 	case "help", "-h", "--help":

@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +19,24 @@ import (
 
 	"github.com/mqha/mqha/internal/agent"
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/evaluate"
 )
+
+// TestMain: this test binary is also mqha-agent, as the CLI's child
+// evaluations run it (os.Executable) with the hidden evaluate command, and
+// as the signal test runs it with MQHA_TEST_CLI set.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == evaluate.Command {
+		os.Exit(evaluate.Serve(os.Stdin, os.Stdout))
+	}
+	if os.Getenv("MQHA_TEST_CLI") != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
 
 func mqha(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
@@ -216,6 +237,110 @@ func TestVetReadsTheCommit(t *testing.T) {
 	gitIn("mv", "nodes/lb3.cue", "lb3.cue")
 	if code, _, errs = mqha(t, "vet", "--repo", repo, "--worktree"); code != 2 || !strings.Contains(errs, "lb3.cue:1:1: no package clause") {
 		t.Errorf("a file without a package line: exit %d %s", code, errs)
+	}
+}
+
+// A definition that computes without end (a 3000x3000 comprehension) is
+// refused at --load-timeout, naming the flag; SIGTERM stops vet at once.
+func TestVetIsBounded(t *testing.T) {
+	repo := copyExample(t)
+	bomb := "package cluster\n\nimport \"list\"\n\n_bomb: [for i in list.Range(0, 3000, 1) for j in list.Range(0, 3000, 1) {i * j}]\n_n: len(_bomb)\n"
+	os.WriteFile(filepath.Join(repo, "bomb.cue"), []byte(bomb), 0o644)
+	start := time.Now()
+	code, _, errs := mqha(t, "vet", "--repo", repo, "--load-timeout", "2s")
+	if took := time.Since(start); code != 2 || !strings.Contains(errs, "took over 2s: refused; raise --load-timeout") || took > 6*time.Second {
+		t.Errorf("vet of a CUE bomb: exit %d after %s: %s", code, took.Round(time.Millisecond), errs)
+	}
+	code, _, errs = mqha(t, "vet", "--repo", repo, "--load-memory", "lots")
+	if code != 2 || !strings.Contains(errs, `"lots" is not a size`) {
+		t.Errorf("a bad --load-memory: exit %d %s", code, errs)
+	}
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "vet", "--repo", repo)
+	cmd.Env = append(os.Environ(), "MQHA_TEST_CLI=1")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	sent := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	if took := time.Since(sent); took > time.Second || err == nil || !strings.Contains(errb.String(), "interrupted") {
+		t.Errorf("vet after SIGTERM: ended %s later (%v): %s", took.Round(time.Millisecond), err, errb.String())
+	}
+}
+
+// -o json on the commands that print state, and a refusal of other formats.
+func TestOutputJSON(t *testing.T) {
+	repo, _ := exampleRepo(t)
+	var nodes []struct {
+		Name, Address string
+		Roles         []string
+	}
+	code, out, errs := mqha(t, "nodes", "--repo", repo, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &nodes); code != 0 || err != nil || len(nodes) != 5 || nodes[0].Name != "bridge" || nodes[0].Roles[0] != "bridge" {
+		t.Errorf("nodes -o json: exit %d %v %s %s", code, err, out, errs)
+	}
+	var vet struct {
+		Valid bool
+		Nodes int
+		Roles map[string]int
+	}
+	code, out, _ = mqha(t, "vet", "--repo", repo, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &vet); code != 0 || err != nil || !vet.Valid || vet.Nodes != 5 || vet.Roles["broker"] != 2 {
+		t.Errorf("vet -o json: exit %d %v %s", code, err, out)
+	}
+	var diff []struct {
+		Name    string
+		Changed bool
+		Plan    *struct{ Files []struct{ Path string } }
+	}
+	code, out, errs = mqha(t, "diff", "--repo", repo, "--from", "HEAD", "--to", "HEAD", "--worktree", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &diff); code != 0 || err != nil || len(diff) != 5 || diff[0].Changed {
+		t.Errorf("diff --from -o json: exit %d %v %s %s", code, err, out, errs)
+	}
+	if code, _, errs = mqha(t, "nodes", "--repo", repo, "-o", "yaml"); code != 2 || !strings.Contains(errs, "-o yaml: want text or json") {
+		t.Errorf("-o yaml: exit %d %s", code, errs)
+	}
+}
+
+// The completion scripts: commands, then each command's own flags.
+func TestCompletion(t *testing.T) {
+	code, script, _ := mqha(t, "completion", "bash")
+	if code != 0 {
+		t.Fatalf("completion bash: exit %d", code)
+	}
+	complete := func(words ...string) string {
+		t.Helper()
+		sh := script + fmt.Sprintf("\nCOMP_WORDS=(%s); COMP_CWORD=%d; _mqha_agent; echo \"${COMPREPLY[*]}\"\n", strings.Join(words, " "), len(words)-1)
+		out, err := exec.Command("bash", "-c", sh).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for _, tt := range []struct {
+		words []string
+		want  string
+	}{
+		{[]string{"mqha-agent", "fl"}, "fleet"},
+		{[]string{"mqha-agent", "fleet", "--ca"}, "--ca --cafile"},
+		{[]string{"mqha-agent", "vet", "--load-t"}, "--load-timeout"},
+		{[]string{"mqha-agent", "pki", "is"}, "issue"},
+		{[]string{"mqha-agent", "pki", "issue", "--al"}, "--all"},
+		{[]string{"mqha-agent", "status", "-"}, "-o --repo --socket"},
+	} {
+		if got := complete(tt.words...); got != tt.want {
+			t.Errorf("%v: %q, want %q", tt.words, got, tt.want)
+		}
+	}
+	if code, zsh, _ := mqha(t, "completion", "zsh"); code != 0 || !strings.HasPrefix(zsh, "#compdef mqha-agent") {
+		t.Errorf("completion zsh: exit %d %.40q", code, zsh)
+	}
+	if code, _, errs := mqha(t, "completion", "fish"); code != 2 || !strings.Contains(errs, "bash|zsh") {
+		t.Errorf("completion fish: exit %d %s", code, errs)
 	}
 }
 

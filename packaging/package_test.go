@@ -49,6 +49,8 @@ func TestPackages(t *testing.T) {
 			"./usr/share/doc/mqha-agent/copyright",
 			"./usr/share/doc/mqha-agent/operations.md",
 			"./usr/share/doc/mqha-agent/bridge.md",
+			"./usr/share/bash-completion/completions/mqha-agent",
+			"./usr/share/zsh/vendor-completions/_mqha-agent",
 			"./usr/share/doc/mqha-agent/changelog.Debian.gz",
 			"./usr/share/mqha/prometheus/mqha.rules.yml",
 			"./usr/share/mqha/grafana/mqha.json",
@@ -93,7 +95,8 @@ func TestPackages(t *testing.T) {
 	})
 	t.Run("rpm contents", func(t *testing.T) {
 		list := sh(t, "rpm", "-qpl", rpm)
-		for _, want := range []string{"/usr/bin/mqha-agent", "/usr/lib/systemd/system/mqha-agent.service", "/etc/mqha/agent.conf"} {
+		for _, want := range []string{"/usr/bin/mqha-agent", "/usr/lib/systemd/system/mqha-agent.service", "/etc/mqha/agent.conf",
+			"/usr/share/bash-completion/completions/mqha-agent", "/usr/share/zsh/site-functions/_mqha-agent"} {
 			if !strings.Contains(list, want+"\n") {
 				t.Errorf("rpm lacks %s:\n%s", want, list)
 			}
@@ -111,6 +114,23 @@ func TestPackages(t *testing.T) {
 		for _, want := range []string{"postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet"} {
 			if !strings.Contains(scripts, want) {
 				t.Errorf("rpm lacks %s", want)
+			}
+		}
+	})
+	t.Run("rpmlint", func(t *testing.T) {
+		testtools.Require(t, "rpmlint")
+		real, err := filepath.EvalSymlinks(filepath.Join("..", rpm)) // rpmlint checks the file name against the package
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("rpmlint", "-r", "rpmlintrc", real).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "0 errors, 0 warnings") {
+			t.Errorf("rpmlint (packaging/rpmlintrc filters what is justified): %v\n%s", err, out)
+		}
+		docs := sh(t, "rpm", "-qp", "--docfiles", rpm)
+		for _, want := range []string{"/usr/share/doc/mqha-agent/README.md", "/usr/share/man/man8/mqha-agent.8.gz"} {
+			if !strings.Contains(docs, want) {
+				t.Errorf("rpm does not list %s as documentation:\n%s", want, docs)
 			}
 		}
 	})

@@ -234,6 +234,10 @@ func ParseConfig(name string, data []byte) (Config, error) {
 	return c, sc.Err()
 }
 
+// ParseSize parses a byte count with an optional K, M or G (binary)
+// suffix (agent.conf's sizes; the CLI's --load-memory).
+func ParseSize(v string) (int64, error) { return size(v) }
+
 // size parses a byte count with an optional K, M or G (binary) suffix.
 func size(v string) (int64, error) {
 	mult := int64(1)

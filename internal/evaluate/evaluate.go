@@ -31,6 +31,20 @@ const Command = "evaluate-definition"
 type Limits struct {
 	Timeout time.Duration // agent.conf load-timeout
 	Memory  int64         // bytes of resident memory; agent.conf load-memory
+	// Knobs name how to raise each bound in a refusal (default: the
+	// agent.conf keys; the CLI names its flags).
+	TimeoutKnob, MemoryKnob string
+}
+
+func (l Limits) knobs() (string, string) {
+	t, m := l.TimeoutKnob, l.MemoryKnob
+	if t == "" {
+		t = "load-timeout in agent.conf"
+	}
+	if m == "" {
+		m = "load-memory in agent.conf"
+	}
+	return t, m
 }
 
 // request is what the parent writes to the child's stdin.
@@ -94,13 +108,17 @@ func Child(ctx context.Context, exe string, files fs.FS, lim Limits) (*cluster.C
 	}()
 	werr := cmd.Wait()
 	close(done)
+	timeoutKnob, memoryKnob := lim.knobs()
 	select {
 	case rss := <-over:
-		return nil, fmt.Errorf("evaluating the definition used over %d MiB of memory (%d MiB when stopped): refused; raise load-memory in agent.conf if the definition really needs it", lim.Memory>>20, rss>>20)
+		return nil, fmt.Errorf("evaluating the definition used over %d MiB of memory (%d MiB when stopped): refused; raise %s if the definition really needs it", lim.Memory>>20, rss>>20, memoryKnob)
 	default:
 	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return nil, fmt.Errorf("evaluating the definition took over %s: refused; raise load-timeout in agent.conf if the definition really needs it", lim.Timeout)
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return nil, fmt.Errorf("evaluating the definition took over %s: refused; raise %s if the definition really needs it", lim.Timeout, timeoutKnob)
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("evaluating the definition: interrupted (%w)", ctx.Err())
 	}
 	var r reply
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {

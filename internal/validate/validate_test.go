@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -77,6 +79,60 @@ func TestRenderedConfigsPassRealTools(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestRHELNginxLayoutPassesNginx: the nginx configuration rendered for a
+// RHEL-family node (user nginx, modules from /usr/share/nginx/modules, as
+// nginx-mod-stream installs them) passes nginx -t. This Debian host is made
+// to look like one for the test: a system user nginx and the stream
+// module's include where RHEL puts it, both removed after.
+func TestRHELNginxLayoutPassesNginx(t *testing.T) {
+	testtools.RequireRoot(t)
+	testtools.Require(t, "nginx", "useradd", "userdel")
+	if exec.Command("id", "nginx").Run() != nil {
+		if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "nginx").CombinedOutput(); err != nil {
+			t.Fatalf("useradd nginx: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("userdel", "nginx").Run() })
+	}
+	mods := "/usr/share/nginx/modules"
+	mod, err := filepath.Glob("/usr/lib/nginx/modules/ngx_stream_module.so")
+	if err != nil || len(mod) == 0 {
+		t.Fatal("no ngx_stream_module.so on this host (libnginx-mod-stream)")
+	}
+	if _, err := os.Stat(mods); os.IsNotExist(err) {
+		os.MkdirAll(mods, 0o755)
+		t.Cleanup(func() { os.RemoveAll(mods) })
+	}
+	conf := filepath.Join(mods, "mod-stream.conf")
+	if _, err := os.Stat(conf); os.IsNotExist(err) {
+		os.WriteFile(conf, []byte("load_module \""+mod[0]+"\";\n"), 0o644)
+		t.Cleanup(func() { os.Remove(conf) })
+	}
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls := testtools.TLS(t, c)
+	cc := *c
+	cc.TLS = tls["lb1"]
+	out, err := render.NodeOn(&cc, "lb1", render.RHELNginx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range out.Files {
+		if f.Path != daemon.Nginx.Conf {
+			continue
+		}
+		if !strings.Contains(string(f.Content), "user nginx;") || !strings.Contains(string(f.Content), "include /usr/share/nginx/modules/*.conf;") {
+			t.Fatalf("not the RHEL layout:\n%s", f.Content)
+		}
+		if err := (daemon.Validator{Tools: validate.Tools{}}).Config(context.Background(), f.Path, f.Content); err != nil {
+			t.Fatalf("nginx -t refuses the RHEL layout: %v", err)
+		}
+		return
+	}
+	t.Fatal("no nginx.conf rendered for lb1")
 }
 
 func TestBrokenCandidatesAreRejected(t *testing.T) {
