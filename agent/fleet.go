@@ -1,17 +1,12 @@
 package main
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"sort"
 	"strings"
-	"sync"
 	"time"
-
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
@@ -81,97 +76,8 @@ func (c *cmd) fleet(args []string) (int, error) {
 		return fleetCode(cl, statuses, head), e.Encode(statuses)
 	}
 	fmt.Fprintf(c.stdout, "read from %s\n", strings.Join(read, ", "))
-	printFleet(c, cl, statuses, head)
+	printFleet(c, cl, statuses, head, *wait)
 	return fleetCode(cl, statuses, head), nil
-}
-
-// staleAfter is the age past which a node's status is not taken as its
-// state: agents publish every 5 s, so six were missed (the agent is down,
-// or does not reach the brokers).
-const staleAfter = 30 * time.Second
-
-// readAll reads the statuses from every broker at addrs at once and keeps,
-// per node, the newest; it returns the brokers it read and what failed.
-func readAll(addrs []string, tc *tls.Config, topics string, want int, wait time.Duration) (map[string]control.Status, []string, []error) {
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	out := map[string]control.Status{}
-	var read []string
-	var errs []error
-	for _, a := range addrs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := tc.Clone()
-			t.ServerName, _, _ = net.SplitHostPort(a)
-			st, err := readStatuses(a, t, topics, want, wait)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			read = append(read, a)
-			for n, s := range st {
-				if old, ok := out[n]; !ok || s.PublishedAt.After(old.PublishedAt) {
-					out[n] = s
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	sort.Strings(read)
-	return out, read, errs
-}
-
-// stale reports whether a status is too old to be taken as the node's state.
-func stale(s control.Status, now time.Time) bool {
-	return !s.PublishedAt.IsZero() && now.Sub(s.PublishedAt) > staleAfter
-}
-
-// readStatuses collects the retained statuses under topics until want of
-// them arrived or wait passed.
-func readStatuses(addr string, tc *tls.Config, topics string, want int, wait time.Duration) (map[string]control.Status, error) {
-	var mu sync.Mutex
-	out := map[string]control.Status{}
-	all := make(chan struct{})
-	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(fmt.Sprintf("mqha-fleet-%d", time.Now().UnixNano())).
-		SetTLSConfig(tc).SetCleanSession(true).SetConnectTimeout(5 * time.Second)
-	cl := mqtt.NewClient(o)
-	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("connect to %s: %v", addr, tok.Error())
-	}
-	defer cl.Disconnect(100)
-	tok := cl.Subscribe(topics+"/+", 1, func(_ mqtt.Client, m mqtt.Message) {
-		var s control.Status
-		if json.Unmarshal(m.Payload(), &s) != nil {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		out[m.Topic()[len(topics)+1:]] = s
-		if len(out) == want {
-			select {
-			case <-all:
-			default:
-				close(all)
-			}
-		}
-	})
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("subscribe to %s/+: %v", topics, tok.Error())
-	}
-	select {
-	case <-all:
-	case <-time.After(wait):
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	res := map[string]control.Status{}
-	for k, v := range out {
-		res[k] = v
-	}
-	return res, nil
 }
 
 // fleetCode is 0 when every node of the definition reported, runs head (if
@@ -179,14 +85,14 @@ func readStatuses(addr string, tc *tls.Config, topics string, want int, wait tim
 func fleetCode(cl *cluster.Cluster, st map[string]control.Status, head string) int {
 	for _, n := range cl.Nodes {
 		s, ok := st[n.Name]
-		if !ok || stale(s, time.Now()) || (head != "" && s.Applied != head) || len(s.Problems(time.Now())) > 0 {
+		if !ok || s.PublishedAt.IsZero() || stale(s, time.Now()) || (head != "" && s.Applied != head) || len(s.Problems(time.Now())) > 0 {
 			return exitChanges
 		}
 	}
 	return exitOK
 }
 
-func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head string) {
+func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head string, wait time.Duration) {
 	w := c.stdout
 	fmt.Fprintf(w, "cluster %s, head %s\n", cl.Name, source.Short(head))
 	fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", "NODE", "ROLES", "APPLIED", "AGE", "ROLE NOW", "PROBLEMS")
@@ -199,7 +105,12 @@ func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head 
 		n, _ := cl.Node(name)
 		s, ok := st[name]
 		if !ok {
-			fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", name, n.RoleList(), "?", "-", "-", "NO STATUS (agent down, or not reaching the brokers)")
+			fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", name, n.RoleList(), "?", "-", "-",
+				fmt.Sprintf("NOT REPORTED YET: no status on any broker after waiting %s (its agent has not reached a broker yet)", wait))
+			continue
+		}
+		if s.PublishedAt.IsZero() && s.Gone != "" {
+			fmt.Fprintf(w, "%-10s %-14s %-14s %-8s %-24s %s\n", name, n.RoleList(), "?", "-", "-", strings.ToUpper(s.Gone[:1])+s.Gone[1:])
 			continue
 		}
 		applied := source.Short(s.Applied)
@@ -223,8 +134,11 @@ func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head 
 		if len(problems) > 0 {
 			p = strings.Join(problems, "; ")
 		}
-		if stale(s, time.Now()) {
-			p = fmt.Sprintf("STALE: no status for %s (agent down, or not reaching the brokers); last said: %s", time.Since(s.PublishedAt).Round(time.Second), p)
+		switch {
+		case stale(s, time.Now()) && s.Gone != "":
+			p = fmt.Sprintf("GONE: %s; no status for %s; last said: %s", s.Gone, time.Since(s.PublishedAt).Round(time.Second), p)
+		case stale(s, time.Now()):
+			p = fmt.Sprintf("STALE: no status for %s and no goodbye (agent hung, or not reaching the brokers); last said: %s", time.Since(s.PublishedAt).Round(time.Second), p)
 		}
 		age := "-"
 		if !s.PublishedAt.IsZero() {

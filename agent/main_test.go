@@ -410,13 +410,18 @@ func TestFleetView(t *testing.T) {
 	b.Applied, b.Refused, b.RefusedReason = strings.Repeat("b", 40), head, "this node's certificate does not load"
 	st["broker1"] = b
 	delete(st, "lb2")
+	// bridge stopped a minute ago; broker2's connections dropped.
+	st["bridge"] = control.Status{Node: "bridge", Applied: head, PublishedAt: time.Now().Add(-time.Minute), Gone: "agent stopped at 2026-12-07T10:00:00Z"}
+	st["broker2"] = control.Status{Node: "broker2", Gone: "agent went away: its connections to the brokers dropped (the brokers published its MQTT will)"}
 	var out bytes.Buffer
 	c := &cmd{stdout: &out}
-	printFleet(c, cl, st, head)
+	printFleet(c, cl, st, head, 3*time.Second)
 	if code := fleetCode(cl, st, head); code != 1 {
 		t.Errorf("a node behind and one silent: %d", code)
 	}
-	for _, want := range []string{"broker1    broker         bbbbbbbbbbbb≠", "refused commit aaaaaaaaaaaa: this node's certificate does not load", "lb2        lb             ?", "NO STATUS"} {
+	for _, want := range []string{"broker1    broker         bbbbbbbbbbbb≠", "refused commit aaaaaaaaaaaa: this node's certificate does not load", "lb2        lb             ?",
+		"NOT REPORTED YET: no status on any broker after waiting 3s", "GONE: agent stopped at 2026-12-07T10:00:00Z; no status for 1m0s",
+		"Agent went away: its connections to the brokers dropped"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("fleet view lacks %q:\n%s", want, out.String())
 		}

@@ -689,31 +689,53 @@ func TestFleet(t *testing.T) {
 	})
 	waitFor(t, 60*time.Second, "every node in the fleet view on the head", func() bool {
 		out, _ = fleet()
-		return strings.Count(out, head[:12]+" ") >= 5 && !strings.Contains(out, "≠") && !strings.Contains(out, "NO STATUS")
+		return strings.Count(out, head[:12]+" ") >= 5 && !strings.Contains(out, "≠") && !strings.Contains(out, "NOT REPORTED")
 	})
 	t.Logf("fleet:\n%s", out)
 	if !strings.Contains(out, "read from "+brokerAddr(t, "broker1")+", "+brokerAddr(t, "broker2")) {
 		t.Errorf("fleet did not read every broker directly:\n%s", out)
 	}
 
-	// An agent that stopped publishing: its last status is kept on the
-	// brokers (retained), shown as stale, not as ok.
-	on(t, "lb2", "systemctl", "stop", "mqha-agent")
-	t.Cleanup(func() { onAny(t, "lb2", "systemctl", "start", "mqha-agent") })
-	stale := waitFor(t, 90*time.Second, "lb2's status shown as stale", func() bool {
-		out, _ = fleet()
+	// An agent that stopped: its last status is kept on the brokers
+	// (retained) and its goodbye beside it; shown as gone, not as ok.
+	line := func(node string) string {
 		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(l, "lb2 ") && strings.Contains(l, "STALE") {
-				return true
+			if strings.HasPrefix(l, node+" ") {
+				return l
 			}
 		}
-		return false
+		return ""
+	}
+	on(t, "lb2", "systemctl", "stop", "mqha-agent")
+	t.Cleanup(func() { onAny(t, "lb2", "systemctl", "start", "mqha-agent") })
+	stopped := waitFor(t, 90*time.Second, "lb2 shown as stopped", func() bool {
+		out, _ = fleet()
+		return strings.Contains(line("lb2"), "GONE: agent stopped at")
 	})
 	if _, code := fleet(); code != 1 {
-		t.Errorf("fleet exits %d with a stale node, want 1", code)
+		t.Errorf("fleet exits %d with a stopped node, want 1", code)
 	}
-	report(t, "lb2's agent stopped: shown STALE %s later (bound %s)", stale.Round(time.Second), "30s")
 	on(t, "lb2", "systemctl", "start", "mqha-agent")
+	back := waitFor(t, 30*time.Second, "lb2 ok again", func() bool {
+		out, _ = fleet()
+		return strings.HasSuffix(strings.TrimSpace(line("lb2")), " ok")
+	})
+	// Its link down: its connections drop, the brokers publish its will.
+	if err := cfg.Unplug(t.Context(), "lb2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cfg.Plug(context.Background(), "lb2") })
+	away := waitFor(t, 90*time.Second, "lb2 shown as gone away", func() bool {
+		out, _ = fleet()
+		return strings.Contains(line("lb2"), "GONE: agent went away")
+	})
+	cfg.Plug(t.Context(), "lb2")
+	report(t, "fleet: lb2's agent stopped: shown GONE (stopped) %s later; started: ok again %s later; its link down: shown GONE (went away, the brokers' will) %s later (bounds 90 s: stale after 30 s)",
+		stopped.Round(time.Second), back.Round(time.Second), away.Round(time.Second))
+	waitFor(t, 60*time.Second, "lb2 ok after its link is back", func() bool {
+		out, _ = fleet()
+		return strings.HasSuffix(strings.TrimSpace(line("lb2")), " ok")
+	})
 
 	// broker1 cannot load its key: it refuses the next commit, the others apply it.
 	on(t, "broker1", "mv", "/etc/mqha/tls/node.key", "/etc/mqha/tls/node.key.away")

@@ -542,6 +542,15 @@ func TestBridgeDropsReported(t *testing.T) {
 // setrlimit), and say in status and metrics that a daemon cannot hold
 // limits.clients here.
 func TestLimitsHold(t *testing.T) {
+	// The lab plans for what this machine holds; ask for 50,000, as the
+	// example does, to see the brokers say they cannot.
+	head := commit(t, "e2e: plan for 50,000 clients", map[string]string{"limits.cue": "package cluster\n\nlimits: clients: 50000\n"})
+	appliedAfter(t, head, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	t.Cleanup(func() {
+		back := commit(t, "e2e: the lab's own plan again", map[string]string{"limits.cue": ""})
+		appliedAfter(t, back, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	})
+	waitFor(t, 30*time.Second, "broker1's warning", func() bool { return len(agentStatus(t, "broker1").Warnings) > 0 })
 	conf := on(t, "lb1", "cat", "/etc/nginx/nginx.conf")
 	hard := strings.TrimSpace(on(t, "lb1", "sh", "-c", "ulimit -Hn"))
 	if !strings.Contains(conf, "worker_rlimit_nofile "+hard+";") {

@@ -47,77 +47,116 @@ func statusTargetOf(v *View) statusTarget {
 }
 
 // publisher holds where the status goes: the loop sets it as commits
-// apply, PublishStatus reads it.
+// apply (and kicks the publisher, so a new commit is said at once),
+// PublishStatus reads it.
 type publisher struct {
 	mu     sync.Mutex
 	target statusTarget
+	kick   chan struct{}
 }
 
 func (p *publisher) set(t statusTarget) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.target = t
+	if p.kick == nil {
+		p.kick = make(chan struct{}, 1)
+	}
+	kick := p.kick
+	p.mu.Unlock()
+	select {
+	case kick <- struct{}{}:
+	default:
+	}
 }
 
-func (p *publisher) get() statusTarget {
+func (p *publisher) get() (statusTarget, chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.target
+	if p.kick == nil {
+		p.kick = make(chan struct{}, 1)
+	}
+	return p.target, p.kick
+}
+
+// WillTopic is where a node's goodbye is retained, beside its status: the
+// broker publishes the agent's MQTT will there when its connection drops,
+// the agent a "stopped" when it stops; each connect clears it.
+func WillTopic(statusTopic string) string { return statusTopic + "/will" }
+
+// Will is what WillTopic holds.
+type Will struct {
+	Reason string    `json:"reason"` // "connection lost" (the broker's), "stopped" (the agent's)
+	At     time.Time `json:"at,omitzero"`
 }
 
 // PublishStatus runs until ctx ends: it keeps a connection to every broker
-// of the applied commit and publishes the status every publishEvery.
+// of the applied commit and publishes the status when it connects, when
+// the commit changes and every publishEvery; its will says when it went
+// away, and a stop says so before it disconnects.
 func (a *Agent) PublishStatus(ctx context.Context) {
 	tick := time.NewTicker(publishEvery)
 	defer tick.Stop()
 	var (
 		key     string
 		clients []mqtt.Client
+		topic   string
 	)
-	defer func() {
-		for _, c := range clients {
-			c.Disconnect(100)
-		}
-	}()
-	for {
-		select {
-		case <-ctx.Done():
+	publish := func(c mqtt.Client) {
+		t, _ := a.publish.get()
+		if t.v == nil || !c.IsConnectionOpen() {
 			return
-		case <-tick.C:
-		}
-		t := a.publish.get()
-		if t.v == nil {
-			continue
-		}
-		if t.key != key {
-			for _, c := range clients {
-				c.Disconnect(100)
-			}
-			clients, key = nil, t.key
-			for _, b := range t.brokers {
-				host, _, _ := net.SplitHostPort(b)
-				o := mqtt.NewClientOptions().AddBroker("ssl://" + b).SetClientID(probe.ClientID("mqha-" + t.v.Cluster.Name + "-status-" + t.v.Node.Name)).
-					SetTLSConfig(daemon.WithName(t.v.TLS, host)).SetCleanSession(true).SetAutoReconnect(true).
-					SetConnectRetry(true).SetConnectRetryInterval(5 * time.Second).SetMaxReconnectInterval(30 * time.Second).
-					SetConnectTimeout(5 * time.Second).SetKeepAlive(30 * time.Second)
-				c := mqtt.NewClient(o)
-				c.Connect()
-				clients = append(clients, c)
-			}
 		}
 		s := a.Status()
 		if t.v.Cluster.VIP != nil && t.v.Node.Has(cluster.LB) {
 			s.HoldsVIP, _ = probe.HasAddr(t.v.Cluster.VIP.Address)
 		}
 		s.PublishedAt = a.d.Now()
-		out, err := json.Marshal(s)
-		if err != nil {
-			continue
+		if out, err := json.Marshal(s); err == nil {
+			c.Publish(t.topic, 1, true, out)
 		}
+	}
+	defer func() {
+		stopped, _ := json.Marshal(Will{Reason: "stopped", At: a.d.Now()})
 		for _, c := range clients {
 			if c.IsConnectionOpen() {
-				c.Publish(t.topic, 1, true, out)
+				c.Publish(WillTopic(topic), 1, true, stopped).WaitTimeout(time.Second)
 			}
+			c.Disconnect(100)
+		}
+	}()
+	for {
+		t, kick := a.publish.get()
+		if t.v != nil && t.key != key {
+			for _, c := range clients {
+				c.Disconnect(100)
+			}
+			clients, key, topic = nil, t.key, t.topic
+			will, _ := json.Marshal(Will{Reason: "connection lost"})
+			for _, b := range t.brokers {
+				host, _, _ := net.SplitHostPort(b)
+				o := mqtt.NewClientOptions().AddBroker("ssl://"+b).SetClientID(probe.ClientID("mqha-"+t.v.Cluster.Name+"-status-"+t.v.Node.Name)).
+					SetTLSConfig(daemon.WithName(t.v.TLS, host)).SetCleanSession(true).SetAutoReconnect(true).
+					SetConnectRetry(true).SetConnectRetryInterval(5*time.Second).SetMaxReconnectInterval(30*time.Second).
+					SetConnectTimeout(5*time.Second).SetKeepAlive(10*time.Second).
+					SetBinaryWill(WillTopic(t.topic), will, 1, true).
+					SetOnConnectHandler(func(c mqtt.Client) {
+						// Back: no goodbye stands, and the status at once.
+						c.Publish(WillTopic(t.topic), 1, true, []byte{})
+						go publish(c)
+					})
+				c := mqtt.NewClient(o)
+				c.Connect()
+				clients = append(clients, c)
+			}
+		}
+		for _, c := range clients {
+			publish(c)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-kick:
 		}
 	}
 }

@@ -61,6 +61,9 @@ type Status struct {
 	Insecure []string `json:"insecure,omitempty"`
 	// HoldsVIP: this load balancer holds the VIP (in published statuses).
 	HoldsVIP bool `json:"holdsVIP,omitempty"`
+	// Gone is set by the fleet view from the node's goodbye (its MQTT
+	// will, or a stop) when its statuses stopped coming.
+	Gone string `json:"gone,omitempty"`
 	// PublishedAt is when the agent published this status for the fleet
 	// view ($mqha/status); zero in a status asked of the agent directly.
 	PublishedAt time.Time `json:"publishedAt,omitzero"`

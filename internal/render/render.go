@@ -93,6 +93,15 @@ var (
 	RHELNginx   = Host{NginxUser: "nginx", NginxModules: "/usr/share/nginx/modules/*.conf"}
 )
 
+// MosquittoHolds is how many clients one mosquitto holds on host h (0: no
+// bound known): its descriptors less the headroom for its own files.
+func MosquittoHolds(h Host) int {
+	if h.NoFileMax == 0 {
+		return 0
+	}
+	return max(h.NoFileMax-fdHeadroom, 1)
+}
+
 func (h Host) clamp(n int) int {
 	if h.NoFileMax > 0 && n > h.NoFileMax {
 		return h.NoFileMax
