@@ -105,9 +105,19 @@ func (c *cmd) run(args []string) error {
 	a := agent.New(cfg, node, deps)
 	go a.ServeControl(c.ctx)
 	go a.ServeHTTP(c.ctx)
-	go a.PublishStatus(c.ctx)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		a.PublishStatus(c.ctx)
+	}()
 	go c.reloadOnHUP(*conf, a, repo)
-	return a.Run(c.ctx)
+	err = a.Run(c.ctx)
+	// The publisher says goodbye ("stopped") before the process ends.
+	select {
+	case <-published:
+	case <-time.After(3 * time.Second):
+	}
+	return err
 }
 
 // reloadOnHUP re-reads the configuration on SIGHUP (systemctl reload
