@@ -217,22 +217,43 @@ func brokerAddr(t *testing.T, name string) string {
 	return net.JoinHostPort(node(t, name).Addr, "8883")
 }
 
-// git runs git in the host clone the nodes pull from.
-func git(t *testing.T, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("git", append([]string{"-C", filepath.Join(cfg.Dir, "cluster")}, args...)...)
+// gitErr runs git in the host clone the nodes pull from, bounded.
+func gitErr(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", filepath.Join(cfg.Dir, "cluster")}, args...)...)
 	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=e2e", "GIT_AUTHOR_EMAIL=e2e@mqha.invalid", "GIT_COMMITTER_NAME=e2e", "GIT_COMMITTER_EMAIL=e2e@mqha.invalid")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("git %v: %v\n%s", args, err, out)
+		return "", fmt.Errorf("git %v: %v\n%s", args, err, out)
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(string(out)), nil
+}
+
+// git is gitErr for the test's goroutine: a failure fails the test.
+func git(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := gitErr(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // commit writes files into the cluster repository, commits and pushes;
 // an empty content removes the file.
 func commit(t *testing.T, msg string, files map[string]string) string {
 	t.Helper()
+	head, err := commitErr(msg, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return head
+}
+
+// commitErr is commit for where a failure is an outcome, not a failed
+// test (the soak pushes while the git server may be down).
+func commitErr(msg string, files map[string]string) (string, error) {
 	for name, content := range files {
 		p := filepath.Join(cfg.Dir, "cluster", name)
 		if content == "" {
@@ -240,13 +261,16 @@ func commit(t *testing.T, msg string, files map[string]string) string {
 			continue
 		}
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 	}
-	git(t, "add", "-A")
-	git(t, "commit", "-qm", msg)
-	git(t, "push", "-q") // plainly, as the README says: the clone tracks origin/main
-	return git(t, "rev-parse", "HEAD")
+	for _, args := range [][]string{{"add", "-A"}, {"commit", "-qm", msg, "--allow-empty"}, {"push", "-q"}} {
+		// push plainly, as the README says: the clone tracks origin/main
+		if _, err := gitErr(args...); err != nil {
+			return "", err
+		}
+	}
+	return gitErr("rev-parse", "HEAD")
 }
 
 // converged waits for every node to apply the head and returns how long it took.

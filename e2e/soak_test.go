@@ -10,9 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -418,35 +416,6 @@ func (c *committer) restore() {
 	converged(c.t, 3*time.Minute)
 }
 
-// commitErr is commit for a running soak: an error, not a failed test.
-func commitErr(msg string, files map[string]string) (string, error) {
-	for name, content := range files {
-		p := filepath.Join(cfg.Dir, "cluster", name)
-		if content == "" {
-			os.Remove(p)
-			continue
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			return "", err
-		}
-	}
-	dir := filepath.Join(cfg.Dir, "cluster")
-	for _, args := range [][]string{{"add", "-A"}, {"commit", "-qm", msg, "--allow-empty"}, {"push", "-q"}} {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cmd := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...)
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=soak", "GIT_AUTHOR_EMAIL=soak@invalid", "GIT_COMMITTER_NAME=soak", "GIT_COMMITTER_EMAIL=soak@invalid")
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil {
-			return "", fmt.Errorf("git %s: %v %s", args[0], err, out)
-		}
-	}
-	out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
-	return strings.TrimSpace(string(out)), err
-}
-
-// settle waits until every node of the head's definition runs head with
-// no problem, and says how long after the last fault that was.
 // Problems that were there before the run (the lab's brokers warn that
 // they cannot hold limits.clients with this host's descriptors) are not
 // the soak's doing: only new ones count.
