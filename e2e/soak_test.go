@@ -516,7 +516,8 @@ func agentActs(t *testing.T, nodes []soak.Node, since time.Time) ([]soak.Act, []
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		out, _ := exec1out(ctx, n.Name, "journalctl", "-u", "mqha-agent", "--no-pager", "-o", "short-unix", "--since", "@"+strconv.FormatInt(since.Unix(), 10))
 		cancel()
-		for _, l := range strings.Split(out, "\n") {
+		lines := strings.Split(out, "\n")
+		for i, l := range lines {
 			ts, rest, ok := strings.Cut(l, " ")
 			if !ok {
 				continue
@@ -533,7 +534,8 @@ func agentActs(t *testing.T, nodes []soak.Node, since time.Time) ([]soak.Act, []
 			case strings.Contains(rest, "msg=repaired"):
 				what = "started"
 			case strings.Contains(rest, "panic:") || strings.Contains(rest, "fatal error:") || strings.Contains(rest, "runtime error"):
-				errs = append(errs, n.Name+": "+rest)
+				// With the stack that follows: what the next run needs to fix it.
+				errs = append(errs, n.Name+": "+strings.Join(lines[i:min(i+24, len(lines))], "\n"))
 				continue
 			default:
 				continue

@@ -104,6 +104,9 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 	none := cluster.Node{Name: a.node}
 	v := &View{Commit: d.Commit, Subject: d.Subject, Cluster: cl, Node: none, Output: &render.Output{Node: none},
 		checksOf: map[string][]health.Check{}}
+	if a.view != nil {
+		v.TLS = a.view.TLS // the node's certificate still says it is decommissioned on the brokers
+	}
 	p, err := a.d.Converge(ctx, v, Hooks{Timing: func(string, time.Duration) {}})
 	if err != nil {
 		a.decomState(d, fmt.Sprintf("stopping its units failed, retrying every health round: %v", err))

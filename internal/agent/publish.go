@@ -33,7 +33,12 @@ type statusTarget struct {
 	v       *View
 }
 
+// A view without a certificate (a node decommissioned before a restart)
+// publishes nothing: it has nothing to connect with.
 func statusTargetOf(v *View) statusTarget {
+	if v.TLS == nil {
+		return statusTarget{}
+	}
 	t := statusTarget{topic: daemon.StatusTopics(v.Cluster.Name) + "/" + v.Node.Name, v: v}
 	for _, b := range v.Cluster.WithRole(cluster.Broker) {
 		t.brokers = append(t.brokers, b.At(v.Cluster.Ports.Broker))

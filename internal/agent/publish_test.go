@@ -27,3 +27,14 @@ func TestStatusTargetFollowsTheTLS(t *testing.T) {
 		t.Errorf("target %+v", b)
 	}
 }
+
+// A decommissioned node's view may have no certificate (restarted while
+// draining): no target, not a client built on a nil TLS config (the hour
+// soak's agent on broker3 panicked in daemon.WithName).
+func TestStatusTargetWithoutTLS(t *testing.T) {
+	c := &cluster.Cluster{Name: "mqtt", Ports: cluster.Ports{Broker: 8883},
+		Nodes: []cluster.Node{{Name: "b1", Address: "10.0.0.21", Roles: []cluster.Role{cluster.Broker}}}}
+	if got := statusTargetOf(&View{Cluster: c, Node: cluster.Node{Name: "b9"}}); got.v != nil || len(got.brokers) != 0 {
+		t.Errorf("a target without TLS: %+v", got)
+	}
+}
