@@ -45,11 +45,12 @@ func TestBenchHold(t *testing.T) {
 		}
 		files[b+".cue"] = fmt.Sprintf("package cluster\n\nnodes: %s: {address: %q, roles: [\"broker\"]}\n", b, addr)
 	}
-	files["limits.cue"] = fmt.Sprintf("package cluster\n\nlimits: clients: %d\n", total)
+	own, _ := os.ReadFile(filepath.Join(cfg.Dir, "cluster", lab.LimitsFile))
+	files[lab.LimitsFile] = fmt.Sprintf("package cluster\n\nlimits: clients: %d\n", total)
 	head := commit(t, "bench: four brokers for the hold", files)
 	appliedAfter(t, head, time.Now(), 120*time.Second, append([]string{"lb1", "lb2", "bridge"}, brokers...)...)
 	t.Cleanup(func() {
-		gone := commit(t, "bench: back to two brokers", map[string]string{"broker3.cue": "", "broker4.cue": "", "limits.cue": ""})
+		gone := commit(t, "bench: back to two brokers", map[string]string{"broker3.cue": "", "broker4.cue": "", lab.LimitsFile: string(own)})
 		appliedAfter(t, gone, time.Now(), 120*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
 	})
 	holder := waitVIP(t, 15*time.Second)

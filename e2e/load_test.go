@@ -19,6 +19,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/lab"
 )
 
 // mqttConnect opens a TLS connection to addr and completes an MQTT 3.1.1
@@ -544,12 +546,13 @@ func TestBridgeDropsReported(t *testing.T) {
 func TestLimitsHold(t *testing.T) {
 	// The lab plans for what this machine holds; ask for 50,000, as the
 	// example does, to see the brokers say they cannot.
-	head := commit(t, "e2e: plan for 50,000 clients", map[string]string{"limits.cue": "package cluster\n\nlimits: clients: 50000\n"})
-	appliedAfter(t, head, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	own, _ := os.ReadFile(filepath.Join(cfg.Dir, "cluster", lab.LimitsFile))
 	t.Cleanup(func() {
-		back := commit(t, "e2e: the lab's own plan again", map[string]string{"limits.cue": ""})
+		back := commit(t, "e2e: the lab's own plan again", map[string]string{lab.LimitsFile: string(own)})
 		appliedAfter(t, back, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
 	})
+	head := commit(t, "e2e: plan for 50,000 clients", map[string]string{lab.LimitsFile: "package cluster\n\nlimits: clients: 50000\n"})
+	appliedAfter(t, head, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
 	waitFor(t, 30*time.Second, "broker1's warning", func() bool { return len(agentStatus(t, "broker1").Warnings) > 0 })
 	conf := on(t, "lb1", "cat", "/etc/nginx/nginx.conf")
 	hard := strings.TrimSpace(on(t, "lb1", "sh", "-c", "ulimit -Hn"))

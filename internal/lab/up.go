@@ -280,13 +280,23 @@ func (c Config) labDefinition(p Project) ([]byte, error) {
 	s := strings.ReplaceAll(string(b), "10.20.0.", fmt.Sprintf("%d.%d.%d.", a[0], a[1], a[2]))
 	s = strings.ReplaceAll(s, `interface: "eth0"`, `interface: "host0"`)
 	s += "\n// The lab's node certificates come from a CA of their own (pki init\n// --node-ca): only they reach the brokers' bridge listeners.\ntls: nodeCA: \"/etc/mqha/tls/node-ca.crt\"\n"
-	// Planned for what this machine holds: its two brokers each hold what
-	// its descriptor limit allows (a sandbox caps it), so a fresh lab's
-	// fleet is ok; the scenarios that need more clients ask for them.
-	if holds := render.MosquittoHolds(agent.LocalHost()); holds > 0 && 2*holds < 50000 {
-		s += fmt.Sprintf("\n// This machine's descriptor limit: two brokers hold %d clients each.\nlimits: clients: %d\n", holds, 2*holds)
-	}
 	return []byte(s), nil
+}
+
+// LimitsFile is the lab repository's file that plans limits.clients for
+// what this machine holds; a scenario that needs more writes its own value
+// there (CUE unifies: a second file could not override it).
+const LimitsFile = "limits.cue"
+
+// labLimits plans for what this machine holds: its two brokers each hold
+// what its descriptor limit allows (a sandbox caps it), so a fresh lab's
+// fleet is ok. Empty when the example's 50,000 fits.
+func labLimits() string {
+	holds := render.MosquittoHolds(agent.LocalHost())
+	if holds == 0 || 2*holds >= 50000 {
+		return ""
+	}
+	return fmt.Sprintf("package cluster\n\n// This machine's descriptor limit: two brokers hold %d clients each.\nlimits: clients: %d\n", holds, 2*holds)
 }
 
 func git(ctx context.Context, dir string, args ...string) (string, error) {
@@ -332,6 +342,9 @@ func (c Config) initRepo(ctx context.Context, p Project) error {
 	}
 	readme, _ := os.ReadFile(filepath.Join(p.Root, "cluster-repo-example", "README.md"))
 	os.WriteFile(filepath.Join(clone, "cluster.cue"), def, 0o644)
+	if l := labLimits(); l != "" {
+		os.WriteFile(filepath.Join(clone, LimitsFile), []byte(l), 0o644)
+	}
 	os.WriteFile(filepath.Join(clone, "README.md"), readme, 0o644)
 	for _, args := range [][]string{
 		{"init", "-q", "-b", "main"}, {"add", "."}, {"commit", "-qm", "lab: the example cluster on the lab subnet"},
