@@ -38,10 +38,10 @@ func (c *cmd) defCommand(name string) (*flag.FlagSet, defSource) {
 	s := defSource{repo: repo,
 		rev:         fs.String("rev", "HEAD", "read the definition of this commit (when --repo is in a git work tree)"),
 		worktree:    fs.Bool("worktree", false, "read the files as they are in the working tree, committed or not"),
-		loadTimeout: fs.Duration("load-timeout", 20*time.Second, "refuse a definition that takes longer to evaluate"),
+		loadTimeout: fs.Duration("load-timeout", evaluate.DefaultLimits.Timeout, "refuse a definition that takes longer to evaluate"),
 		loadMemory:  new(int64)}
-	*s.loadMemory = 256 << 20
-	fs.Func("load-memory", "refuse a definition that needs more memory to evaluate (e.g. 256M)", func(v string) (err error) {
+	*s.loadMemory = evaluate.DefaultLimits.Memory
+	fs.Func("load-memory", fmt.Sprintf("refuse a definition that needs more memory to evaluate (default %dM)", evaluate.DefaultLimits.Memory>>20), func(v string) (err error) {
 		*s.loadMemory, err = agent.ParseSize(v)
 		return err
 	})
@@ -94,16 +94,18 @@ func (c *cmd) definition(s defSource) (*cluster.Cluster, error) {
 // does; SIGINT or SIGTERM stops it at once.
 func (c *cmd) evaluate(s defSource, files fs.FS) (*cluster.Cluster, error) {
 	if files == nil {
-		var err error
-		if files, err = cueFiles(*s.repo); err != nil {
+		disk, err := cueFiles(*s.repo)
+		if err != nil {
 			return nil, err
 		}
+		files = disk
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this binary to evaluate the definition in a child: %w", err)
 	}
-	lim := evaluate.Limits{Timeout: 20 * time.Second, Memory: 256 << 20, TimeoutKnob: "--load-timeout", MemoryKnob: "--load-memory"}
+	lim := evaluate.DefaultLimits // apply has no flags for them
+	lim.TimeoutKnob, lim.MemoryKnob = "--load-timeout", "--load-memory"
 	if s.loadTimeout != nil {
 		lim.Timeout, lim.Memory = *s.loadTimeout, *s.loadMemory
 	}
@@ -111,8 +113,9 @@ func (c *cmd) evaluate(s defSource, files fs.FS) (*cluster.Cluster, error) {
 }
 
 // cueFiles are the .cue files under dir (what the schema reads; a file in
-// a subdirectory is read to say it is misplaced).
-func cueFiles(dir string) (fs.FS, error) {
+// a subdirectory is read to say it is misplaced), hidden directories left
+// out.
+func cueFiles(dir string) (fstest.MapFS, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("cluster repository %s: %w", dir, err)
@@ -145,33 +148,22 @@ func cueFiles(dir string) (fs.FS, error) {
 // uncommitted lists the .cue files whose working-tree content is not the
 // commit's: the agents will not see those changes.
 func uncommitted(dir string, committed fs.FS) []string {
+	disk, err := cueFiles(dir)
+	if err != nil {
+		return nil // the commit was read: the definition is checked as committed
+	}
 	var out []string
-	seen := map[string]bool{}
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		if d.IsDir() && p != dir && strings.HasPrefix(d.Name(), ".") {
-			return filepath.SkipDir
-		}
-		if d.IsDir() || !strings.HasSuffix(p, ".cue") {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
-		seen[rel] = true
-		disk, _ := os.ReadFile(p)
+	for rel, f := range disk {
 		in, err := fs.ReadFile(committed, rel)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			out = append(out, rel+" is not committed: not checked, and no agent will see it")
-		case err == nil && !bytes.Equal(in, disk):
+		case err == nil && !bytes.Equal(in, f.Data):
 			out = append(out, rel+" has uncommitted changes: the committed version is checked")
 		}
-		return nil
-	})
+	}
 	fs.WalkDir(committed, ".", func(p string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".cue") && !seen[p] {
+		if _, onDisk := disk[p]; err == nil && !d.IsDir() && strings.HasSuffix(p, ".cue") && !onDisk {
 			out = append(out, p+" is deleted in the working tree but still committed: it is checked")
 		}
 		return nil

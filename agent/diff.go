@@ -62,15 +62,19 @@ func (c *cmd) diff(args []string) (int, error) {
 			return exitError, errors.New("--all and --node: pick one")
 		}
 		f := false
-		old, err := c.definition(defSource{repo: src.repo, rev: from, worktree: &f})
+		old := src // the same repository and bounds, another commit
+		old.rev, old.worktree = from, &f
+		oldDef, err := c.definition(old)
 		if err != nil {
 			return exitError, fmt.Errorf("--from %s: %w", *from, err)
 		}
-		cur, err := c.definition(defSource{repo: src.repo, rev: to, worktree: src.worktree})
+		cur := src
+		cur.rev = to
+		curDef, err := c.definition(cur)
 		if err != nil {
 			return exitError, fmt.Errorf("--to %s: %w", *to, err)
 		}
-		changed, err := fleetDiff(c.ctx, c.stdout, format, old, cur, *node, *check)
+		changed, err := fleetDiff(c.ctx, c.stdout, format, oldDef, curDef, *node, *check)
 		switch {
 		case err != nil:
 			return exitError, err

@@ -24,6 +24,7 @@ import (
 
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/soak"
+	"github.com/mqha/mqha/internal/source"
 )
 
 // TestSoak (issue 21): a seeded schedule of faults and commits carried out
@@ -446,7 +447,7 @@ func settle(head string, broker3 bool, lastHeal time.Time, before map[string][]s
 			case err != nil:
 				bad = append(bad, n+": "+firstLine(out))
 			case st.Applied != head:
-				bad = append(bad, fmt.Sprintf("%s: applied %s, not %s (%s)", n, short(st.Applied), short(head), strings.Join(problems, "; ")))
+				bad = append(bad, fmt.Sprintf("%s: applied %s, not %s (%s)", n, source.Short(st.Applied), source.Short(head), strings.Join(problems, "; ")))
 			case len(problems) > 0:
 				bad = append(bad, n+": "+strings.Join(problems, "; "))
 			}
@@ -462,8 +463,6 @@ func settle(head string, broker3 bool, lastHeal time.Time, before map[string][]s
 		time.Sleep(2 * time.Second)
 	}
 }
-
-func short(h string) string { return h[:min(12, len(h))] }
 
 // problemsNow are each node's problems as it says them now.
 func problemsNow(t *testing.T) map[string][]string {

@@ -220,6 +220,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 	m := newMetrics()
 	a := &Agent{cfg: cfg, node: node, d: d, log: d.Log, m: m, mail: make(chan func(context.Context), 16),
 		facts: newRecord(cfg.StateDir, m, d.Log, d.Now, d.Notify), bridge: &bridgeRole{read: d.BridgeState}}
+	a.publish.kick = make(chan struct{}, 1)
 	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.fault = newFault(d.FaultFile, a.log)
 	a.hook.setFile(cfg.WebhookSecretFile)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/evaluate"
 )
 
 // Config is /etc/mqha/agent.conf: "key = value" lines, # comments.
@@ -54,7 +55,7 @@ type Config struct {
 }
 
 func defaultConfig() Config {
-	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, FetchTimeout: 30 * time.Second, LoadTimeout: 20 * time.Second, LoadMemory: 256 << 20, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
+	return Config{Branch: "main", Path: ".", Poll: 5 * time.Second, FetchTimeout: 30 * time.Second, LoadTimeout: evaluate.DefaultLimits.Timeout, LoadMemory: evaluate.DefaultLimits.Memory, StateDir: "/var/lib/mqha", Settle: 500 * time.Millisecond,
 		HealthInterval: 3 * time.Second, VerifyTimeout: 20 * time.Second, Socket: control.DefaultSocket,
 		Decommission: true, DecommissionGrace: time.Minute}
 }
@@ -100,9 +101,9 @@ var keys = []key{
 	field("node", onRestart, func(c *Config) *string { return &c.Node }, text),
 	field("poll", onReload, func(c *Config) *time.Duration { return &c.Poll }, atLeast(time.Second)),
 	field("fetch-timeout", onReload, func(c *Config) *time.Duration { return &c.FetchTimeout }, atLeast(time.Second)),
-	field("max-definition-size", onReload, func(c *Config) *int64 { return &c.MaxDefinitionSize }, size),
+	field("max-definition-size", onReload, func(c *Config) *int64 { return &c.MaxDefinitionSize }, ParseSize),
 	field("load-timeout", onReload, func(c *Config) *time.Duration { return &c.LoadTimeout }, atLeast(time.Second)),
-	field("load-memory", onReload, func(c *Config) *int64 { return &c.LoadMemory }, size),
+	field("load-memory", onReload, func(c *Config) *int64 { return &c.LoadMemory }, ParseSize),
 	field("settle", onReload, func(c *Config) *time.Duration { return &c.Settle }, atLeast(0)),
 	field("state-dir", onRestart, func(c *Config) *string { return &c.StateDir }, text),
 	field("token-file", onRestart, func(c *Config) *string { return &c.TokenFile }, text),
@@ -236,10 +237,7 @@ func ParseConfig(name string, data []byte) (Config, error) {
 
 // ParseSize parses a byte count with an optional K, M or G (binary)
 // suffix (agent.conf's sizes; the CLI's --load-memory).
-func ParseSize(v string) (int64, error) { return size(v) }
-
-// size parses a byte count with an optional K, M or G (binary) suffix.
-func size(v string) (int64, error) {
+func ParseSize(v string) (int64, error) {
 	mult := int64(1)
 	switch {
 	case strings.HasSuffix(v, "K"):

@@ -57,30 +57,23 @@ func statusTargetOf(v *View) statusTarget {
 type publisher struct {
 	mu     sync.Mutex
 	target statusTarget
-	kick   chan struct{}
+	kick   chan struct{} // made by New
 }
 
 func (p *publisher) set(t statusTarget) {
 	p.mu.Lock()
 	p.target = t
-	if p.kick == nil {
-		p.kick = make(chan struct{}, 1)
-	}
-	kick := p.kick
 	p.mu.Unlock()
 	select {
-	case kick <- struct{}{}:
+	case p.kick <- struct{}{}:
 	default:
 	}
 }
 
-func (p *publisher) get() (statusTarget, chan struct{}) {
+func (p *publisher) get() statusTarget {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.kick == nil {
-		p.kick = make(chan struct{}, 1)
-	}
-	return p.target, p.kick
+	return p.target
 }
 
 // WillTopic is where a node's goodbye is retained, beside its status: the
@@ -106,9 +99,10 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 		clients []mqtt.Client
 		topic   string
 	)
-	publish := func(c mqtt.Client) {
-		t, _ := a.publish.get()
-		if t.v == nil || !c.IsConnectionOpen() {
+	// publish sends the status, made once, to clients that are connected.
+	publish := func(clients ...mqtt.Client) {
+		t := a.publish.get()
+		if t.v == nil {
 			return
 		}
 		s := a.Status()
@@ -116,8 +110,14 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 			s.HoldsVIP, _ = probe.HasAddr(t.v.Cluster.VIP.Address)
 		}
 		s.PublishedAt = a.d.Now()
-		if out, err := json.Marshal(s); err == nil {
-			c.Publish(t.topic, 1, true, out)
+		out, err := json.Marshal(s)
+		if err != nil {
+			return
+		}
+		for _, c := range clients {
+			if c.IsConnectionOpen() {
+				c.Publish(t.topic, 1, true, out)
+			}
 		}
 	}
 	defer func() {
@@ -130,7 +130,7 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 		}
 	}()
 	for {
-		t, kick := a.publish.get()
+		t := a.publish.get()
 		if t.v != nil && t.key != key {
 			for _, c := range clients {
 				c.Disconnect(100)
@@ -154,14 +154,12 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 				clients = append(clients, c)
 			}
 		}
-		for _, c := range clients {
-			publish(c)
-		}
+		publish(clients...)
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case <-kick:
+		case <-a.publish.kick:
 		}
 	}
 }

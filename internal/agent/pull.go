@@ -104,8 +104,9 @@ func (a *Agent) startPull(ctx context.Context, force bool) {
 		}
 		return
 	}
-	st := pullState{a.facts.Applied(), "", a.cfg, a.d}
-	if f := a.facts.get(); f.holdRefused {
+	f := a.facts.get()
+	st := pullState{f.applied, "", a.cfg, a.d}
+	if f.holdRefused {
 		st.refused = f.refused
 	}
 	go func() {

@@ -36,6 +36,10 @@ type Limits struct {
 	TimeoutKnob, MemoryKnob string
 }
 
+// DefaultLimits are agent.conf's defaults for load-timeout and
+// load-memory, and the CLI's for --load-timeout and --load-memory.
+var DefaultLimits = Limits{Timeout: 20 * time.Second, Memory: 256 << 20}
+
 func (l Limits) knobs() (string, string) {
 	t, m := l.TimeoutKnob, l.MemoryKnob
 	if t == "" {
