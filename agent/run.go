@@ -19,6 +19,7 @@ import (
 	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/systemd"
+	"github.com/mqha/mqha/internal/vipguard"
 )
 
 // run wires `mqha-agent run`: configuration, repository, systemd, and the
@@ -101,6 +102,9 @@ func (c *cmd) run(args []string) error {
 	}
 	defer sd.Close()
 	deps.Systemd, deps.WatchUnits = sd, sd.WatchUnits
+	deps.Guard = &vipguard.Guard{Log: c.log, Kill: func(ctx context.Context) error {
+		return sd.Kill(ctx, vipguard.Unit, syscall.SIGKILL)
+	}}
 
 	a := agent.New(cfg, node, deps)
 	go a.ServeControl(c.ctx)

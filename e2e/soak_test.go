@@ -530,7 +530,8 @@ func agentActs(t *testing.T, nodes []soak.Node, since time.Time) ([]soak.Act, []
 			at := time.Unix(0, int64(sec*1e9))
 			what := ""
 			switch {
-			case strings.Contains(rest, `msg="unit is active but hung: killing it"`):
+			case strings.Contains(rest, `msg="unit is active but hung: killing it"`),
+				strings.Contains(rest, `msg="keepalived is stopped (SIGSTOP or a tracer): killing it`):
 				what = "killed"
 			case strings.Contains(rest, "msg=repaired"):
 				what = "started"

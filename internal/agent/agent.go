@@ -49,6 +49,7 @@ import (
 	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/internal/vipguard"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -138,8 +139,11 @@ type Deps struct {
 	LoadDefinition func(ctx context.Context, files fs.FS, lim evaluate.Limits) (*cluster.Cluster, error)
 	// FaultFile is keepalived's track file (empty: daemon.FaultFile).
 	FaultFile string
-	Log       *slog.Logger
-	Version   string
+	// Guard releases what a stopped or dead keepalived holds on this node
+	// (nil: nothing guarded; the run command wires the real one).
+	Guard   *vipguard.Guard
+	Log     *slog.Logger
+	Version string
 }
 
 // Agent is the running daemon of one node: the loop (loop.go) and the
@@ -223,6 +227,10 @@ func New(cfg Config, node string, d Deps) *Agent {
 	a.publish.kick = make(chan struct{}, 1)
 	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.fault = newFault(d.FaultFile, a.log)
+	if d.Guard != nil && d.Guard.OnRelease == nil {
+		d.Guard.OnRelease = func(why string) { m.vipReleased.WithLabelValues(why).Inc() }
+	}
+	a.daemons.guard = d.Guard
 	a.hook.setFile(cfg.WebhookSecretFile)
 	a.facts.restore(func(hash string) error { _, err := d.Source.Read(hash, cfg.Path, cfg.MaxDefinitionSize); return err })
 	a.facts.SetInsecure(a.insecurity())

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/plan"
@@ -17,6 +19,7 @@ import (
 	"github.com/mqha/mqha/internal/rollout"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/unit"
+	"github.com/mqha/mqha/internal/vipguard"
 )
 
 // probeTimeout bounds one probe; the loop runs every health-interval. A
@@ -184,25 +187,57 @@ func (w *driftWatch) off() {
 	*w = driftWatch{}
 }
 
-// rebuildMonitor points the health monitor and the unit watcher at v.
+// rebuildMonitor points the health monitor, the unit watcher and the VIP
+// guard at v.
 func (a *Agent) rebuildMonitor(v *View) {
 	s := a.facts.Suspended()
+	noRepair := s != nil && s.NoRepair
 	a.daemons.set(&health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult,
-		NoRepair: s != nil && s.NoRepair}, v.Output.Units)
+		NoRepair: noRepair}, v.Output.Units, guarded(v))
+	a.daemons.noRepair(noRepair)
 }
 
-// daemons are the health monitor of the applied commit and the units it
-// runs: the loop sets them, the control socket and the unit watcher read.
+// guarded is what keepalived holds on this node under v: the VIP on a load
+// balancer, the bridge role's address on a bridge node that takes part in
+// its election.
+func guarded(v *View) vipguard.Watch {
+	var w vipguard.Watch
+	if v == nil || v.Cluster == nil {
+		return w
+	}
+	cl, n := v.Cluster, v.Node
+	add := func(vip *cluster.VIP, iface string) {
+		ip, err := netip.ParseAddr(vip.Address)
+		if err != nil {
+			return // the schema refuses it first
+		}
+		w.Addrs = append(w.Addrs, vipguard.Addr{Prefix: netip.PrefixFrom(ip, vip.Prefix), Interface: iface})
+	}
+	if cl.VIP != nil && n.Has(cluster.LB) {
+		add(cl.VIP, n.Interface)
+	}
+	if cl.BridgeVIP != nil && daemon.ElectsBridge(cl, n) {
+		add(cl.BridgeVIP, cl.BridgeVIP.Interface)
+		w.Bridge = true
+	}
+	return w
+}
+
+// daemons are the health monitor of the applied commit, the units it runs
+// and the guard of what keepalived holds: the loop sets them, the control
+// socket and the unit watcher read.
 type daemons struct {
 	mu      sync.Mutex
 	monitor *health.Monitor
 	units   []string
+	guard   *vipguard.Guard // nil: none (tests)
 }
 
-func (d *daemons) set(m *health.Monitor, units []string) {
+func (d *daemons) set(m *health.Monitor, units []string, w vipguard.Watch) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.monitor, d.units = m, units
+	d.guard.Set(w)
 }
 
 func (d *daemons) get() *health.Monitor {
@@ -225,4 +260,5 @@ func (d *daemons) noRepair(on bool) {
 	if d.monitor != nil {
 		d.monitor.NoRepair = on
 	}
+	d.guard.Pause(on)
 }

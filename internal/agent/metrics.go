@@ -25,6 +25,7 @@ type metrics struct {
 	suspended    prometheus.Gauge
 	decommission prometheus.Gauge
 	forged       *prometheus.CounterVec
+	vipReleased  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -49,7 +50,9 @@ func newMetrics() *metrics {
 	m.decommission = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_decommission", Help: "0 while the definition lists this node, 1 while it drains after a commit removed it, 2 once its units are stopped and disabled."})
 	m.forged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_vrrp_forged_adverts_total",
 		Help: "VRRP adverts keepalived dropped because they came from a host that is not the other load balancer (check_unicast_src), by source."}, []string{"source"})
-	m.own = []prometheus.Collector{m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
+	m.vipReleased = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_vip_released_total",
+		Help: "Addresses the agent deleted from this node's interfaces because keepalived, which held them, was stopped (SIGSTOP) or not running, by why."}, []string{"why"})
+	m.own = []prometheus.Collector{m.vipReleased, m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
 	m.reg.MustRegister(m.own...)
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

@@ -258,6 +258,12 @@ func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
 	}
 	var rerr error
 	switch {
+	case st.Job:
+		// systemd is starting, stopping or restarting it for someone else
+		// (keepalived's bridge notify restarts mosquitto on a take-over):
+		// a repair now would race that job.
+		m.Log.Info("not repaired: systemd has a job under way for it", "unit", c.Unit, "state", st.ActiveState)
+		return snapshot
 	case !st.Running():
 		if now.Before(snapshot.nextRepair) {
 			return snapshot

@@ -21,10 +21,11 @@ type fakeUnits struct {
 	state         map[string]string
 	restartOnKill bool
 	calls         []string
+	job           map[string]bool // a job systemd runs for someone else
 }
 
 func (f *fakeUnits) State(_ context.Context, u string) (unit.State, error) {
-	return unit.State{ActiveState: f.state[u], LoadState: "loaded"}, nil
+	return unit.State{ActiveState: f.state[u], LoadState: "loaded", Job: f.job[u]}, nil
 }
 func (f *fakeUnits) Do(_ context.Context, a unit.Action, u string) error {
 	f.calls = append(f.calls, string(a)+" "+u)
@@ -172,5 +173,25 @@ func TestNoRepair(t *testing.T) {
 	}
 	if r := m.Results(); len(r) != 1 || r[0].OK {
 		t.Errorf("the failure is not said: %+v", r)
+	}
+}
+
+// A unit systemd is restarting for someone else (keepalived's bridge
+// notify restarts mosquitto on a take-over) is left to that job; once the
+// job is gone, a unit that is still down is started.
+func TestJobUnderWayIsNotRepaired(t *testing.T) {
+	u := &fakeUnits{state: map[string]string{"u": "deactivating"}, job: map[string]bool{"u": true}}
+	m := &Monitor{Checks: []Check{{Name: "c", Unit: "u", HungAfter: time.Second}},
+		Units: u, Timeout: time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for range 3 {
+		m.Once(context.Background())
+	}
+	if len(u.calls) != 0 {
+		t.Fatalf("repaired a unit with a job under way: %v", u.calls)
+	}
+	u.job["u"], u.state["u"] = false, "failed"
+	m.Once(context.Background())
+	if got := strings.Join(u.calls, "|"); got != "start u" {
+		t.Errorf("calls %q once the job ended, want start u", got)
 	}
 }

@@ -68,6 +68,12 @@ func ReadProc(root string, pid int) (Sample, error) {
 	return s, nil
 }
 
+// ProcState is process pid's state under procfs root (R, S, D, T, t, ...).
+func ProcState(root string, pid int) (byte, error) {
+	st, _, err := readStat(root, pid)
+	return st, err
+}
+
 // readStat returns a process's state and utime+stime in clock ticks from
 // /proc/PID/stat. The command name (field 2) may hold spaces and
 // parentheses, so fields are counted after its last ')'.

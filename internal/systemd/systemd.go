@@ -74,6 +74,11 @@ func (d *DBus) State(ctx context.Context, name string) (unit.State, error) {
 	s := unit.State{}
 	s.ActiveState, _ = props["ActiveState"].(string)
 	s.LoadState, _ = props["LoadState"].(string)
+	// Job is (id, path); id 0 when none is pending.
+	if j, ok := props["Job"].([]interface{}); ok && len(j) > 0 {
+		id, _ := j[0].(uint32)
+		s.Job = id != 0
+	}
 	return s, nil
 }
 

@@ -19,6 +19,9 @@ const (
 type State struct {
 	ActiveState string // active, inactive, failed, activating, ...
 	LoadState   string // loaded, not-found, masked, ...
+	// Job: systemd has a job queued or running for the unit (a start, a
+	// restart someone asked for). Repairs leave such a unit to its job.
+	Job bool
 }
 
 // Running reports whether the unit is up or coming up.
