@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/mqha/mqha/internal/atomicfile"
@@ -150,6 +151,10 @@ func pull(ctx context.Context, st pullState, log *slog.Logger) pulled {
 		return pulled{err: err}
 	}
 	r := pulled{target: head}
+	// Fetching, reading and evaluating a commit inflate its objects: a
+	// few MiB for an oversized file someone pushed. The runtime would keep
+	// that memory for minutes; a new head is rare, so give it back now.
+	defer debug.FreeOSMemory()
 	if r.terr = bounded(func(ctx context.Context) error { return src.Fetch(ctx, head) }); r.terr != nil {
 		return r
 	}
