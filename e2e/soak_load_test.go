@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/soak"
 )
 
@@ -125,6 +126,7 @@ func (l *load) subscribe(s *soak.Subscriber, src string) {
 	defer l.wg.Done()
 	var last map[string]int // sequence numbers seen last, by publisher
 	last = map[string]int{}
+	newest := -1 // the highest sequence number this connection delivered
 	got := func(_ mqtt.Client, m mqtt.Message) {
 		f := strings.Fields(string(m.Payload()))
 		if len(f) != 3 {
@@ -147,6 +149,7 @@ func (l *load) subscribe(s *soak.Subscriber, src string) {
 		}
 		s.Got[seq] = true
 		s.Received++
+		newest = max(newest, seq)
 		if prev, ok := last[f[0]]; ok && seq < prev {
 			s.Reordered++
 		}
@@ -162,6 +165,9 @@ func (l *load) subscribe(s *soak.Subscriber, src string) {
 			SetKeepAlive(5 * time.Second).SetPingTimeout(3 * time.Second).SetConnectTimeout(5 * time.Second).SetOrderMatters(false).
 			SetDefaultPublishHandler(got).SetConnectionLostHandler(func(mqtt.Client, error) { lost <- struct{}{} })
 		c := mqtt.NewClient(o)
+		l.mu.Lock()
+		newest = -1
+		l.mu.Unlock()
 		tok := c.Connect()
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			c.Disconnect(0)
@@ -187,6 +193,7 @@ func (l *load) subscribe(s *soak.Subscriber, src string) {
 		}
 		up.To = time.Now()
 		l.mu.Lock()
+		up.Last = newest
 		s.Up = append(s.Up, up)
 		l.mu.Unlock()
 		c.Disconnect(100)
@@ -250,6 +257,7 @@ func startSampler(ctx context.Context, t *testing.T, l *load) *sampler {
 			bridgeAddrs[n.Addr] = n.Name
 		}
 	}
+	states := watchBridgeStates(ctx, t, "bridge", "bridge2")
 	go func() {
 		defer close(s.done)
 		tick := time.NewTicker(time.Second)
@@ -272,7 +280,16 @@ func startSampler(ctx context.Context, t *testing.T, l *load) *sampler {
 				}
 			}
 			for _, b := range []string{"broker1", "broker2", "broker3"} {
-				sm.Bridges[b] = bridgesOn(b, bridgeAddrs)
+				// A bridge node bridges a broker when its mosquitto says
+				// the connection is up and the broker holds a connection
+				// from it: a dead connection a broker keeps until its
+				// keepalive runs out, or a standby's bridge check, is no
+				// bridge session.
+				for _, n := range bridgesOn(b, bridgeAddrs) {
+					if states.up(n, b) {
+						sm.Bridges[b] = append(sm.Bridges[b], n)
+					}
+				}
 			}
 			sm.VIPBroker, sm.VIPError = probeVIP(tc, i)
 			sm.VIPServed = sm.VIPError == ""
@@ -281,6 +298,75 @@ func startSampler(ctx context.Context, t *testing.T, l *load) *sampler {
 		}
 	}()
 	return s
+}
+
+// bridgeStates follows, on each bridge node's mosquitto, the retained
+// $SYS/broker/connection/<client id>/state of its bridge connections: 1
+// while the connection to that broker is up. A node that cannot be asked
+// (powered off, cut off, mosquitto stopped) bridges nothing as far as the
+// sampler knows: its state is dropped with the connection.
+type bridgeStates struct {
+	mu    sync.Mutex
+	state map[string]map[string]bool // node -> broker -> up
+}
+
+func watchBridgeStates(ctx context.Context, t *testing.T, nodes ...string) *bridgeStates {
+	s := &bridgeStates{state: map[string]map[string]bool{}}
+	for _, n := range nodes {
+		addr, ok := nodeAddr(n)
+		if !ok {
+			continue
+		}
+		tc := nodeTLS(t, n)
+		tc.ServerName = addr
+		o := mqtt.NewClientOptions().AddBroker("ssl://"+cluster.HostPort(addr, 8883)).SetClientID(fmt.Sprintf("soak-bridges-%s-%d", n, time.Now().UnixNano())).
+			SetTLSConfig(tc).SetCleanSession(true).SetKeepAlive(2 * time.Second).SetPingTimeout(time.Second).
+			SetConnectTimeout(2 * time.Second).SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).SetConnectRetry(true).SetConnectRetryInterval(time.Second)
+		o.SetOnConnectHandler(func(c mqtt.Client) {
+			c.Subscribe("$SYS/broker/connection/+/state", 0, func(_ mqtt.Client, m mqtt.Message) {
+				id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), "$SYS/broker/connection/"), "/state")
+				_, rest, ok := strings.Cut(id, "-bridge-to-")
+				if !ok {
+					return
+				}
+				broker, _, _ := strings.Cut(rest, "-")
+				s.mu.Lock()
+				if s.state[n] == nil {
+					s.state[n] = map[string]bool{}
+				}
+				s.state[n][broker] = string(m.Payload()) == "1"
+				s.mu.Unlock()
+			})
+		})
+		o.SetConnectionLostHandler(func(mqtt.Client, error) {
+			s.mu.Lock()
+			delete(s.state, n)
+			s.mu.Unlock()
+		})
+		c := mqtt.NewClient(o)
+		c.Connect()
+		go func() {
+			<-ctx.Done()
+			c.Disconnect(100)
+		}()
+	}
+	return s
+}
+
+func (s *bridgeStates) up(node, broker string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state[node][broker]
+}
+
+// nodeAddr is a lab node's address.
+func nodeAddr(name string) (string, bool) {
+	st, err := cfg.Load()
+	if err != nil {
+		return "", false
+	}
+	n, ok := st.Node(name)
+	return n.Addr, ok
 }
 
 func (s *sampler) stop() []soak.Sample {

@@ -76,10 +76,12 @@ type Subscriber struct {
 	SessionLost []time.Time `json:"sessionLost,omitempty"`
 }
 
-// Interval is [From, To).
+// Interval is [From, To), one connection of a subscriber; Last is the
+// highest sequence number it delivered (-1: none).
 type Interval struct {
 	From time.Time `json:"from"`
 	To   time.Time `json:"to"`
+	Last int       `json:"last"`
 }
 
 // Home is a client's broker from At on.
@@ -129,7 +131,7 @@ type Breach struct {
 const (
 	settleBound  = 120 * time.Second // every node on the head commit and ok after the last fault
 	failoverTail = 15 * time.Second  // a failover window lasts this long after its fault ends
-	deliverGrace = 10 * time.Second  // a clean subscriber must stay up this long after a publish to be owed it
+	deliverGrace = 10 * time.Second  // a message acknowledged this close to the end may still be in flight
 	vipTarget    = 0.999
 )
 
@@ -197,7 +199,7 @@ func (r *Run) checkMessages(f *Figures) []Breach {
 		var first []time.Time // the first loss of each run of losses
 		lost := 0
 		for seq, t := range p.Acked {
-			if t.IsZero() || seq < len(s.Got) && s.Got[seq] || !r.owed(s, t) {
+			if t.IsZero() || seq < len(s.Got) && s.Got[seq] || !r.owed(s, seq, t) {
 				continue
 			}
 			if r.brokerDown(p.Name, t) || r.brokerDown(s.Name, t) {
@@ -219,11 +221,16 @@ func (r *Run) checkMessages(f *Figures) []Breach {
 	return out
 }
 
-// owed reports whether subscriber s's session was alive for a message
-// acknowledged at t: a persistent one from its first subscription on
-// (unless a connect found its session gone), a clean one while connected
-// from before t until deliverGrace after it.
-func (r *Run) owed(s Subscriber, t time.Time) bool {
+// owed reports whether subscriber s's session was alive for message seq,
+// acknowledged at t. A persistent one: from its first subscription on
+// (unless a connect found its session gone). A clean one: when one
+// connection was up at t and delivered a later message of the same
+// publisher (seq below its Last). QoS1 promises a clean session nothing
+// once its connection breaks, and a connection that dies without a FIN
+// (a cut load balancer) is noticed only a keepalive later: what it did
+// not deliver before its last message is lost by the protocol's rules,
+// what it skipped before one it delivered is a loss.
+func (r *Run) owed(s Subscriber, seq int, t time.Time) bool {
 	if r.End.Sub(t) < deliverGrace {
 		return false // still in flight at the end
 	}
@@ -241,7 +248,7 @@ func (r *Run) owed(s Subscriber, t time.Time) bool {
 		return true
 	}
 	for _, u := range s.Up {
-		if !t.Before(u.From) && u.To.Sub(t) >= deliverGrace {
+		if !t.Before(u.From) && t.Before(u.To) && seq < u.Last {
 			return true
 		}
 	}

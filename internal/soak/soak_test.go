@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,7 +116,7 @@ func TestCheck(t *testing.T) {
 		Events: []Done{{Event: Event{Fault: PowerOff, Node: "broker1"}, Start: at(58), End: at(62)},
 			{Event: Event{Fault: Kill, Unit: "nginx", Node: "lb1"}, Start: at(100), End: at(115)}},
 		Publishers:  []Publisher{{Name: "p1", QoS: 1, Acked: acked, Sent: 100}},
-		Subscribers: []Subscriber{{Name: "s1", Persistent: true, Follows: "p1", Got: got, Received: 98, Up: []Interval{{at(5), at(200)}}}},
+		Subscribers: []Subscriber{{Name: "s1", Persistent: true, Follows: "p1", Got: got, Received: 98, Up: []Interval{{at(5), at(200), 99}}}},
 		Homes:       map[string][]Home{"s1": {{at(5), "broker1"}, {at(63), "broker2"}}, "p1": {{at(5), "broker2"}}},
 		Acts:        []Act{{At: at(101), Node: "lb1", Unit: "nginx", What: "started"}, {At: at(150), Node: "broker2", Unit: "mosquitto", What: "killed"}},
 		Settled:     Settled{OK: true, After: 30 * time.Second},
@@ -164,6 +165,54 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
+}
+
+// A clean subscriber is owed what one connection was up for and
+// delivered something after; a connection that died silently owes
+// nothing past its last delivery, a gap before one is a loss.
+func TestCleanSessionOwed(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	acked := make([]time.Time, 100)
+	for i := range acked {
+		acked[i] = at(10 + i) // seq i acknowledged at 10+i s
+	}
+	tests := []struct {
+		name    string
+		up      []Interval
+		missing []int
+		lost    int
+	}{
+		{"connected throughout, nothing missing", []Interval{{at(0), at(200), 99}}, nil, 0},
+		{"a gap while connected is a loss", []Interval{{at(0), at(200), 99}}, []int{40, 41}, 2},
+		// Cut at 50 s (seq 40), noticed at 70 s, back at 72 s (seq 62 on).
+		{"a silent death owes nothing past the last delivery", []Interval{{at(0), at(70), 39}, {at(72), at(200), 99}}, seqs(40, 62), 0},
+		{"a skip before the last delivery still counts", []Interval{{at(0), at(70), 39}, {at(72), at(200), 99}}, append([]int{20}, seqs(40, 62)...), 1},
+		{"not connected: not owed", []Interval{{at(0), at(30), 19}}, seqs(20, 100), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := make([]bool, 100)
+			for i := range got {
+				got[i] = !slices.Contains(tt.missing, i)
+			}
+			r := &Run{Config: Config{Seed: 1, Nodes: labNodes}, Start: t0, End: at(200),
+				Publishers:  []Publisher{{Name: "p1", QoS: 1, Acked: acked, Sent: 100}},
+				Subscribers: []Subscriber{{Name: "s1", Follows: "p1", Got: got, Up: tt.up}},
+				Settled:     Settled{OK: true}}
+			if f, _ := Check(r); f.Lost != tt.lost {
+				t.Errorf("lost %d, want %d", f.Lost, tt.lost)
+			}
+		})
+	}
+}
+
+func seqs(from, to int) []int {
+	var out []int
+	for i := from; i < to; i++ {
+		out = append(out, i)
+	}
+	return out
 }
 
 // The short soak of make test (seed 3547, an event every 15 s, 5 min)
