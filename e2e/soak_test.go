@@ -42,9 +42,9 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	if get("DURATION") == "" { // the short soak of make test
-		c.Duration, c.Gap = 5*time.Minute, 15*time.Second
+		c.Duration, c.Gap = 5*time.Minute, 10*time.Second
 		if get("SEED") == "" {
-			c.Seed = 3547 // a mix of every group and most kinds (internal/soak: TestShortSoakMix)
+			c.Seed = 4458 // every group and every kind (internal/soak: TestShortSoakMix)
 		}
 		if get("CLIENTS") == "" {
 			c.Clients = 60
@@ -56,6 +56,7 @@ func TestSoak(t *testing.T) {
 	withStandby(t)
 	spare := spareBroker3(t)
 	c.Nodes = soakNodes(t)
+	prepareSoakNodes(t, c.Nodes)
 	schedule := soak.Schedule(c)
 	t.Logf("soak: %s, seed %d, %d clients, %d events; replay: %s", c.Duration, c.Seed, c.Clients, len(schedule), c.Replay())
 
@@ -226,6 +227,10 @@ func (f *faulter) inject(i int, e soak.Event) error {
 		return cfg.PowerOff(ctx, e.Node)
 	case soak.Cut:
 		return cfg.Unplug(ctx, e.Node)
+	case soak.ClockStep:
+		return stepClock(ctx, e.Node, e.Shift)
+	case soak.DiskFull:
+		return fillDisk(ctx, e.Node)
 	case soak.GitDown:
 		return cfg.StopGit(ctx)
 	case soak.GitHang:
@@ -274,6 +279,10 @@ func (f *faulter) heal(i int) error {
 		return cfg.PowerOn(ctx, e.Node)
 	case soak.Cut:
 		return cfg.Plug(ctx, e.Node)
+	case soak.ClockStep:
+		return stepClock(ctx, e.Node, 0)
+	case soak.DiskFull:
+		return emptyDisk(ctx, e.Node)
 	case soak.GitHang:
 		if f.hang != nil {
 			f.hang.Close()

@@ -15,6 +15,8 @@ type Event struct {
 	Node   string        `json:"node,omitempty"`
 	For    time.Duration `json:"for,omitempty"`
 	Commit string        `json:"commit,omitempty"`
+	// Shift is a clock step's: an hour ahead or behind.
+	Shift time.Duration `json:"shift,omitempty"`
 }
 
 func (e Event) String() string {
@@ -24,6 +26,9 @@ func (e Event) String() string {
 	s := e.Fault
 	if e.Unit != "" {
 		s += " " + e.Unit
+	}
+	if e.Shift != 0 {
+		s += fmt.Sprintf(" %+.0fh", e.Shift.Hours())
 	}
 	if e.Node != "" {
 		s += " on " + e.Node
@@ -61,6 +66,9 @@ var faultFor = map[string][2]time.Duration{
 	Cut:      {10 * time.Second, 40 * time.Second},
 	GitDown:  {20 * time.Second, 90 * time.Second},
 	GitHang:  {20 * time.Second, 90 * time.Second},
+	// An hour ahead or behind: which one is drawn with the duration.
+	ClockStep: {20 * time.Second, 60 * time.Second},
+	DiskFull:  {20 * time.Second, 60 * time.Second},
 }
 
 // Schedule draws the run's events from its seed: the same configuration
@@ -132,6 +140,12 @@ func drawFault(r *rand.Rand, c Config, open []Event) (Event, bool) {
 	}
 	n := nodes[r.IntN(len(nodes))]
 	e.Node = n.Name
+	if kind == ClockStep {
+		e.Shift = time.Hour
+		if r.IntN(2) == 0 {
+			e.Shift = -time.Hour
+		}
+	}
 	if kind == Kill || kind == Stop || kind == Freeze {
 		var units []string
 		for _, u := range Units {

@@ -26,10 +26,17 @@ const (
 	Cut      = "cut"      // the node's link down, up again when the fault ends
 	GitDown  = "git-down" // the git server stopped
 	GitHang  = "git-hang" // the git server accepts and never answers
+	// The wall clock of the node's daemons stepped an hour (libfaketime on
+	// mosquitto, nginx and keepalived; the agent, a static Go binary, is
+	// out of LD_PRELOAD's reach, and the kernel's clock is the host's).
+	ClockStep = "clock"
+	// The node's state directory (/var/lib/mqha, a 64 MiB tmpfs during the
+	// soak, so the host's disk is never touched) filled to the last byte.
+	DiskFull = "disk-full"
 )
 
 // FaultKinds are every kind, in the order they are listed.
-var FaultKinds = []string{Kill, Stop, Freeze, PowerOff, Cut, GitDown, GitHang}
+var FaultKinds = []string{Kill, Stop, Freeze, PowerOff, Cut, GitDown, GitHang, ClockStep, DiskFull}
 
 // Commit kinds: each is pushed as a real commit and must converge, or be
 // refused, as it would alone.
