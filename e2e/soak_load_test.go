@@ -319,7 +319,7 @@ func watchBridgeStates(ctx context.Context, t *testing.T, nodes ...string) *brid
 		}
 		tc := nodeTLS(t, n)
 		tc.ServerName = addr
-		o := mqtt.NewClientOptions().AddBroker("ssl://"+cluster.HostPort(addr, 8883)).SetClientID(fmt.Sprintf("soak-bridges-%s-%d", n, time.Now().UnixNano())).
+		o := mqtt.NewClientOptions().AddBroker("ssl://" + cluster.HostPort(addr, 8883)).SetClientID(fmt.Sprintf("soak-bridges-%s-%d", n, time.Now().UnixNano())).
 			SetTLSConfig(tc).SetCleanSession(true).SetKeepAlive(2 * time.Second).SetPingTimeout(time.Second).
 			SetConnectTimeout(2 * time.Second).SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).SetConnectRetry(true).SetConnectRetryInterval(time.Second)
 		o.SetOnConnectHandler(func(c mqtt.Client) {

@@ -108,6 +108,7 @@ func TestSoak(t *testing.T) {
 		case e.Commit != "":
 			t.Logf("%s: commit %s", time.Since(run.Start).Round(time.Second), e.Commit)
 			done[s.i] = cm.push(e)
+			cm.watch(&done[s.i], cm.head, members(c.Nodes, cm.broker3))
 		case s.heal:
 			t.Logf("%s: heal %s", time.Since(run.Start).Round(time.Second), e)
 			done[s.i].End = time.Now()
@@ -118,6 +119,7 @@ func TestSoak(t *testing.T) {
 			for _, j := range cm.deferred {
 				if !f.gitOpen() {
 					done[j] = cm.push(schedule[j])
+					cm.watch(&done[j], cm.head, members(c.Nodes, cm.broker3))
 				}
 			}
 			if !f.gitOpen() {
@@ -144,6 +146,7 @@ func TestSoak(t *testing.T) {
 	case <-time.After(time.Until(run.Start.Add(c.Duration))):
 	}
 	run.End = time.Now()
+	cm.watched.Wait()
 	run.Samples = sampler.stop()
 	run.Publishers, run.Subscribers, run.Homes = load.stop()
 	for i, d := range done {
@@ -186,6 +189,18 @@ func soakNodes(t *testing.T) []soak.Node {
 	for _, n := range st.Nodes {
 		role := strings.TrimRight(n.Name, "0123456789")
 		out = append(out, soak.Node{Name: n.Name, Roles: []string{role}, Spare: n.Name == "broker3"})
+	}
+	return out
+}
+
+// members are the nodes of the cluster definition: the spare broker while
+// it is in.
+func members(nodes []soak.Node, spare bool) []string {
+	var out []string
+	for _, n := range nodes {
+		if !n.Spare || spare {
+			out = append(out, n.Name)
+		}
 	}
 	return out
 }
@@ -331,19 +346,23 @@ type committer struct {
 	t        *testing.T
 	spare    string
 	head     string
-	priority bool // lb2's priority lowered (keepalived reloads)
+	connect  bool // nginx's connect timeout changed (nginx reloads)
 	keep     bool // bridgeKeepalive changed (the bridge master restarts)
 	bad      bool // a value the schema refuses
 	broker3  bool
 	hostile  bool
 	refused  time.Time // when a refused commit was pushed (fixed 20 s later)
 	deferred []int     // commits waiting for the git server
+
+	mu      sync.Mutex
+	heads   []string // every head pushed, in order
+	watched sync.WaitGroup
 }
 
 func (c *committer) soakCue() string {
 	s := "package cluster\n\n"
-	if c.priority {
-		s += "nodes: lb2: priority: 90\n"
+	if c.connect {
+		s += "timeouts: connect: 3\n"
 	}
 	if c.keep {
 		s += "mqtt: bridgeKeepalive: 16\n"
@@ -385,7 +404,7 @@ func (c *committer) push(e soak.Event) soak.Done {
 	case soak.RemoveBroker:
 		c.broker3 = false
 	case soak.Reload:
-		c.priority = !c.priority
+		c.connect = !c.connect
 	case soak.Restart:
 		c.keep = !c.keep
 	case soak.Refused:
@@ -396,14 +415,76 @@ func (c *committer) push(e soak.Event) soak.Done {
 	if c.bad || c.hostile {
 		c.refused = time.Now()
 	}
+	d.Expect = "applied"
+	if c.bad || c.hostile {
+		d.Expect = "refused" // this commit carries the bad value too
+	}
 	head, err := commitErr("soak: "+e.Commit, c.files())
 	if err != nil {
 		d.Err = err.Error()
 	} else {
-		c.head = head
+		c.setHead(head)
 	}
 	d.End = time.Now()
 	return d
+}
+
+func (c *committer) setHead(h string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.head = h
+	c.heads = append(c.heads, h)
+}
+
+// later reports whether h was pushed after head.
+func (c *committer) later(h, head string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, j := slices.Index(c.heads, head), slices.Index(c.heads, h)
+	return i >= 0 && j > i
+}
+
+// watch follows what every member node makes of the commit d pushed
+// (head), for up to 90 s, into d.Outcome: applied, refused (and why),
+// superseded by a later commit, or no answer (a node under a fault).
+func (c *committer) watch(d *soak.Done, head string, nodes []string) {
+	c.watched.Add(1)
+	go func() {
+		defer c.watched.Done()
+		out := map[string]string{}
+		deadline := time.Now().Add(90 * time.Second)
+		for len(out) < len(nodes) && time.Now().Before(deadline) {
+			for _, n := range nodes {
+				if _, ok := out[n]; ok {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				raw, err := exec1out(ctx, n, "mqha-agent", "status", "-o", "json")
+				cancel()
+				var st control.Status
+				if err != nil && raw == "" || json.Unmarshal([]byte(raw), &st) != nil {
+					continue
+				}
+				switch {
+				case st.Applied == head:
+					out[n] = "applied"
+				case st.Refused == head:
+					out[n] = "refused: " + st.RefusedReason
+				case c.later(st.Applied, head) || c.later(st.Refused, head):
+					out[n] = "superseded"
+				}
+			}
+			time.Sleep(time.Second)
+		}
+		for _, n := range nodes {
+			if _, ok := out[n]; !ok {
+				out[n] = "no answer"
+			}
+		}
+		c.mu.Lock()
+		d.Outcome = out
+		c.mu.Unlock()
+	}()
 }
 
 // fixRefused pushes the fix of a refused commit 20 s after it (at once
@@ -412,7 +493,7 @@ func (c *committer) fixRefused(now bool) {
 	if (c.bad || c.hostile) && (now || time.Since(c.refused) > 20*time.Second) {
 		c.bad, c.hostile = false, false
 		if head, err := commitErr("soak: fix the refused commit", c.files()); err == nil {
-			c.head = head
+			c.setHead(head)
 		}
 	}
 }

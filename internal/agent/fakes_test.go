@@ -29,6 +29,7 @@ type fakeSource struct {
 	maxBytes []int64 // of each Read
 	hang     bool    // Head waits for its deadline, as a server that never answers
 	hung     int     // Heads that hung
+	fetchErr error   // Fetch fails so (a full disk, a dropped connection)
 }
 
 func (f *fakeSource) Head(ctx context.Context) (string, error) {
@@ -50,6 +51,9 @@ func (f *fakeSource) Head(ctx context.Context) (string, error) {
 func (f *fakeSource) Fetch(_ context.Context, hash string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.fetchErr != nil {
+		return f.fetchErr
+	}
 	if _, ok := f.commits[hash]; !ok {
 		return fmt.Errorf("commit %s not found", hash)
 	}

@@ -88,9 +88,9 @@ type pullState struct {
 
 // pulled is what one look at the remote found, its network work done.
 type pulled struct {
-	err    error         // asking the remote for the branch head
+	err    error         // asking the remote for the branch head, or fetching it
 	target string        // a new head, fetched ("" none)
-	terr   error         // fetching, checking or evaluating target: refuses it
+	terr   error         // checking or evaluating target: refuses it
 	took   time.Duration // fetching and checking target
 	def    *evaluated    // target evaluated
 	eval   time.Duration // reading and evaluating it
@@ -155,8 +155,12 @@ func pull(ctx context.Context, st pullState, log *slog.Logger) pulled {
 	// few MiB for an oversized file someone pushed. The runtime would keep
 	// that memory for minutes; a new head is rare, so give it back now.
 	defer debug.FreeOSMemory()
-	if r.terr = bounded(func(ctx context.Context) error { return src.Fetch(ctx, head) }); r.terr != nil {
-		return r
+	if err := bounded(func(ctx context.Context) error { return src.Fetch(ctx, head) }); err != nil {
+		// Not the commit's fault (the network, the server, this node's
+		// disk): retried with the back-off, never refused. The soak filled
+		// a node's state directory: refused, the commit stayed refused
+		// once the disk had room again.
+		return pulled{err: fmt.Errorf("fetch %s: %w", source.Short(head), err)}
 	}
 	if st.applied != "" && !st.cfg.AllowRewind {
 		var ok bool

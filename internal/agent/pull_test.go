@@ -96,6 +96,28 @@ func TestBackoffWhileTheRemoteIsDown(t *testing.T) {
 	}
 }
 
+// A fetch that fails is the repository's or this node's trouble, not the
+// commit's: said as a fetch error, retried after the back-off, applied once
+// it works. The soak's full disk left a commit refused for good.
+func TestFailedFetchIsRetriedNotRefused(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+	h.src.head = "c1"
+	h.poll()
+	h.src.head = "c2"
+	h.src.fetchErr = errors.New("write objects/pack/tmp_pack_1: no space left on device")
+	h.clock.advance(5 * time.Second)
+	h.poll()
+	if s := h.a.Status(); s.Refused != "" || s.Applied != "c1" || !strings.Contains(s.FetchError, "fetch c2: write objects/pack/tmp_pack_1: no space left on device") {
+		t.Fatalf("status after a failed fetch %+v", s)
+	}
+	h.src.fetchErr = nil
+	h.clock.advance(6 * time.Second) // past the back-off
+	h.poll()
+	if s := h.a.Status(); s.Applied != "c2" || s.FetchError != "" {
+		t.Errorf("status once the fetch works %+v", s)
+	}
+}
+
 func TestRefusedCommitNotRetriedUntilTheBranchMoves(t *testing.T) {
 	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000", "c3": "mqtt: maxQueuedMessages: 3000"})
 	h.src.head = "c1"

@@ -36,6 +36,13 @@ type Done struct {
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"` // the fault healed (a commit: pushed)
 	Err   string    `json:"err,omitempty"`
+	// A commit: what it must come to on every node ("applied", or
+	// "refused": a refused or hostile commit, or one pushed before such a
+	// commit was fixed), and what each node made of it: "applied",
+	// "refused: why", "superseded" (a later commit came first) or "no
+	// answer" (a node under a fault).
+	Expect  string            `json:"expect,omitempty"`
+	Outcome map[string]string `json:"outcome,omitempty"`
 }
 
 // Sample is one second of the run.
@@ -167,6 +174,7 @@ func Check(r *Run) (Figures, []Breach) {
 	out = append(out, r.checkVIP(&f)...)
 	out = append(out, r.checkBridges()...)
 	out = append(out, r.checkActs()...)
+	out = append(out, r.checkCommits()...)
 	out = append(out, r.checkEnd()...)
 	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
 	return f, out
@@ -391,6 +399,31 @@ func (r *Run) checkActs() []Breach {
 		if i < 0 {
 			out = append(out, Breach{At: a.At, Invariant: "the agent acts on failed daemons only",
 				What: fmt.Sprintf("%s %s %s with no fault of it open", a.Node, a.What, a.Unit)})
+		}
+	}
+	return out
+}
+
+// checkCommits: each commit came to what it would alone: a good one
+// applied, a bad one refused, on every node that answered.
+func (r *Run) checkCommits() []Breach {
+	var out []Breach
+	for _, e := range r.Events {
+		if e.Commit == "" || e.Expect == "" {
+			continue
+		}
+		nodes := make([]string, 0, len(e.Outcome))
+		for n := range e.Outcome {
+			nodes = append(nodes, n)
+		}
+		sort.Strings(nodes)
+		for _, n := range nodes {
+			o := e.Outcome[n]
+			bad := e.Expect == "applied" && strings.HasPrefix(o, "refused") || e.Expect == "refused" && o == "applied"
+			if bad {
+				out = append(out, Breach{At: e.Start, Invariant: "a commit converges or is refused as it would alone",
+					What: fmt.Sprintf("commit %s (want %s) on %s: %s", e.Commit, e.Expect, n, o)})
+			}
 		}
 	}
 	return out

@@ -114,6 +114,8 @@ func TestCheck(t *testing.T) {
 	}
 	r := &Run{Config: Config{Seed: 1, Nodes: labNodes}, Start: t0, End: at(200),
 		Events: []Done{{Event: Event{Fault: PowerOff, Node: "broker1"}, Start: at(58), End: at(62)},
+			{Event: Event{Commit: Reload}, Start: at(5), End: at(5), Expect: "applied", Outcome: map[string]string{"lb1": "applied", "lb2": "refused: nodes.lb2.priority: conflicting values 90 and 100", "bridge": "no answer"}},
+			{Event: Event{Commit: Refused}, Start: at(6), End: at(6), Expect: "refused", Outcome: map[string]string{"lb1": "refused: maxQueuedMessages", "lb2": "superseded"}},
 			{Event: Event{Fault: Kill, Unit: "nginx", Node: "lb1"}, Start: at(100), End: at(115)}},
 		Publishers:  []Publisher{{Name: "p1", QoS: 1, Acked: acked, Sent: 100}},
 		Subscribers: []Subscriber{{Name: "s1", Persistent: true, Follows: "p1", Got: got, Received: 98, Up: []Interval{{at(5), at(200), 99}}}},
@@ -135,7 +137,7 @@ func TestCheck(t *testing.T) {
 	if f.Lost != 1 || f.LostKnown != 1 || f.Acknowledged != 100 || f.Delivered != 98 {
 		t.Errorf("figures %+v", f)
 	}
-	want := []string{"no acknowledged QoS1 message lost", "at most one VIP holder", "the agent acts on failed daemons only", "at most one bridge per broker"}
+	want := []string{"a commit converges or is refused as it would alone", "no acknowledged QoS1 message lost", "at most one VIP holder", "the agent acts on failed daemons only", "at most one bridge per broker"}
 	var gotInv []string
 	for _, b := range breaches {
 		gotInv = append(gotInv, b.Invariant)
