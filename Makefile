@@ -44,12 +44,16 @@ test-deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root: the real-tool tests and the lab run real daemons (for unit tests alone: go test ./...)"; exit 1; fi
 
 # A fresh lab, the suite, and the lab torn down again whatever the outcome.
-# Last, the lab is killed without down (as a crash or a killed CI job ends
-# it) and must come up fresh over what it left, and go down to nothing.
+# Then the short soak (5 min, a fixed seed; internal/soak) on a fresh lab:
+# any invariant breached fails. Last, the lab is killed without down (as a
+# crash or a killed CI job ends it) and must come up fresh over what it
+# left, and go down to nothing.
 e2e: packages bin/mqha-lab
 	bin/mqha-lab down
 	bin/mqha-lab up
 	$(GO) test -count=1 -tags e2e -v -timeout 40m ./e2e; rc=$$?; \
+	  bin/mqha-lab down; bin/mqha-lab up || rc=1; \
+	  $(GO) test -count=1 -tags 'e2e soak' -run '^TestSoak$$' -v -timeout 20m ./e2e || rc=1; \
 	  $(GO) test -count=1 -tags 'e2e leftovers' -run '^TestLabLeftovers$$' -v -timeout 10m ./e2e || rc=1; \
 	  bin/mqha-lab down; exit $$rc
 
