@@ -26,15 +26,20 @@ func (c *cmd) vet(args []string) error {
 	for _, r := range cluster.Roles {
 		roles[string(r)] = len(cl.WithRole(r))
 	}
+	notes := cl.Notes()
 	return format.emit(c.stdout, struct {
 		Repo    string         `json:"repo"`
 		Cluster string         `json:"cluster"`
 		Valid   bool           `json:"valid"`
 		Nodes   int            `json:"nodes"`
 		Roles   map[string]int `json:"roles"`
-	}{*src.repo, cl.Name, true, len(cl.Nodes), roles}, func(w io.Writer) {
+		Notes   []string       `json:"notes,omitempty"`
+	}{*src.repo, cl.Name, true, len(cl.Nodes), roles, notes}, func(w io.Writer) {
 		fmt.Fprintf(w, "%s: cluster %s is valid: %d nodes (%d lb, %d broker, %d bridge)\n", *src.repo, cl.Name,
 			len(cl.Nodes), roles["lb"], roles["broker"], roles["bridge"])
+		for _, n := range notes {
+			fmt.Fprintf(w, "note: %s\n", n)
+		}
 	})
 }
 

@@ -103,6 +103,11 @@ func TestAddBroker(t *testing.T) {
 	}
 	bridgeBefore := unitStart(t, "bridge", "mosquitto")
 	s := startStream(t, "add-broker")
+	// Retained before broker3 exists: a client of broker3 must find it.
+	retained := fmt.Sprintf("e2e/add/retained/%d", time.Now().UnixNano())
+	if tok := client(t, vip(), "pub-retained", true).Publish(retained, 1, true, "kept for broker3"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish retained: %v", tok.Error())
+	}
 	time.Sleep(time.Second)
 
 	pushed := time.Now()
@@ -143,6 +148,10 @@ func TestAddBroker(t *testing.T) {
 		publish(t, pub, topic, "hello broker3")
 		time.Sleep(200 * time.Millisecond)
 	}
+	joined := time.Now()
+	old := subscribe(t, client(t, brokerAddr(t, "broker3"), "sub-broker3-retained", true), retained)
+	old.wait(t, "kept for broker3", 10*time.Second)
+	report(t, "broker3 serves the message retained before it joined (%s after it served)", time.Since(joined).Round(time.Millisecond))
 	s.finish(t)
 }
 

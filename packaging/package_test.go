@@ -49,6 +49,7 @@ func TestPackages(t *testing.T) {
 			"./usr/share/doc/mqha-agent/copyright",
 			"./usr/share/doc/mqha-agent/operations.md",
 			"./usr/share/doc/mqha-agent/bridge.md",
+			"./usr/share/doc/mqha-agent/clients.md",
 			"./usr/share/bash-completion/completions/mqha-agent",
 			"./usr/share/zsh/vendor-completions/_mqha-agent",
 			"./usr/share/doc/mqha-agent/changelog.Debian.gz",

@@ -70,10 +70,11 @@ type TLS struct {
 }
 
 type MQTT struct {
-	MaxKeepalive      int `json:"maxKeepalive"`
-	BridgeKeepalive   int `json:"bridgeKeepalive"`
-	MaxQueuedMessages int `json:"maxQueuedMessages"`
-	MaxQueuedBytes    int `json:"maxQueuedBytes"`
+	MaxKeepalive      int    `json:"maxKeepalive"`
+	BridgeKeepalive   int    `json:"bridgeKeepalive"`
+	BridgeProtocol    string `json:"bridgeProtocol"` // mqttv311 or mqttv50
+	MaxQueuedMessages int    `json:"maxQueuedMessages"`
+	MaxQueuedBytes    int    `json:"maxQueuedBytes"`
 }
 
 type Limits struct {

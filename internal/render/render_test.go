@@ -111,6 +111,24 @@ func TestBridgeSkipsItsOwnBroker(t *testing.T) {
 	}
 }
 
+// The bridges speak the protocol the definition asks for; 3.1.1 when a
+// definition built in code says none.
+func TestBridgeProtocol(t *testing.T) {
+	for _, tt := range []struct{ set, want string }{{"", "mqttv311"}, {"mqttv311", "mqttv311"}, {"mqttv50", "mqttv50"}} {
+		c := &cluster.Cluster{Name: "x", Nodes: []cluster.Node{
+			{Name: "a", Address: "10.0.0.1", Roles: []cluster.Role{cluster.Broker, cluster.Bridge}},
+			{Name: "b", Address: "10.0.0.2", Roles: []cluster.Role{cluster.Broker}},
+		}, Ports: cluster.Ports{Client: 9000, Broker: 8883, Bridge: 8884}, MQTT: cluster.MQTT{BridgeProtocol: tt.set}}
+		out, err := render.Node(c, "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conf := string(out.Files[0].Content); !strings.Contains(conf, "\nbridge_protocol_version "+tt.want+"\n") {
+			t.Errorf("bridgeProtocol %q: want bridge_protocol_version %s:\n%s", tt.set, tt.want, conf)
+		}
+	}
+}
+
 func TestUnknownNode(t *testing.T) {
 	c, err := schema.LoadDir("testdata/three-nodes")
 	if err != nil {
