@@ -79,7 +79,8 @@ func Schedule(c Config) []Event {
 	r := rand.New(rand.NewPCG(c.Seed, 0x50a4))
 	end := c.Duration - tail
 	var out, open []Event
-	added := false
+	added, standby := false, slices.ContainsFunc(c.Nodes, func(n Node) bool { return n.Standby })
+	hasStandby := standby
 	for t := warmup; ; {
 		t += time.Duration(float64(c.Gap) * (0.25 + 1.5*r.Float64()))
 		if t >= end {
@@ -88,8 +89,10 @@ func Schedule(c Config) []Event {
 		open = slices.DeleteFunc(open, func(e Event) bool { return e.At+e.For <= t })
 		if len(c.Commits) > 0 && (len(c.Faults) == 0 || r.IntN(10) < 3) {
 			var kinds []string
+			bridgeFault := slices.ContainsFunc(open, func(e Event) bool { return e.Group(c.Nodes) == "bridge" })
 			for _, k := range c.Commits {
-				if k == AddBroker && (added || !hasSpare(c.Nodes)) || k == RemoveBroker && !added {
+				if k == AddBroker && (added || !hasSpare(c.Nodes)) || k == RemoveBroker && !added ||
+					k == RemoveStandby && (!standby || bridgeFault) || k == AddStandby && (standby || !hasStandby) {
 					continue
 				}
 				kinds = append(kinds, k)
@@ -99,13 +102,14 @@ func Schedule(c Config) []Event {
 			}
 			k := kinds[r.IntN(len(kinds))]
 			added = added && k != RemoveBroker || k == AddBroker
+			standby = standby && k != RemoveStandby || k == AddStandby
 			out = append(out, Event{At: t, Commit: k})
 			continue
 		}
 		if len(open) >= 2 || len(c.Faults) == 0 {
 			continue
 		}
-		e, ok := drawFault(r, c, open)
+		e, ok := drawFault(r, c, open, standby)
 		if !ok {
 			continue
 		}
@@ -117,11 +121,15 @@ func Schedule(c Config) []Event {
 	return out
 }
 
-// drawFault picks a fault whose group has none open.
-func drawFault(r *rand.Rand, c Config, open []Event) (Event, bool) {
+// drawFault picks a fault whose group has none open; without the standby
+// bridge node, none of a bridge node.
+func drawFault(r *rand.Rand, c Config, open []Event, standby bool) (Event, bool) {
 	taken := map[string]bool{}
 	for _, o := range open {
 		taken[o.Group(c.Nodes)] = true
+	}
+	if !standby {
+		taken["bridge"] = true
 	}
 	kind := c.Faults[r.IntN(len(c.Faults))]
 	span := faultFor[kind]

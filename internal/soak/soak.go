@@ -47,10 +47,15 @@ const (
 	Restart      = "restart"       // a setting that restarts mosquitto
 	Refused      = "refused"       // a value the schema refuses
 	Hostile      = "hostile"       // a definition too large to read
+	// The standby bridge node leaves the definition (the other bridges
+	// alone, no election) and joins again. While it is out no fault hits a
+	// bridge node: one bridge node is what the design cannot lose.
+	RemoveStandby = "remove-standby"
+	AddStandby    = "add-standby"
 )
 
 // CommitKinds are every kind.
-var CommitKinds = []string{AddBroker, RemoveBroker, Reload, Restart, Refused, Hostile}
+var CommitKinds = []string{AddBroker, RemoveBroker, Reload, Restart, Refused, Hostile, RemoveStandby, AddStandby}
 
 // Units a daemon fault can hit.
 var Units = []string{"mosquitto", "nginx", "keepalived", "mqha-agent"}
@@ -60,6 +65,9 @@ type Node struct {
 	Name  string
 	Roles []string // lb, broker, bridge
 	Spare bool     // not in the cluster until add-broker
+	// Standby: the standby bridge node, in the cluster but for
+	// remove-standby.
+	Standby bool
 }
 
 // Runs reports whether the node runs unit.
