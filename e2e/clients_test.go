@@ -34,12 +34,17 @@ type v5 struct {
 	got []*paho.Publish
 }
 
-func dialV5(t *testing.T, addr, id string) *v5 {
-	t.Helper()
+// dialTLS opens a TLS connection to a broker of the lab as a client.
+func dialTLS(t *testing.T, addr string) (*tls.Conn, error) {
 	tc := tlsConfig(t)
 	host, _, _ := net.SplitHostPort(addr)
 	tc.ServerName = host
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
+	return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
+}
+
+func dialV5(t *testing.T, addr, id string) *v5 {
+	t.Helper()
+	conn, err := dialTLS(t, addr)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
@@ -163,6 +168,42 @@ func bridgeProtocol(t *testing.T, proto string) {
 	})
 }
 
+// bridging is the bridge node whose mosquitto has the bridge connections.
+func bridging(t *testing.T) string {
+	for _, n := range bridgeNodes(t) {
+		out, _ := node(t, n).Exec(context.Background(), "sh", "-c", "cat /etc/mosquitto/mosquitto.conf /run/mqha/bridge/*.conf 2>/dev/null")
+		if strings.Contains(out, "\nconnection ") {
+			return n
+		}
+	}
+	t.Fatal("no bridge node has bridge connections")
+	return ""
+}
+
+// bridgeRestartLoss restarts mosquitto on the bridging node under a
+// cross-broker QoS1 flow (broker1 to a persistent subscriber on broker2,
+// 100 a second) and returns what it cost.
+func bridgeRestartLoss(t *testing.T) (sent, lost int) {
+	t.Helper()
+	n := bridging(t)
+	flow := startCrossFlow(t, 10*time.Millisecond)
+	time.Sleep(time.Second)
+	on(t, n, "systemctl", "restart", "mosquitto")
+	// With standbys keepalived may move the role meanwhile: any bridge
+	// node bridging again will do.
+	waitFor(t, 30*time.Second, "the bridges up again", func() bool {
+		for _, b := range bridgeNodes(t) {
+			if bridgesUp(t, b) {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(2 * time.Second)
+	sent, _, lost, _ = flow.finish(t, 20*time.Second)
+	return sent, lost
+}
+
 // bridgeNodes are the lab's nodes with the bridge role.
 func bridgeNodes(t *testing.T) []string {
 	st, err := cfg.Load()
@@ -221,6 +262,11 @@ func TestMQTT5AcrossBrokers(t *testing.T) {
 	if kept > 1 { // payload format may be inferred by no one: at most that one
 		t.Errorf("with 3.1.1 bridges %d properties crossed: docs/clients.md says they are lost", kept)
 	}
+	sent311, lost311 := bridgeRestartLoss(t)
+	report(t, "bridges on mqttv311: the bridge's mosquitto restarted under a cross-broker QoS1 flow: %d sent, %d lost", sent311, lost311)
+	if lost311 > 0 {
+		t.Errorf("3.1.1 bridges lost %d acknowledged messages over a bridge restart: their sessions on the brokers should have kept them", lost311)
+	}
 
 	bridgeProtocol(t, "mqttv50")
 	t.Cleanup(func() { bridgeProtocol(t, "") })
@@ -230,6 +276,12 @@ func TestMQTT5AcrossBrokers(t *testing.T) {
 	if kept != 6 {
 		t.Errorf("with MQTT 5 bridges, lost: %s", strings.Join(lost, ", "))
 	}
+	// The trade docs/clients.md states: mosquitto 2.0's MQTT 5 bridge asks
+	// for no session expiry, so a broker ends its session with the
+	// connection. Measured, not asserted either way: a restart may fall
+	// between two messages.
+	sent50, lost50 := bridgeRestartLoss(t)
+	report(t, "bridges on mqttv50: the bridge's mosquitto restarted under a cross-broker QoS1 flow: %d sent, %d lost", sent50, lost50)
 }
 
 // TestSharedSubscriptionAcrossBrokers: a shared group with one member on
@@ -294,30 +346,14 @@ func TestSharedSubscriptionAcrossBrokers(t *testing.T) {
 // a closed connection, for a protocol error).
 func rawPublish(t *testing.T, addr string, topic []byte) error {
 	t.Helper()
-	tc := tlsConfig(t)
-	host, _, _ := net.SplitHostPort(addr)
-	tc.ServerName = host
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
+	conn, err := dialTLS(t, addr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	id := fmt.Sprintf("e2e-raw-%d", time.Now().UnixNano())
 	str := func(b []byte) []byte { return append([]byte{byte(len(b) >> 8), byte(len(b))}, b...) }
-	remaining := func(n int) []byte {
-		var out []byte
-		for {
-			d := byte(n % 128)
-			n /= 128
-			if n > 0 {
-				d |= 0x80
-			}
-			out = append(out, d)
-			if n == 0 {
-				return out
-			}
-		}
-	}
+	remaining := remainingLength // load_test.go
 	body := append(str([]byte("MQTT")), 4, 0x02, 0, 30)
 	body = append(body, str([]byte(id))...)
 	pkt := append(append([]byte{0x10}, remaining(len(body))...), body...)
