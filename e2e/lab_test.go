@@ -105,9 +105,11 @@ func TestAddBroker(t *testing.T) {
 	s := startStream(t, "add-broker")
 	// Retained before broker3 exists: a client of broker3 must find it.
 	retained := fmt.Sprintf("e2e/add/retained/%d", time.Now().UnixNano())
-	if tok := client(t, vip(), "pub-retained", true).Publish(retained, 1, true, "kept for broker3"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	keeper := client(t, vip(), "pub-retained", true)
+	if tok := keeper.Publish(retained, 1, true, "kept for broker3"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish retained: %v", tok.Error())
 	}
+	t.Cleanup(func() { keeper.Publish(retained, 1, true, "").WaitTimeout(5 * time.Second) }) // cleared
 	time.Sleep(time.Second)
 
 	pushed := time.Now()
