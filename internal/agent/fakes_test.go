@@ -30,6 +30,7 @@ type fakeSource struct {
 	hang     bool    // Head waits for its deadline, as a server that never answers
 	hung     int     // Heads that hung
 	fetchErr error   // Fetch fails so (a full disk, a dropped connection)
+	descErr  error   // Descends cannot tell
 }
 
 func (f *fakeSource) Head(ctx context.Context) (string, error) {
@@ -60,6 +61,12 @@ func (f *fakeSource) Fetch(_ context.Context, hash string) error {
 	return nil
 }
 func (f *fakeSource) Descends(_ context.Context, hash, ancestor string) (bool, error) {
+	f.mu.Lock()
+	err := f.descErr
+	f.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
 	if f.descends != nil {
 		return f.descends(hash, ancestor), nil
 	}

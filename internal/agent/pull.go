@@ -164,11 +164,12 @@ func pull(ctx context.Context, st pullState, log *slog.Logger) pulled {
 	}
 	if st.applied != "" && !st.cfg.AllowRewind {
 		var ok bool
-		r.terr = bounded(func(ctx context.Context) (err error) { ok, err = src.Descends(ctx, head, st.applied); return err })
-		if r.terr == nil && !ok {
-			r.terr = fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(head), source.Short(st.applied))
+		if err := bounded(func(ctx context.Context) (err error) { ok, err = src.Descends(ctx, head, st.applied); return err }); err != nil {
+			// Unknown is not "no": retried, never a refusal.
+			return pulled{err: fmt.Errorf("check that %s descends from the applied %s: %w", source.Short(head), source.Short(st.applied), err)}
 		}
-		if r.terr != nil {
+		if !ok {
+			r.terr = fmt.Errorf("commit %s does not descend from the applied %s (history rewritten?); set allow-rewind = true to accept", source.Short(head), source.Short(st.applied))
 			return r
 		}
 	}

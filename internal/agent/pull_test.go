@@ -118,6 +118,28 @@ func TestFailedFetchIsRetriedNotRefused(t *testing.T) {
 	}
 }
 
+// Whether a commit descends from the applied one, when the mirror cannot
+// tell, is unknown, not "no": retried, never a refusal (a refusal holds
+// until the branch moves).
+func TestUnknownAncestryIsRetriedNotRefused(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+	h.src.head = "c1"
+	h.poll()
+	h.src.head = "c2"
+	h.src.descErr = errors.New("cannot tell whether c2 descends from c1: their history is incomplete")
+	h.clock.advance(5 * time.Second)
+	h.poll()
+	if s := h.a.Status(); s.Refused != "" || s.Applied != "c1" || !strings.Contains(s.FetchError, "check that c2 descends from the applied c1") {
+		t.Fatalf("status when ancestry is unknown %+v", s)
+	}
+	h.src.descErr = nil
+	h.clock.advance(6 * time.Second)
+	h.poll()
+	if s := h.a.Status(); s.Applied != "c2" || s.FetchError != "" {
+		t.Errorf("status once it can tell %+v", s)
+	}
+}
+
 func TestRefusedCommitNotRetriedUntilTheBranchMoves(t *testing.T) {
 	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000", "c3": "mqtt: maxQueuedMessages: 3000"})
 	h.src.head = "c1"

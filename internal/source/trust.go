@@ -139,7 +139,9 @@ func (r *Repo) Descends(ctx context.Context, hash, ancestor string) (bool, error
 			return found, err
 		}
 	}
-	return false, nil
+	// The whole history fetched and the walk still breaks off: unknown is
+	// an error (retried), never a "no" (that refuses the commit).
+	return false, fmt.Errorf("cannot tell whether %s descends from %s: their history is incomplete even after fetching all of %s", Short(hash), Short(ancestor), r.Branch)
 }
 
 // reaches walks the parents of hash looking for ancestor; complete is false
