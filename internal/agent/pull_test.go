@@ -96,47 +96,42 @@ func TestBackoffWhileTheRemoteIsDown(t *testing.T) {
 	}
 }
 
-// A fetch that fails is the repository's or this node's trouble, not the
-// commit's: said as a fetch error, retried after the back-off, applied once
-// it works. The soak's full disk left a commit refused for good.
-func TestFailedFetchIsRetriedNotRefused(t *testing.T) {
-	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
-	h.src.head = "c1"
-	h.poll()
-	h.src.head = "c2"
-	h.src.fetchErr = errors.New("write objects/pack/tmp_pack_1: no space left on device")
-	h.clock.advance(5 * time.Second)
-	h.poll()
-	if s := h.a.Status(); s.Refused != "" || s.Applied != "c1" || !strings.Contains(s.FetchError, "fetch c2: write objects/pack/tmp_pack_1: no space left on device") {
-		t.Fatalf("status after a failed fetch %+v", s)
-	}
-	h.src.fetchErr = nil
-	h.clock.advance(6 * time.Second) // past the back-off
-	h.poll()
-	if s := h.a.Status(); s.Applied != "c2" || s.FetchError != "" {
-		t.Errorf("status once the fetch works %+v", s)
-	}
-}
-
-// Whether a commit descends from the applied one, when the mirror cannot
-// tell, is unknown, not "no": retried, never a refusal (a refusal holds
-// until the branch moves).
-func TestUnknownAncestryIsRetriedNotRefused(t *testing.T) {
-	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
-	h.src.head = "c1"
-	h.poll()
-	h.src.head = "c2"
-	h.src.descErr = errors.New("cannot tell whether c2 descends from c1: their history is incomplete")
-	h.clock.advance(5 * time.Second)
-	h.poll()
-	if s := h.a.Status(); s.Refused != "" || s.Applied != "c1" || !strings.Contains(s.FetchError, "check that c2 descends from the applied c1") {
-		t.Fatalf("status when ancestry is unknown %+v", s)
-	}
-	h.src.descErr = nil
-	h.clock.advance(6 * time.Second)
-	h.poll()
-	if s := h.a.Status(); s.Applied != "c2" || s.FetchError != "" {
-		t.Errorf("status once it can tell %+v", s)
+// What the repository or this node cannot do is not the commit's fault:
+// a fetch that fails (the soak's full disk refused a commit for good), or
+// a mirror that cannot tell whether the commit descends from the applied
+// one (unknown is not "no"). Said as a fetch error, retried after the
+// back-off, applied once it works; never a refusal, which holds until the
+// branch moves.
+func TestRepositoryTroubleIsRetriedNotRefused(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		set  func(*fakeSource, error)
+		err  string
+		said string
+	}{
+		{"a failed fetch", func(f *fakeSource, err error) { f.fetchErr = err },
+			"write objects/pack/tmp_pack_1: no space left on device", "fetch c2: write objects/pack/tmp_pack_1: no space left on device"},
+		{"unknown ancestry", func(f *fakeSource, err error) { f.descErr = err },
+			"their history is incomplete", "check that c2 descends from the applied c1: their history is incomplete"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+			h.src.head = "c1"
+			h.poll()
+			h.src.head = "c2"
+			tt.set(h.src, errors.New(tt.err))
+			h.clock.advance(5 * time.Second)
+			h.poll()
+			if s := h.a.Status(); s.Refused != "" || s.Applied != "c1" || !strings.Contains(s.FetchError, tt.said) {
+				t.Fatalf("status %+v", s)
+			}
+			tt.set(h.src, nil)
+			h.clock.advance(6 * time.Second) // past the back-off
+			h.poll()
+			if s := h.a.Status(); s.Applied != "c2" || s.FetchError != "" {
+				t.Errorf("status once it works %+v", s)
+			}
+		})
 	}
 }
 
