@@ -191,10 +191,8 @@ func (w *driftWatch) off() {
 // guard at v.
 func (a *Agent) rebuildMonitor(v *View) {
 	s := a.facts.Suspended()
-	noRepair := s != nil && s.NoRepair
 	a.daemons.set(&health.Monitor{Checks: v.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log, OnResult: a.onResult,
-		NoRepair: noRepair}, v.Output.Units, guarded(v))
-	a.daemons.noRepair(noRepair)
+		NoRepair: s != nil && s.NoRepair}, v.Output.Units, guarded(v))
 }
 
 // guarded is what keepalived holds on this node under v: the VIP on a load
@@ -238,6 +236,7 @@ func (d *daemons) set(m *health.Monitor, units []string, w vipguard.Watch) {
 	defer d.mu.Unlock()
 	d.monitor, d.units = m, units
 	d.guard.Set(w)
+	d.guard.Pause(m.NoRepair)
 }
 
 func (d *daemons) get() *health.Monitor {

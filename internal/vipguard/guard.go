@@ -154,23 +154,14 @@ func (g *Guard) Once(ctx context.Context) string {
 		}
 	}
 	var did []string
-	held, release, standDown := g.Held, g.Release, g.StandDown
-	if held == nil {
-		held = Held
-	}
-	if release == nil {
-		release = Release
-	}
-	if standDown == nil {
-		standDown = func() (string, error) { return bridgerole.Notify("STOP", 0, bridgerole.RestartMosquitto) }
-	}
+	held, release, standDown := g.hooks()
 	for _, a := range w.Addrs {
-		held, err := held(a)
+		on, err := held(a)
 		if err != nil {
 			g.Log.Error("read the interface's addresses", "address", a.String(), "err", err)
 			continue
 		}
-		if !held {
+		if !on {
 			continue
 		}
 		if err := release(a); err != nil {
@@ -198,6 +189,21 @@ func (g *Guard) Once(ctx context.Context) string {
 	}
 	g.Log.Warn("keepalived is "+why+": released what it held here, so that its peer alone holds it", "did", strings.Join(did, "; "))
 	return strings.Join(did, "; ")
+}
+
+// hooks are Held, Release and StandDown, or what they default to.
+func (g *Guard) hooks() (held func(Addr) (bool, error), release func(Addr) error, standDown func() (string, error)) {
+	held, release, standDown = g.Held, g.Release, g.StandDown
+	if held == nil {
+		held = Held
+	}
+	if release == nil {
+		release = Release
+	}
+	if standDown == nil {
+		standDown = func() (string, error) { return bridgerole.Notify("STOP", 0, bridgerole.RestartMosquitto) }
+	}
+	return held, release, standDown
 }
 
 func (g *Guard) procs() ([]Proc, error) {
