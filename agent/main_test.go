@@ -117,7 +117,10 @@ func TestAddBrokerChangesOnlyBridgeAndUpstream(t *testing.T) {
 			"remote_clientid mqtt-bridge-to-broker3", "bridge_protocol_version mqttv311", "try_private true",
 			"cleansession false", "notifications true", "keepalive_interval 15", "restart_timeout 1 5",
 			"start_type automatic", "bridge_cafile /etc/mqha/tls/ca.crt", "bridge_certfile /etc/mqha/tls/node.crt",
-			"bridge_keyfile /etc/mqha/tls/node.key", "bridge_insecure false", "topic # both 2", ""},
+			"bridge_keyfile /etc/mqha/tls/node.key", "bridge_insecure false", "topic # both 2",
+			"# Out only, retained: the mark that this node bridges, which another bridge",
+			"# master (the bridge nodes cut off from each other, or one that runs an",
+			"# older commit) finds on the brokers.", "topic $mqha/bridge/mqtt/# out 0", ""},
 			"mosquitto: restart, bridges changed and mosquitto cannot reload bridges"},
 		{"lb1", 1, []string{"/etc/nginx/nginx.conf"}, []string{
 			"        server 10.20.0.23:8883 max_fails=0; # broker3"},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -354,4 +355,106 @@ func TestBridgeBurstKeepsTheMaster(t *testing.T) {
 		t.Errorf("roles after the burst: master %q, standby %q; want %s, %s", a, s, active, standby)
 	}
 	report(t, "a 20,000-message burst across the bridge master %s: no role moved", active)
+}
+
+// TestBridgeStaleLoneBridge: one bridge node runs an older commit than the
+// rest, in which it is the lone bridge node (it bridges without keepalived),
+// while the others have a standby added back: the pair's keepalived elects
+// the standby, which has no peer to hear. Both would bridge, and since they
+// connect with the same client ids, each broker would hand its bridge
+// session from one to the other every few seconds (the short soak saw it
+// for 80 s: bridge nodes that could not fetch while their disk was full).
+// The lone bridge marks that it bridges; the pair's node takes no role
+// while that mark is fresh. Then the stale node takes the commit and the
+// pair settles.
+func TestBridgeStaleLoneBridge(t *testing.T) {
+	withStandby(t)
+	def, err := os.ReadFile(filepath.Join(cfg.Dir, "cluster", "bridge2.cue"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bridge alone: bridge2 decommissions, bridge bridges without keepalived.
+	head := commit(t, "e2e: the standby bridge node out", map[string]string{"bridge2.cue": ""})
+	appliedAfter(t, head, time.Now(), 60*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
+	t.Cleanup(func() {
+		onAny(t, "bridge", "mqha-agent", "resume")
+		if _, err := os.Stat(filepath.Join(cfg.Dir, "cluster", "bridge2.cue")); err != nil {
+			commit(t, "e2e: the standby bridge node back", map[string]string{"bridge2.cue": string(def)})
+		}
+	})
+	waitFor(t, 60*time.Second, "bridge bridging alone", func() bool {
+		return slices.Equal(bridgeNodesOn(t, "broker1"), []string{"bridge"}) && slices.Equal(bridgeNodesOn(t, "broker2"), []string{"bridge"})
+	})
+	// bridge stays on that commit: suspended, it applies nothing new.
+	on(t, "bridge", "mqha-agent", "suspend", "--reason", "e2e: a bridge node that misses a commit")
+	flow := startCrossFlow(t, 10*time.Millisecond)
+	time.Sleep(time.Second)
+
+	head = commit(t, "e2e: the standby bridge node back", map[string]string{"bridge2.cue": string(def)})
+	t0 := time.Now()
+	appliedAfter(t, head, t0, 60*time.Second, "lb1", "lb2", "bridge2", "broker1", "broker2")
+	// 20 s with the two definitions side by side: who holds each broker's
+	// bridge session, every 250 ms.
+	samples, taken, moves := 0, 0, 0
+	last := map[string]string{}
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		samples++
+		for _, b := range []string{"broker1", "broker2"} {
+			on := bridgeNodesOn(t, b)
+			if slices.Contains(on, "bridge2") {
+				taken++
+			}
+			if h := strings.Join(on, "+"); h != "" {
+				if last[b] != "" && last[b] != h {
+					moves++
+				}
+				last[b] = h
+			}
+		}
+	}
+	check := onAny(t, "bridge2", "cat", "/run/mqha/bridge-check.json")
+	sent, received, lost, dups := flow.finish(t, 30*time.Second)
+	report(t, "a lone bridge node on an older commit beside a pair: bridge2 held a broker's bridge session in %d of %d samples (250 ms, 2 brokers) over 20 s; the sessions changed hands %d times; QoS1 across brokers: %d sent, %d received, %d lost, %d duplicated",
+		taken, 2*samples, moves, sent, received, lost, dups)
+	if taken > 0 {
+		t.Errorf("bridge2 took a broker's bridge session from the lone bridge node in %d of %d samples (bridge2's check: %s)", taken, 2*samples, check)
+	}
+	if lost > 0 {
+		t.Errorf("%d acknowledged QoS1 messages lost across brokers", lost)
+	}
+	if !strings.Contains(check, "lone bridge node") {
+		t.Errorf("bridge2's bridge check does not say why it takes no role: %s", check)
+	}
+
+	// The stale node takes the commit: one master, one standby.
+	on(t, "bridge", "mqha-agent", "resume")
+	t1 := time.Now()
+	appliedAfter(t, head, t1, 60*time.Second, "bridge")
+	took := waitFor(t, 60*time.Second, "one bridge master and one standby", func() bool {
+		a, s := bridgeRoles(t)
+		return a != "" && s != ""
+	})
+	a, s := bridgeRoles(t)
+	report(t, "the stale node resumed: %s bridge master, %s standby, %s after it applied the commit", a, s, took.Round(100*time.Millisecond))
+}
+
+// bridgeNodesOn are the bridge nodes with a connection to broker's bridge
+// listener, sorted.
+func bridgeNodesOn(t *testing.T, broker string) []string {
+	t.Helper()
+	addrs := map[string]string{node(t, "bridge").Addr: "bridge", cfg.Addr(bridge2Addr): "bridge2"}
+	out := onAny(t, broker, "ss", "-Htn", "state", "established", fmt.Sprintf("( sport = :%d )", 8884))
+	var on []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 {
+			continue
+		}
+		host := strings.TrimPrefix(f[3][:strings.LastIndex(f[3], ":")], "::ffff:")
+		if n, ok := addrs[host]; ok && !slices.Contains(on, n) {
+			on = append(on, n)
+		}
+	}
+	slices.Sort(on)
+	return on
 }

@@ -175,6 +175,10 @@ func TestSoak(t *testing.T) {
 
 	rep := soak.NewReport(run)
 	dir := reportPath("soak")
+	old, _ := filepath.Glob(filepath.Join(dir, "journal-*.txt")) // an earlier run's
+	for _, p := range old {
+		os.Remove(p)
+	}
 	if err := rep.Write(dir, run); err != nil {
 		t.Error(err)
 	}
@@ -185,6 +189,7 @@ func TestSoak(t *testing.T) {
 	}
 	t.Logf("report: %s (soak.json, soak.txt, soak.png)", dir)
 	if len(rep.Breaches) > 0 {
+		saveJournals(t, dir, c.Nodes, run.Start)
 		t.Errorf("%d invariant breaches; replay: %s", len(rep.Breaches), c.Replay())
 	}
 }
@@ -697,4 +702,23 @@ func dialVia(tc *tls.Config, src string, home func(string)) mqtt.OpenConnectionF
 		home(conn.(*tls.Conn).ConnectionState().PeerCertificates[0].Subject.CommonName)
 		return conn, nil
 	}
+}
+
+// saveJournals keeps every node's journal of the run next to the report
+// (journal-<node>.txt): the lab goes down after the test, and a breach is
+// read in the daemons' and agents' own words.
+func saveJournals(t *testing.T, dir string, nodes []soak.Node, since time.Time) {
+	for _, n := range nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, err := exec1out(ctx, n.Name, "journalctl", "-q", "-o", "short-precise", "--no-pager", "--since", "@"+strconv.FormatInt(since.Unix()-5, 10))
+		cancel()
+		if err != nil {
+			out += "\n(journal not read to the end: " + err.Error() + ")\n"
+		}
+		p := filepath.Join(dir, "journal-"+n.Name+".txt")
+		if err := os.WriteFile(p, []byte(out), 0o644); err != nil {
+			t.Log(err)
+		}
+	}
+	t.Logf("journals of the run: %s/journal-<node>.txt", dir)
 }

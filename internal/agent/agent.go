@@ -130,6 +130,9 @@ type Deps struct {
 	// BridgeState reads what keepalived's bridge instance last reported
 	// (nil: bridgerole.Read).
 	BridgeState func() (bridgerole.State, bridgerole.Check, error)
+	// BridgeLeaving says this node is leaving the cluster ("": it is not),
+	// for keepalived's bridge check (nil: bridgerole.SetLeaving).
+	BridgeLeaving func(why string) error
 	// Host is what this host allows, for sizing (nil: LocalHost).
 	Host func() render.Host
 	// LoadDefinition evaluates a commit's files into the cluster
@@ -215,6 +218,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	}
 	if d.BridgeState == nil {
 		d.BridgeState = bridgerole.Read
+	}
+	if d.BridgeLeaving == nil {
+		d.BridgeLeaving = bridgerole.SetLeaving
 	}
 	if d.LoadDefinition == nil {
 		d.LoadDefinition = func(_ context.Context, files fs.FS, _ evaluate.Limits) (*cluster.Cluster, error) {

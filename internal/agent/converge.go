@@ -113,6 +113,9 @@ func (a *Agent) applied(v *View) {
 	if a.facts.Decommission() != nil {
 		a.log.Info("this node is in the cluster definition again", "commit", source.Short(v.Commit))
 		a.facts.SetDecommission(nil)
+		if err := a.d.BridgeLeaving(""); err != nil {
+			a.log.Error("tell keepalived's bridge check that this node stays", "err", err)
+		}
 	}
 	a.facts.SetApplied(v.Commit, v.Subject)
 	a.view = v

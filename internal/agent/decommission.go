@@ -13,6 +13,7 @@ import (
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
@@ -58,6 +59,13 @@ func (a *Agent) startDecommission(ctx context.Context, def *evaluated, notIn err
 	} else {
 		a.log.Warn("this node is not in the cluster definition any more: decommissioning", "commit", source.Short(def.hash), "subject", def.subject,
 			"grace", a.cfg.DecommissionGrace)
+		if a.view != nil && daemon.ElectsBridge(a.view.Cluster, a.view.Node) {
+			// The bridge role goes now, not once the node drained: the
+			// remaining bridge node, on this commit too, may bridge alone.
+			if err := a.d.BridgeLeaving("removed by commit " + source.Short(def.hash)); err != nil {
+				a.log.Error("tell keepalived's bridge check that this node leaves", "err", err)
+			}
+		}
 	}
 	a.decomCluster = def.cluster
 	a.facts.SetApplied(def.hash, def.subject)

@@ -98,6 +98,9 @@ func Run(ctx context.Context, cfg CheckConfig) (repaired string, err error) {
 }
 
 func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
+	if why := leaving(); why != "" {
+		return fmt.Errorf("this node is leaving the cluster (%s): it takes no bridge role", why)
+	}
 	lctx, cancel := context.WithTimeout(ctx, answerWithin)
 	defer cancel()
 	var up, all int
@@ -158,6 +161,13 @@ func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
 		}
 		c.Down = 0
 		return probeBridges(ctx, cfg, c)
+	}
+	// A lone bridge node bridging: it runs another commit than this node
+	// (one of the two has not fetched the commit that added or removed the
+	// standby) and cannot hand over; taking the role would take the
+	// brokers' bridge sessions from it in turn, again and again.
+	if lone := loneBridge(ctx, cfg); lone != "" {
+		return fmt.Errorf("%s bridges as the lone bridge node of its definition (its mark is fresh): this node takes no bridge role meanwhile; one of the two runs an older commit (compare them in mqha-agent fleet)", lone)
 	}
 	if bootClock() < c.HoldUntil {
 		if other, _ := otherMasters(ctx, cfg, c); other != "" {
@@ -227,8 +237,55 @@ func probeBridges(ctx context.Context, cfg CheckConfig, c *Check) error {
 // changed since the last check read it (masters bridging now), or "".
 // What it read is kept in c.
 func otherMasters(ctx context.Context, cfg CheckConfig, c *Check) (higher, lower string) {
-	if cfg.Markers == "" {
+	marks, b := readMarks(ctx, cfg)
+	if b == "" {
 		return "", ""
+	}
+	// Changed within the last few seconds: read long ago, any change
+	// since says nothing about now.
+	recent := bootClock()-c.SeenAt < 3*time.Second
+	seen := map[string]string{}
+	for node, v := range marks {
+		seen[node] = v
+		var prio, seq int
+		if node != cfg.Name && daemon.LoneMarkFresh(v, time.Now()) {
+			higher = fmt.Sprintf("%s (a lone bridge node, its mark fresh on %s)", node, b)
+			continue
+		}
+		if node == cfg.Name || !recent || c.Seen[node] == "" || c.Seen[node] == v {
+			continue
+		}
+		if _, err := fmt.Sscanf(v, "%d %d", &prio, &seq); err != nil || prio == daemon.LonePriority {
+			continue
+		}
+		who := fmt.Sprintf("%s (priority %d, its mark fresh on %s)", node, prio, b)
+		if prio > cfg.Priority {
+			higher = who
+		} else if lower == "" {
+			lower = who
+		}
+	}
+	c.Seen, c.SeenAt = seen, bootClock()
+	return higher, lower
+}
+
+// loneBridge is another node bridging as the lone bridge node of its
+// definition (its mark fresh), or "".
+func loneBridge(ctx context.Context, cfg CheckConfig) string {
+	marks, b := readMarks(ctx, cfg)
+	for node, v := range marks {
+		if node != cfg.Name && daemon.LoneMarkFresh(v, time.Now()) {
+			return fmt.Sprintf("%s (its mark on %s)", node, b)
+		}
+	}
+	return ""
+}
+
+// readMarks reads every bridge node's mark on the first broker that
+// answers: node -> mark, and the broker ("" when none answered).
+func readMarks(ctx context.Context, cfg CheckConfig) (map[string]string, string) {
+	if cfg.Markers == "" {
+		return nil, ""
 	}
 	for _, b := range cfg.BrokerClient {
 		rctx, cancel := context.WithTimeout(ctx, answerWithin)
@@ -237,31 +294,13 @@ func otherMasters(ctx context.Context, cfg CheckConfig, c *Check) (higher, lower
 		if err != nil {
 			continue
 		}
-		// Changed within the last few seconds: read long ago, any change
-		// since says nothing about now.
-		recent := bootClock()-c.SeenAt < 3*time.Second
-		seen := map[string]string{}
+		out := map[string]string{}
 		for topic, v := range marks {
-			node := strings.TrimPrefix(topic, cfg.Markers+"/")
-			seen[node] = v
-			var prio, seq int
-			if node == cfg.Name || !recent || c.Seen[node] == "" || c.Seen[node] == v {
-				continue
-			}
-			if _, err := fmt.Sscanf(v, "%d %d", &prio, &seq); err != nil {
-				continue
-			}
-			who := fmt.Sprintf("%s (priority %d, its mark fresh on %s)", node, prio, b)
-			if prio > cfg.Priority {
-				higher = who
-			} else {
-				lower = who
-			}
+			out[strings.TrimPrefix(topic, cfg.Markers+"/")] = v
 		}
-		c.Seen, c.SeenAt = seen, bootClock()
-		return higher, lower
+		return out, b
 	}
-	return "", ""
+	return nil, ""
 }
 
 // bridgeTLS verifies broker addr (host:port) by its address, as a bridge

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -17,8 +18,37 @@ import (
 // Dir holds the role's files; /run: a rebooted node starts with none.
 var Dir = "/run/mqha"
 
-func statePath() string { return filepath.Join(Dir, "bridge-state.json") }
-func checkPath() string { return filepath.Join(Dir, "bridge-check.json") }
+func statePath() string   { return filepath.Join(Dir, "bridge-state.json") }
+func checkPath() string   { return filepath.Join(Dir, "bridge-check.json") }
+func leavingPath() string { return filepath.Join(Dir, "bridge-leaving") }
+
+// SetLeaving says this node is leaving the cluster (why; "": it is not):
+// the agent of a node that a commit removed writes it at once, and the
+// check then fails, so that keepalived moves the role away now rather
+// than when the node's units stop after it drained (the peer, which runs
+// the same commit, may already bridge alone: the two would take the
+// brokers' sessions from each other meanwhile).
+func SetLeaving(why string) error {
+	if why == "" {
+		if err := os.Remove(leavingPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Write(leavingPath(), []byte(why+"\n"), 0o644)
+}
+
+// leaving is why this node is leaving the cluster ("" when it is not).
+func leaving() string {
+	b, err := os.ReadFile(leavingPath())
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
 
 // State is the role as keepalived last said it (bridge-notify writes it).
 type State struct {

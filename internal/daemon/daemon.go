@@ -232,6 +232,35 @@ const (
 // client's "#" and no bridge's "topic #" matches it.
 func MarkerTopics(cluster string) string { return "$mqha/bridge/" + cluster }
 
+// A lone bridge node (the only one in its definition: no keepalived, its
+// bridges always on) marks too, at the same topic, with LonePriority, above
+// any keepalived priority (1-255), and the time in unix milliseconds
+// instead of a count. Where a lone bridge and a pair's master meet, the
+// two nodes run different commits (one has not fetched the commit that
+// added, or removed, the standby); the lone one has no peer to hand over
+// to, so the pair's nodes take no role while its mark is fresh (LoneFresh
+// of now, either way: clocks differ a little) and the two never take the
+// brokers' bridge sessions from each other in turn.
+const (
+	LonePriority = 256
+	LoneFresh    = 10 * time.Second
+)
+
+// LoneMark is a lone bridge's mark at now.
+func LoneMark(now time.Time) string { return fmt.Sprintf("%d %d", LonePriority, now.UnixMilli()) }
+
+// LoneMarkFresh reports whether mark is a lone bridge's mark within
+// LoneFresh of now.
+func LoneMarkFresh(mark string, now time.Time) bool {
+	var prio int
+	var ms int64
+	if _, err := fmt.Sscanf(mark, "%d %d", &prio, &ms); err != nil || prio != LonePriority {
+		return false
+	}
+	d := now.Sub(time.UnixMilli(ms))
+	return d < LoneFresh && d > -LoneFresh
+}
+
 // ProbeTopics is where keepalived's bridge check on the bridge master
 // publishes a message on a broker (ProbeTopics/node) and waits for it to
 // come in through the master's bridge: the bridge's data path. The bridges
@@ -349,10 +378,12 @@ func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, bridge
 		// No unit: a remote broker being down is not the local mosquitto's
 		// fault, so a failing bridge is reported, never repaired by restart
 		// (with standbys keepalived's track script moves the role away).
-		bridges := probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)
+		// A lone bridge marks that it bridges (LoneMark) every round.
+		bridges := probe.MarkedBridgeStates(local, WithName(tc, n.Address), n.Name, ids,
+			MarkerTopics(cl.Name)+"/"+n.Name, func() string { return LoneMark(time.Now()) })
 		if ElectsBridge(cl, n) {
 			// Only the bridge master keepalived chose has connections.
-			master := bridges
+			master := probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)
 			bridges = func(ctx context.Context) error {
 				if _, err := os.Lstat(BridgesLink); err != nil {
 					return nil

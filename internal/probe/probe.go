@@ -193,6 +193,13 @@ func MQTTRoundTripUnder(prefix, addr string, tc *tls.Config, node string) Probe 
 // BridgeStates reads the retained $SYS/broker/connection/<id>/state of
 // every bridge on the local broker and fails unless each is 1 (connected).
 func BridgeStates(addr string, tc *tls.Config, node string, clientIDs []string) Probe {
+	return MarkedBridgeStates(addr, tc, node, clientIDs, "", nil)
+}
+
+// MarkedBridgeStates is BridgeStates that first publishes mark() retained
+// at topic on the local broker, for its bridges to carry out (a lone
+// bridge's mark; no topic: none).
+func MarkedBridgeStates(addr string, tc *tls.Config, node string, clientIDs []string, topic string, mark func() string) Probe {
 	return func(ctx context.Context) error {
 		if len(clientIDs) == 0 {
 			return nil
@@ -202,6 +209,11 @@ func BridgeStates(addr string, tc *tls.Config, node string, clientIDs []string) 
 			return err
 		}
 		defer c.Disconnect(50)
+		if topic != "" {
+			if err := wait(ctx, c.Publish(topic, 1, true, mark()), "publish"); err != nil {
+				return err
+			}
+		}
 		var mu sync.Mutex
 		state := map[string]string{}
 		all := make(chan struct{})

@@ -286,12 +286,14 @@ func aclUsers(c *cluster.Cluster, n cluster.Node) []ACLUser {
 	self := ACLUser{Name: n.Name, Topics: []string{"readwrite " + daemon.HealthTopics + "/" + n.Name + "/#", "read $SYS/broker/connection/#"}}
 	users := []ACLUser{self}
 	for _, b := range c.WithRole(cluster.Bridge) {
-		// A bridge node writes the bridges' state and, with standbys, its
-		// own bridge master's mark, and reads the others' marks.
-		topics := []string{"readwrite $SYS/broker/connection/#"}
+		// A bridge node writes the bridges' state and its own mark (a
+		// master's, or a lone bridge's), and reads the others' marks; with
+		// standbys, the master's probe too.
+		m := daemon.MarkerTopics(c.Name)
+		topics := []string{"readwrite $SYS/broker/connection/#", "readwrite " + m + "/" + b.Name, "read " + m + "/#"}
 		if daemon.HasStandby(c) {
-			m, p := daemon.MarkerTopics(c.Name), daemon.ProbeTopics(c.Name)
-			topics = append(topics, "readwrite "+m+"/"+b.Name, "read "+m+"/#", "readwrite "+p+"/"+b.Name, "read "+p+"/#")
+			p := daemon.ProbeTopics(c.Name)
+			topics = append(topics, "readwrite "+p+"/"+b.Name, "read "+p+"/#")
 		}
 		if b.Name == n.Name {
 			users[0].Topics = append(users[0].Topics[:1], topics...)

@@ -2,6 +2,7 @@ package soak
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -222,8 +223,9 @@ func (r *Run) checkMessages(f *Figures) []Breach {
 		}
 		for _, t := range first {
 			out = append(out, Breach{At: t, Invariant: "no acknowledged QoS1 message lost",
-				What: fmt.Sprintf("%s lost messages of %s acknowledged from %s (%d in the run; its broker and the publisher's were up)",
-					s.Name, s.Follows, t.Sub(r.Start).Round(time.Second), lost)})
+				What: fmt.Sprintf("%s (%s, on %s) lost messages of %s (on %s) acknowledged from %s (%d in the run; its broker and the publisher's were up); bridged by %s; open then: %s",
+					s.Name, map[bool]string{true: "persistent", false: "clean"}[s.Persistent], orNone(r.home(s.Name, t)), s.Follows, orNone(r.home(s.Follows, t)),
+					t.Sub(r.Start).Round(100*time.Millisecond), lost, r.bridging(t), r.cause(t.Add(-failoverTail), t.Add(deliverGrace)))})
 		}
 	}
 	return out
@@ -372,14 +374,76 @@ func (r *Run) cause(from, to time.Time) string {
 	return strings.Join(c, "; ")
 }
 
-// checkBridges: at most one bridge connected to each broker at any sample.
+// bridging says which bridge node bridged each broker at the sample
+// closest to t.
+func (r *Run) bridging(t time.Time) string {
+	i := sort.Search(len(r.Samples), func(i int) bool { return !r.Samples[i].At.Before(t) })
+	if i == len(r.Samples) {
+		i--
+	}
+	if i < 0 {
+		return "no sample"
+	}
+	var out []string
+	for b, nodes := range r.Samples[i].Bridges {
+		out = append(out, b+" by "+strings.Join(nodes, "+"))
+	}
+	slices.Sort(out)
+	if len(out) == 0 {
+		return "no bridge seen"
+	}
+	return strings.Join(out, ", ")
+}
+
+// flapWithin: a broker's bridge session that goes from one bridge node to
+// another and back within this long was taken in turn by two nodes that
+// both bridge (they connect with the same client id, so the broker never
+// shows both at once). A fail-over moves it once; the old master comes
+// back as a standby.
+const flapWithin = 15 * time.Second
+
+// checkBridges: at most one bridge connected to each broker at any sample,
+// and no broker's bridge session taken back and forth (a tug of war: two
+// bridge nodes bridging, one connection at a time).
 func (r *Run) checkBridges() []Breach {
 	var out []Breach
+	type move struct {
+		at       time.Time
+		from, to string
+	}
+	moves := map[string][]move{}
+	last := map[string]string{}
 	for _, s := range r.Samples {
 		for b, nodes := range s.Bridges {
 			if len(nodes) > 1 {
 				out = append(out, Breach{At: s.At, Invariant: "at most one bridge per broker", What: fmt.Sprintf("%s bridged by %s", b, strings.Join(nodes, " and "))})
 			}
+			if len(nodes) != 1 {
+				continue
+			}
+			if l := last[b]; l != "" && l != nodes[0] {
+				moves[b] = append(moves[b], move{s.At, l, nodes[0]})
+			}
+			last[b] = nodes[0]
+		}
+	}
+	brokers := slices.Sorted(maps.Keys(moves))
+	for _, b := range brokers {
+		m := moves[b]
+		for i := 0; i+1 < len(m); {
+			if m[i+1].to != m[i].from || m[i+1].at.Sub(m[i].at) > flapWithin {
+				i++
+				continue
+			}
+			// One episode: every back-and-forth until a gap.
+			j := i + 1
+			for j+1 < len(m) && m[j+1].at.Sub(m[j].at) <= flapWithin {
+				j++
+			}
+			out = append(out, Breach{At: m[i].at, Invariant: "at most one bridge per broker",
+				What: fmt.Sprintf("%s's bridge session taken in turn by %s and %s, %d times in %s from %s (two nodes bridging; the broker keeps one connection per client id); open then: %s",
+					b, m[i].from, m[i].to, j-i+1, m[j].at.Sub(m[i].at).Round(time.Second), m[i].at.Sub(r.Start).Round(time.Second), r.cause(m[i].at.Add(-failoverTail), m[j].at))})
+			i = j + 1
 		}
 	}
 	return out

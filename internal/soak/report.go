@@ -33,17 +33,22 @@ func NewReport(r *Run) Report {
 		Clients: r.Config.Clients, Figures: f, Breaches: b, Events: r.Events, Agents: r.Agents}
 }
 
-// Write puts soak.json, soak.txt and soak.png (the timeline) in dir.
+// Write puts soak.json, soak.txt and soak.png (the timeline) in dir, and
+// run.json: what the checker read (the samples, where each client was,
+// each subscriber's connections, the agents' acts), to look into a breach
+// after the lab is gone.
 func (rep Report) Write(dir string, r *Run) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "soak.json"), b, 0o644); err != nil {
-		return err
+	for name, v := range map[string]any{"soak.json": rep, "run.json": r} {
+		b, err := json.MarshalIndent(v, "", " ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
 	}
 	var txt strings.Builder
 	rep.Summary(&txt)

@@ -99,6 +99,42 @@ func TestSchedule(t *testing.T) {
 	}
 }
 
+// A broker's bridge session that goes back and forth between two bridge
+// nodes is a breach (both bridge, one connection at a time); a fail-over,
+// or one a minute after another, is not.
+func TestCheckBridgeTugOfWar(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		holders string // one letter a second: a (bridge), b (bridge2), - (none)
+		want    int
+	}{
+		{"steady", "aaaaaaaaaa", 0},
+		{"fail-over", "aaaa--bbbbbbbb", 0},
+		{"fail-over and back a minute later", "aaab" + strings.Repeat("b", 60) + "a", 0},
+		{"tug of war", "aabbaabbaabbaa", 1},
+		{"two episodes", "abab" + strings.Repeat("a", 30) + "baba", 2},
+		{"back within 15 s, a gap between", "aaab--------bbaa", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Run{Start: t0}
+			for i, c := range tc.holders {
+				smp := Sample{At: t0.Add(time.Duration(i) * time.Second), Bridges: map[string][]string{}}
+				switch c {
+				case 'a':
+					smp.Bridges["broker1"] = []string{"bridge"}
+				case 'b':
+					smp.Bridges["broker1"] = []string{"bridge2"}
+				}
+				r.Samples = append(r.Samples, smp)
+			}
+			if got := r.checkBridges(); len(got) != tc.want {
+				t.Errorf("%d breaches, want %d: %v", len(got), tc.want, got)
+			}
+		})
+	}
+}
+
 // A run recorded by hand: the checker finds each breach it holds, and
 // tells a loss while the subscriber's broker was down from a real one.
 func TestCheck(t *testing.T) {
