@@ -414,3 +414,112 @@ func TestBadInputAcrossBrokers(t *testing.T) {
 		}
 	}
 }
+
+// retainedOn reads what broker addr holds retained under each topic: a
+// fresh subscriber's retained messages, within settle ("" none).
+func retainedOn(t *testing.T, addr string, topics []string, settle time.Duration) map[string]string {
+	t.Helper()
+	c := client(t, addr, fmt.Sprintf("e2e-retained-%d", time.Now().UnixNano()), true)
+	defer c.Disconnect(50)
+	var mu sync.Mutex
+	got := map[string]string{}
+	for _, tp := range topics {
+		if tok := c.Subscribe(tp, 1, func(_ mqtt.Client, m mqtt.Message) {
+			if m.Retained() {
+				mu.Lock()
+				got[m.Topic()] = string(m.Payload())
+				mu.Unlock()
+			}
+		}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s on %s: %v", tp, addr, tok.Error())
+		}
+	}
+	time.Sleep(settle)
+	mu.Lock()
+	defer mu.Unlock()
+	return got
+}
+
+// TestRetainedAfterBrokerPowerOff: broker2 loses power holding retained
+// messages (saved on its disk); meanwhile clients of broker1 clear one,
+// replace one and retain a new one, at QoS 1. Back, broker2 must serve what
+// broker1 holds: the bridge queued the changes for it. What broker1 holds
+// afterwards is measured and printed, not asserted: a returning broker
+// hands its retained messages, stale ones included, to the bridge as the
+// bridge subscribes again (mosquitto 2.0's bridge asks for them always),
+// and the bridge passes the retain flag on, so broker1 gets back what was
+// cleared or replaced while broker2 was down (docs/clients.md, the known
+// limit of issue 28). The same changes at QoS 0 are printed too: mosquitto
+// queues no QoS 0 message for a bridge that is down.
+func TestRetainedAfterBrokerPowerOff(t *testing.T) {
+	base := fmt.Sprintf("e2e/retained-poweroff/%d", time.Now().UnixNano())
+	topic := func(qos byte, what string) string { return fmt.Sprintf("%s/q%d/%s", base, qos, what) }
+	pub := client(t, brokerAddr(t, "broker1"), fmt.Sprintf("e2e-retainer-%d", time.Now().UnixNano()), true)
+	publishR := func(tp, payload string, qos byte) {
+		if tok := pub.Publish(tp, qos, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish retained %s: %v", tp, tok.Error())
+		}
+	}
+	var all []string
+	for _, q := range []byte{1, 0} {
+		publishR(topic(q, "cleared"), "old", 1)
+		publishR(topic(q, "replaced"), "v1", 1)
+		all = append(all, topic(q, "cleared"), topic(q, "replaced"), topic(q, "new"))
+	}
+	t.Cleanup(func() {
+		for _, tp := range all {
+			pub.Publish(tp, 1, true, "").WaitTimeout(5 * time.Second)
+		}
+	})
+	waitFor(t, 10*time.Second, "broker2 holding the retained messages", func() bool {
+		return len(retainedOn(t, brokerAddr(t, "broker2"), all, 300*time.Millisecond)) == 4
+	})
+	// On broker2's disk (as its autosave would, at worst just before the
+	// power goes).
+	on(t, "broker2", "systemctl", "kill", "-s", "USR1", "mosquitto")
+	time.Sleep(500 * time.Millisecond)
+	if err := cfg.PowerOff(t.Context(), "broker2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cfg.PowerOn(context.Background(), "broker2") })
+	for _, q := range []byte{1, 0} {
+		publishR(topic(q, "cleared"), "", q)
+		publishR(topic(q, "replaced"), "v2", q)
+		publishR(topic(q, "new"), "new", q)
+	}
+	time.Sleep(time.Second)
+	if err := cfg.PowerOn(t.Context(), "broker2"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{topic(1, "replaced"): "v2", topic(1, "new"): "new"}
+	var got2 map[string]string
+	same := waitFor(t, 90*time.Second, "broker2 back, serving what broker1 holds (QoS 1 changes)", func() bool {
+		got2 = retainedOn(t, brokerAddr(t, "broker2"), all[:3], 300*time.Millisecond)
+		return fmt.Sprint(got2) == fmt.Sprint(want)
+	})
+	time.Sleep(3 * time.Second) // anything the return sends back has crossed
+	got1 := retainedOn(t, brokerAddr(t, "broker1"), all, time.Second)
+	got2 = retainedOn(t, brokerAddr(t, "broker2"), all, time.Second)
+	q0 := func(m map[string]string) string {
+		return fmt.Sprintf("cleared %q, replaced %q, new %q", m[topic(0, "cleared")], m[topic(0, "replaced")], m[topic(0, "new")])
+	}
+	report(t, "broker2 powered off holding retained messages, changed on broker1 meanwhile: at QoS 1 broker2 served broker1's state %s after its power-on (boot included); at QoS 0: broker1 %s; broker2 %s",
+		same.Round(100*time.Millisecond), q0(got1), q0(got2))
+	var back []string
+	for _, tp := range all[:3] {
+		if got2[tp] != want[tp] {
+			t.Errorf("%s: broker2 holds %q after its return; want %q, as broker1 was told while broker2 was down", strings.TrimPrefix(tp, base+"/"), got2[tp], want[tp])
+		}
+		if got1[tp] != want[tp] {
+			back = append(back, fmt.Sprintf("%s %q (want %q)", strings.TrimPrefix(tp, base+"/"), got1[tp], want[tp]))
+		}
+	}
+	report(t, "known limit (issue 28): what broker2 brought back to broker1 on its return: %s", orNoneList(back))
+}
+
+func orNoneList(s []string) string {
+	if len(s) == 0 {
+		return "nothing"
+	}
+	return strings.Join(s, ", ")
+}
