@@ -134,3 +134,25 @@ func TestNotRunning(t *testing.T) {
 	}
 	syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
 }
+
+// A node that a commit removed fails its check at once, whatever else it
+// would find, and passes the leaving part again once it stays.
+func TestLeavingFailsTheCheck(t *testing.T) {
+	files(t, false)
+	if err := SetLeaving("removed by commit abc"); err != nil {
+		t.Fatal(err)
+	}
+	err := check(t.Context(), CheckConfig{Local: "127.0.0.1:1"}, State{State: "MASTER"}, &Check{})
+	if err == nil || !strings.Contains(err.Error(), "leaving the cluster (removed by commit abc)") {
+		t.Fatalf("check while leaving: %v", err)
+	}
+	if err := SetLeaving(""); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetLeaving(""); err != nil {
+		t.Fatalf("not leaving twice: %v", err)
+	}
+	if w := leaving(); w != "" {
+		t.Errorf("still leaving: %q", w)
+	}
+}

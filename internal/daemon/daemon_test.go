@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/unit"
@@ -125,6 +126,30 @@ func TestQueueLimitsRestart(t *testing.T) {
 		a, why := Mosquitto.OnChange([]byte(opt+" 1\n"), []byte(opt+" 2\n"))
 		if a != unit.Restart {
 			t.Errorf("%s changed: %s (%s), want restart", opt, a, why)
+		}
+	}
+}
+
+// A lone bridge's mark is fresh within LoneFresh of now, either way; a
+// pair master's mark (its priority and a count) never is.
+func TestLoneMarkFresh(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		mark string
+		want bool
+	}{
+		{LoneMark(now), true},
+		{LoneMark(now.Add(-9 * time.Second)), true},
+		{LoneMark(now.Add(9 * time.Second)), true}, // its clock a little ahead
+		{LoneMark(now.Add(-11 * time.Second)), false},
+		{LoneMark(now.Add(time.Hour)), false},
+		{"20 4", false},
+		{"256", false},
+		{"", false},
+		{"256 x", false},
+	} {
+		if got := LoneMarkFresh(tc.mark, now); got != tc.want {
+			t.Errorf("LoneMarkFresh(%q) = %v, want %v", tc.mark, got, tc.want)
 		}
 	}
 }
