@@ -134,3 +134,39 @@ garbage
 		t.Errorf("counted %d peers, want 3 (bridge on 8883 and 8884, lb1 over IPv6-mapped)", n)
 	}
 }
+
+// TestRemovedBridgeNodeLeavesAtOnce: a bridge node of a pair that a commit
+// removes tells keepalived's bridge check at once (the role moves now, not
+// when the node has drained), and a commit that lists it again takes that
+// back.
+func TestRemovedBridgeNodeLeavesAtOnce(t *testing.T) {
+	const pair = `nodes: bridge: priority: 20
+nodes: bridge2: {address: "10.20.0.24", roles: ["bridge"], priority: 10}
+bridgeVIP: {address: "10.20.0.101/24", routerID: 43, interface: "eth0"}
+tls: bridgeSecret: "/nonexistent/bridge.secret"`
+	h := newHarness(t, "bridge2", "", map[string]string{"c1": pair, "c2": "", "c3": pair})
+	h.a.d.PeerConns = func(context.Context, []int) (int, error) { return 1, nil } // draining
+	h.src.head = "c1"
+	h.poll()
+	if s := h.a.Status(); s.Applied != "c1" {
+		t.Fatalf("the pair's commit: %+v", s)
+	}
+	h.src.head = "c2"
+	h.poll()
+	h.mu.Lock()
+	got := append([]string(nil), h.leaving...)
+	h.mu.Unlock()
+	if len(got) != 1 || got[0] != "removed by commit c2" {
+		t.Fatalf("after the removing commit, the bridge check was told %q; want it leaving at once", got)
+	}
+	if d := h.a.Status().Decommission; d == nil || !d.Done.IsZero() {
+		t.Fatalf("want it still draining: %+v", d)
+	}
+	h.src.head = "c3"
+	h.poll()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.leaving) != 2 || h.leaving[1] != "" {
+		t.Errorf("listed again, the bridge check was told %q; want it staying", h.leaving)
+	}
+}

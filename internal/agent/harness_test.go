@@ -42,7 +42,9 @@ type harness struct {
 	mu     sync.Mutex // what goroutines other than the loop touch
 	notes  []string
 	closed []string
-	probes int
+	// leaving: what the agent told keepalived's bridge check (BridgeLeaving).
+	leaving []string
+	probes  int
 }
 
 // newHarness makes the agent of node; stateDir may hold a previous run's
@@ -87,6 +89,12 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 		Now: h.clock.now,
 		Ticker: func(name string, _ time.Duration) Ticker {
 			return map[string]*fakeTicker{"poll": h.polls, "health": h.rounds}[name]
+		},
+		BridgeLeaving: func(why string) error {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.leaving = append(h.leaving, why)
+			return nil
 		},
 		FaultFile: filepath.Join(h.dir, "lb-fault"),
 		Host:      func() render.Host { return h.host },
