@@ -176,7 +176,8 @@ func TestSoak(t *testing.T) {
 	rep := soak.NewReport(run)
 	dir := reportPath("soak")
 	old, _ := filepath.Glob(filepath.Join(dir, "journal-*.txt")) // an earlier run's
-	for _, p := range old {
+	mirrors, _ := filepath.Glob(filepath.Join(dir, "mirror-*.tgz"))
+	for _, p := range append(old, mirrors...) {
 		os.Remove(p)
 	}
 	if err := rep.Write(dir, run); err != nil {
@@ -719,6 +720,14 @@ func saveJournals(t *testing.T, dir string, nodes []soak.Node, since time.Time) 
 		if err := os.WriteFile(p, []byte(out), 0o644); err != nil {
 			t.Log(err)
 		}
+		// The agent's mirror too: a commit refused as "does not descend"
+		// is read there (git log, git fsck).
+		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+		tgz, err := exec1out(ctx, n.Name, "sh", "-c", "tar -czf - -C "+soakStateDir+" repo.git 2>/dev/null")
+		cancel()
+		if err == nil {
+			os.WriteFile(filepath.Join(dir, "mirror-"+n.Name+".tgz"), []byte(tgz), 0o644)
+		}
 	}
-	t.Logf("journals of the run: %s/journal-<node>.txt", dir)
+	t.Logf("journals and mirrors of the run: %s/journal-<node>.txt, mirror-<node>.tgz", dir)
 }
