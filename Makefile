@@ -11,7 +11,7 @@ NFPM    := $(GO) tool -modfile=tools.mod nfpm
 DEB     := dist/mqha-agent_$(PKG_VERSION)-1_amd64.deb
 RPM     := dist/mqha-agent-$(PKG_VERSION)-1.x86_64.rpm
 
-.PHONY: build test test-deps lint fuzz bench bench-lab clean packages lab lab-down lab-status lab-node e2e soak
+.PHONY: build test test-deps lint fuzz bench curves bench-lab clean packages lab lab-down lab-status lab-node e2e soak
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(AGENT_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./agent
@@ -89,6 +89,11 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The cost curves that need no lab: what a definition of 10 to 1,000
+# brokers costs an agent (evaluate, render, plan), drawn into docs/.
+curves:
+	MQHA_CURVES=$(CURDIR)/docs $(GO) test -count=1 -run '^TestCostCurves$$' -v -timeout 20m ./internal/plan
 
 # .deb and .rpm, byte-identical for the same commit (SOURCE_DATE_EPOCH).
 packages: build
