@@ -6,12 +6,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/evaluate"
+	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/probe"
+	"github.com/mqha/mqha/internal/unit"
 	"github.com/mqha/mqha/schema"
 )
 
@@ -217,5 +223,81 @@ func TestInsecureSaid(t *testing.T) {
 	}
 	if got := h.a.Status().Insecure; len(got) != 0 {
 		t.Errorf("signed and trusted: %q", got)
+	}
+}
+
+// unitSystemd is fakeSystemd whose units' states the test sets, and which
+// records what the agent asks of them.
+type unitSystemd struct {
+	fakeSystemd
+	mu    sync.Mutex
+	state map[string]string
+	calls []string
+}
+
+func (s *unitSystemd) State(_ context.Context, u string) (unit.State, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state[u]
+	if st == "" {
+		st = "active"
+	}
+	return unit.State{ActiveState: st, LoadState: "loaded"}, nil
+}
+
+func (s *unitSystemd) Do(_ context.Context, a unit.Action, u string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = append(s.calls, string(a)+" "+u)
+	s.state[u] = "active"
+	return nil
+}
+
+func (s *unitSystemd) set(u, st string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state[u] = st
+}
+
+func (s *unitSystemd) did() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
+}
+
+// TestUnitEventRepairsAtOnce: systemd reports that mosquitto died; the
+// agent checks and starts it at once. The health round's ticker never
+// fires here, so the repair cannot come from the 3 s loop.
+func TestUnitEventRepairsAtOnce(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	sd := &unitSystemd{state: map[string]string{}}
+	h.a.d.Systemd = sd
+	events := make(chan string, 1)
+	h.a.d.WatchUnits = func(func() []string) (<-chan string, error) { return events, nil }
+	var dead atomic.Bool
+	h.a.d.Probe = func(c health.Check) probe.Probe {
+		return func(context.Context) error {
+			if dead.Load() && c.Unit == "mosquitto.service" {
+				return errors.New("dial tcp 127.0.0.1:8883: connect: connection refused")
+			}
+			return nil
+		}
+	}
+	h.src.head = "c1"
+	h.poll()
+	if s := h.a.Status(); s.Applied != "c1" {
+		t.Fatalf("not applied: %+v", s)
+	}
+	before := len(sd.did())
+	sd.set("mosquitto.service", "failed")
+	dead.Store(true)
+	h.onLoop(func() {}) // nothing happens without an event or a round
+	if got := sd.did()[before:]; len(got) != 0 {
+		t.Fatalf("acted before any event: %q", got)
+	}
+	events <- "mosquitto.service"
+	h.onLoop(func() {}) // the loop took the event before this
+	if got := sd.did()[before:]; !slices.Contains(got, "start mosquitto.service") {
+		t.Errorf("after systemd's event, without a health round: %q; want mosquitto started", got)
 	}
 }
