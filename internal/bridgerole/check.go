@@ -63,6 +63,8 @@ const (
 	// priority (they cannot hear each other) stays out this long while that
 	// one's mark stays fresh, instead of taking the role again at once.
 	holdDown = 60 * time.Second
+	// marksFrom: the marks are read on this many brokers at most.
+	marksFrom = 3
 )
 
 // Run is one run of the track script: nil passes. It records the result.
@@ -281,24 +283,47 @@ func loneBridge(ctx context.Context, cfg CheckConfig) string {
 	return ""
 }
 
-// readMarks reads every bridge node's mark on the first broker that
-// answers: node -> mark, and the broker ("" when none answered).
+// readMarks reads every bridge node's mark on a broker: all are asked at
+// once, and of those that answered within answerWithin the first in the
+// definition's order is taken (the same broker each time while it answers:
+// the marks are compared from one read to the next). It returns node ->
+// mark, and the broker ("" when none answered).
 func readMarks(ctx context.Context, cfg CheckConfig) (map[string]string, string) {
-	if cfg.Markers == "" {
+	if cfg.Markers == "" || len(cfg.BrokerClient) == 0 {
 		return nil, ""
 	}
-	for _, b := range cfg.BrokerClient {
-		rctx, cancel := context.WithTimeout(ctx, answerWithin)
-		marks, err := probe.Retained(rctx, b, bridgeTLS(cfg.LocalTLS, b), cfg.Name, cfg.Markers+"/+", settle)
-		cancel()
-		if err != nil {
-			continue
+	rctx, cancel := context.WithTimeout(ctx, answerWithin)
+	defer cancel()
+	type answer struct {
+		broker string
+		marks  map[string]string
+		err    error
+	}
+	// Every master's mark is on every broker: three to ask are enough, and
+	// a standby asks every second, whatever the number of brokers.
+	asked := cfg.BrokerClient[:min(len(cfg.BrokerClient), marksFrom)]
+	answers := make(chan answer, len(asked))
+	for _, b := range asked {
+		go func() {
+			marks, err := probe.Retained(rctx, b, bridgeTLS(cfg.LocalTLS, b), cfg.Name, cfg.Markers+"/+", settle)
+			answers <- answer{b, marks, err}
+		}()
+	}
+	got := map[string]map[string]string{}
+	for range asked {
+		a := <-answers
+		if a.err == nil {
+			got[a.broker] = a.marks
 		}
-		out := map[string]string{}
-		for topic, v := range marks {
-			out[strings.TrimPrefix(topic, cfg.Markers+"/")] = v
+	}
+	for _, b := range asked {
+		if marks, ok := got[b]; ok {
+			out := map[string]string{}
+			for topic, v := range marks {
+				out[strings.TrimPrefix(topic, cfg.Markers+"/")] = v
+			}
+			return out, b
 		}
-		return out, b
 	}
 	return nil, ""
 }
