@@ -56,7 +56,7 @@ func startLoad(ctx context.Context, t *testing.T, clients int) *load {
 		if i%3 == 2 {
 			qos = 0
 		}
-		p := &soak.Publisher{Name: fmt.Sprintf("soak-pub-%d", i), QoS: qos, Acked: make([]time.Time, 0, 4096)}
+		p := &soak.Publisher{Name: fmt.Sprintf("soak-pub-%d", i), QoS: qos, Acked: make([]time.Time, 0, 4096), Published: make([]time.Time, 0, 4096)}
 		l.pubs = append(l.pubs, p)
 		l.wg.Add(1)
 		go l.publish(p, srcs[i%len(srcs)])
@@ -104,6 +104,7 @@ func (l *load) publish(p *soak.Publisher, src string) {
 		l.mu.Lock()
 		p.Sent++
 		p.Acked = append(p.Acked, time.Time{})
+		p.Published = append(p.Published, time.Now())
 		l.mu.Unlock()
 		payload := fmt.Sprintf("%s %d %d", p.Name, seq, time.Now().UnixNano())
 		tok := c.Publish("soak/"+p.Name, p.QoS, false, payload)

@@ -211,9 +211,10 @@ func TestCheck(t *testing.T) {
 func TestCleanSessionOwed(t *testing.T) {
 	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	acked := make([]time.Time, 100)
+	acked, published := make([]time.Time, 100), make([]time.Time, 100)
 	for i := range acked {
-		acked[i] = at(10 + i) // seq i acknowledged at 10+i s
+		acked[i] = at(10 + i) // seq i acknowledged at 10+i s, published 0.8 s before
+		published[i] = acked[i].Add(-800 * time.Millisecond)
 	}
 	tests := []struct {
 		name    string
@@ -227,6 +228,10 @@ func TestCleanSessionOwed(t *testing.T) {
 		{"a silent death owes nothing past the last delivery", []Interval{{at(0), at(70), 39}, {at(72), at(200), 99}}, seqs(40, 62), 0},
 		{"a skip before the last delivery still counts", []Interval{{at(0), at(70), 39}, {at(72), at(200), 99}}, append([]int{20}, seqs(40, 62)...), 1},
 		{"not connected: not owed", []Interval{{at(0), at(30), 19}}, seqs(20, 100), 0},
+		// Reconnected at 49.5 s: seq 40 (published at 49.2 s, acknowledged
+		// at 50 s) was routed before the new subscription existed.
+		{"published before the subscription: not owed", []Interval{{at(0), at(45), 34}, {at(49).Add(500 * time.Millisecond), at(200), 99}}, seqs(35, 41), 0},
+		{"published after it: owed", []Interval{{at(0), at(45), 34}, {at(49).Add(500 * time.Millisecond), at(200), 99}}, seqs(35, 42), 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,7 +240,7 @@ func TestCleanSessionOwed(t *testing.T) {
 				got[i] = !slices.Contains(tt.missing, i)
 			}
 			r := &Run{Config: Config{Seed: 1, Nodes: labNodes}, Start: t0, End: at(200),
-				Publishers:  []Publisher{{Name: "p1", QoS: 1, Acked: acked, Sent: 100}},
+				Publishers:  []Publisher{{Name: "p1", QoS: 1, Acked: acked, Published: published, Sent: 100}},
 				Subscribers: []Subscriber{{Name: "s1", Follows: "p1", Got: got, Up: tt.up}},
 				Settled:     Settled{OK: true}}
 			if f, _ := Check(r); f.Lost != tt.lost {
