@@ -175,9 +175,9 @@ func TestSoak(t *testing.T) {
 
 	rep := soak.NewReport(run)
 	dir := reportPath("soak")
-	old, _ := filepath.Glob(filepath.Join(dir, "journal-*.txt")) // an earlier run's
+	journals, _ := filepath.Glob(filepath.Join(dir, "journal-*.txt")) // an earlier run's
 	mirrors, _ := filepath.Glob(filepath.Join(dir, "mirror-*.tgz"))
-	for _, p := range append(old, mirrors...) {
+	for _, p := range append(journals, mirrors...) {
 		os.Remove(p)
 	}
 	if err := rep.Write(dir, run); err != nil {
@@ -705,9 +705,10 @@ func dialVia(tc *tls.Config, src string, home func(string)) mqtt.OpenConnectionF
 	}
 }
 
-// saveJournals keeps every node's journal of the run next to the report
-// (journal-<node>.txt): the lab goes down after the test, and a breach is
-// read in the daemons' and agents' own words.
+// saveJournals keeps every node's journal of the run and its agent's
+// mirror next to the report (journal-<node>.txt, mirror-<node>.tgz): the
+// lab goes down after the test, and a breach is read in the daemons' and
+// agents' own words.
 func saveJournals(t *testing.T, dir string, nodes []soak.Node, since time.Time) {
 	for _, n := range nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -144,7 +144,8 @@ func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
 			// taking the sessions over (a tug of war). The marks say: the
 			// lower stands down, the higher stays, whatever its
 			// connections say meanwhile.
-			higher, lower := otherMasters(ctx, cfg, c)
+			marks, at := readMarks(ctx, cfg)
+			higher, lower := otherMasters(marks, at, cfg, c)
 			if higher != "" {
 				c.HoldUntil = bootClock() + holdDown
 				return fmt.Errorf("another bridge master, %s, bridges too (the bridge nodes cannot hear each other): standing down for at least %s", higher, holdDown)
@@ -168,11 +169,12 @@ func check(ctx context.Context, cfg CheckConfig, st State, c *Check) error {
 	// (one of the two has not fetched the commit that added or removed the
 	// standby) and cannot hand over; taking the role would take the
 	// brokers' bridge sessions from it in turn, again and again.
-	if lone := loneBridge(ctx, cfg); lone != "" {
+	marks, at := readMarks(ctx, cfg) // once a check: the two rules below read the same
+	if lone := loneBridge(marks, at, cfg); lone != "" {
 		return fmt.Errorf("%s bridges as the lone bridge node of its definition (its mark is fresh): this node takes no bridge role meanwhile; one of the two runs an older commit (compare them in mqha-agent fleet)", lone)
 	}
 	if bootClock() < c.HoldUntil {
-		if other, _ := otherMasters(ctx, cfg, c); other != "" {
+		if other, _ := otherMasters(marks, at, cfg, c); other != "" {
 			return fmt.Errorf("standing down while %s bridges (until its mark goes stale, %s at most)", other, time.Duration(c.HoldUntil-bootClock()).Round(time.Second))
 		}
 	}
@@ -234,12 +236,11 @@ func probeBridges(ctx context.Context, cfg CheckConfig, c *Check) error {
 	return nil
 }
 
-// otherMasters reads the bridge masters' marks on a broker and returns a
+// otherMasters reads the marks read on broker b and returns a
 // master of higher and one of lower priority than this node whose mark
 // changed since the last check read it (masters bridging now), or "".
 // What it read is kept in c.
-func otherMasters(ctx context.Context, cfg CheckConfig, c *Check) (higher, lower string) {
-	marks, b := readMarks(ctx, cfg)
+func otherMasters(marks map[string]string, b string, cfg CheckConfig, c *Check) (higher, lower string) {
 	if b == "" {
 		return "", ""
 	}
@@ -272,9 +273,8 @@ func otherMasters(ctx context.Context, cfg CheckConfig, c *Check) (higher, lower
 }
 
 // loneBridge is another node bridging as the lone bridge node of its
-// definition (its mark fresh), or "".
-func loneBridge(ctx context.Context, cfg CheckConfig) string {
-	marks, b := readMarks(ctx, cfg)
+// definition (its mark, read on broker b, fresh), or "".
+func loneBridge(marks map[string]string, b string, cfg CheckConfig) string {
 	for node, v := range marks {
 		if node != cfg.Name && daemon.LoneMarkFresh(v, time.Now()) {
 			return fmt.Sprintf("%s (its mark on %s)", node, b)

@@ -378,18 +378,19 @@ func mosquittoChecks(cl *cluster.Cluster, n cluster.Node, tc *tls.Config, bridge
 		// No unit: a remote broker being down is not the local mosquitto's
 		// fault, so a failing bridge is reported, never repaired by restart
 		// (with standbys keepalived's track script moves the role away).
-		// A lone bridge marks that it bridges (LoneMark) every round.
-		bridges := probe.MarkedBridgeStates(local, WithName(tc, n.Address), n.Name, ids,
-			MarkerTopics(cl.Name)+"/"+n.Name, func() string { return LoneMark(time.Now()) })
-		if ElectsBridge(cl, n) {
-			// Only the bridge master keepalived chose has connections.
-			master := probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)
-			bridges = func(ctx context.Context) error {
-				if _, err := os.Lstat(BridgesLink); err != nil {
-					return nil
-				}
-				return master(ctx)
+		states := probe.BridgeStates(local, WithName(tc, n.Address), n.Name, ids)
+		bridges := func(ctx context.Context) error {
+			// Only the bridge master keepalived chose has connections (it
+			// marks from keepalived's check).
+			if _, err := os.Lstat(BridgesLink); err != nil {
+				return nil
 			}
+			return states(ctx)
+		}
+		if !ElectsBridge(cl, n) {
+			// A lone bridge marks that it bridges (LoneMark) every round.
+			bridges = probe.MarkedBridgeStates(local, WithName(tc, n.Address), n.Name, ids,
+				MarkerTopics(cl.Name)+"/"+n.Name, func() string { return LoneMark(time.Now()) })
 		}
 		checks = append(checks, health.Check{Name: BridgeCheck, Probe: bridges})
 	}

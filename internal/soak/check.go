@@ -240,14 +240,16 @@ func (r *Run) checkMessages(f *Figures) []Breach {
 // published after its first subscription (unless a connect found its
 // session gone). A clean one: when one connection was up from before the
 // message was published until its acknowledgement, and delivered a later
-// message of the same publisher (seq below its Last). A message published
-// before a subscription and acknowledged after it was routed before the
-// subscription existed: the hour's run had 8 such (a reconnect's SUBACK
-// 0-0.1 s before the publisher's PUBACK) counted as losses. QoS1 promises a clean session nothing
-// once its connection breaks, and a connection that dies without a FIN
-// (a cut load balancer) is noticed only a keepalive later: what it did
-// not deliver before its last message is lost by the protocol's rules,
-// what it skipped before one it delivered is a loss.
+// message of the same publisher (seq below its Last).
+//
+// A message published before a subscription and acknowledged after it was
+// routed before the subscription existed (the third hour counted 8 such as
+// losses: a reconnect's SUBACK 0-0.1 s before the publisher's PUBACK).
+// QoS1 promises a clean session nothing once its connection breaks, and
+// a connection that dies without a FIN (a cut load balancer) is noticed
+// only a keepalive later: what it did not deliver before its last message
+// is lost by the protocol's rules, what it skipped before one it
+// delivered is a loss.
 func (r *Run) owed(s Subscriber, seq int, sent, t time.Time) bool {
 	if r.End.Sub(t) < deliverGrace {
 		return false // still in flight at the end
