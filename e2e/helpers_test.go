@@ -153,6 +153,43 @@ func client(t *testing.T, addr, id string, clean bool) mqtt.Client {
 	return c
 }
 
+// bridgeClientID is the client id of node's bridge connection to broker, as
+// its rendered configuration says (inline, or the connections file of a
+// bridge node with standbys).
+func bridgeClientID(t *testing.T, node, broker string) string {
+	t.Helper()
+	conf := onAny(t, node, "cat", "/etc/mosquitto/mosquitto.conf", "/etc/mosquitto/mqha-bridges.conf")
+	_, after, ok := strings.Cut(conf, "connection mqha-"+broker+"\n")
+	for _, l := range strings.Split(after, "\n") {
+		if id, found := strings.CutPrefix(l, "remote_clientid "); ok && found {
+			return strings.TrimSpace(id)
+		}
+	}
+	t.Fatalf("%s has no bridge connection to %s:\n%s", node, broker, conf)
+	return ""
+}
+
+// sysValue is the value mosquitto at addr last published at $SYS topic
+// (every 10 s, retained), "" when none came within 15 s.
+func sysValue(t *testing.T, addr, topic string) string {
+	t.Helper()
+	c := client(t, addr, fmt.Sprintf("e2e-sys-%d", time.Now().UnixNano()), true)
+	defer c.Disconnect(50)
+	got := make(chan string, 1)
+	c.Subscribe(topic, 0, func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case got <- string(m.Payload()):
+		default:
+		}
+	})
+	select {
+	case v := <-got:
+		return v
+	case <-time.After(15 * time.Second):
+		return ""
+	}
+}
+
 // inbox collects messages of one subscription, counting unique payloads.
 type inbox struct {
 	mu   sync.Mutex

@@ -162,6 +162,7 @@ func TestAddBroker(t *testing.T) {
 // the hard bound is 3x the typical figure), and broker3 decommissions itself
 // once the others have let go of it.
 func TestRemoveBroker(t *testing.T) {
+	bridgeID := bridgeClientID(t, "bridge", "broker3")
 	var pushed time.Time
 	var head string
 	withoutPushTrigger(t, func() {
@@ -182,6 +183,17 @@ func TestRemoveBroker(t *testing.T) {
 	if strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), "broker3") {
 		t.Error("the bridge still bridges broker3")
 	}
+	// mosquitto restores the removed connection's local session
+	// (local.<client id>) from its persistence; left, it queues every
+	// message for broker3 for ever. The agent ends it once the removal is
+	// applied: the bridge's mosquitto then keeps no disconnected session.
+	// ($SYS comes every 10 s.)
+	if !strings.Contains(onAny(t, "bridge", "journalctl", "-u", "mqha-agent", "--since", "-1min", "--no-pager"), "local."+bridgeID) {
+		t.Errorf("the bridge's agent did not say it ended the session local.%s", bridgeID)
+	}
+	waitFor(t, 30*time.Second, "the bridge's mosquitto keeps no session for a removed connection", func() bool {
+		return sysValue(t, brokerAddr(t, "bridge"), "$SYS/broker/clients/disconnected") == "0"
+	})
 	// broker3 leaves once the others let go of it: the LBs took it out of
 	// nginx and closed its clients' connections, the bridge dropped its
 	// link, every agent stopped publishing to it; then its mosquitto is

@@ -113,6 +113,9 @@ type Deps struct {
 	WatchUnits func(watch func() []string) (<-chan string, error)
 	// CloseConns closes this host's connections to addr:port (nil: ss -K).
 	CloseConns func(ctx context.Context, addr string, port int) error
+	// EndSession ends the session this node's mosquitto (at addr) keeps
+	// for clientID (nil: probe.EndSession).
+	EndSession func(ctx context.Context, addr string, tc *tls.Config, clientID string) error
 	// Journal returns a unit's log lines after cursor, and the next cursor
 	// (nil: journalctl).
 	Journal func(ctx context.Context, unit, cursor string) (lines []string, next string, err error)
@@ -212,6 +215,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	}
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
+	}
+	if d.EndSession == nil {
+		d.EndSession = probe.EndSession
 	}
 	if d.PeerConns == nil {
 		d.PeerConns = peerConns

@@ -1,12 +1,17 @@
 package agent
 
 import (
+	"context"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqha/mqha/internal/bridgerole"
+	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/daemon"
 )
 
 // The bridge role with standbys is keepalived's (internal/bridgerole): the
@@ -83,4 +88,45 @@ func (c bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(bridgeTakeoversDesc, prometheus.CounterValue, float64(s.Takeovers))
 	ch <- prometheus.MustNewConstMetric(bridgeStandDesc, prometheus.CounterValue, float64(s.StandDowns))
 	ch <- prometheus.MustNewConstMetric(bridgeCheckDesc, prometheus.GaugeValue, b(s.CheckOK))
+}
+
+// endRemovedBridges ends, once a commit is applied, the local sessions of
+// the bridge connections it removed from this node (a broker left the
+// definition, this node lost the bridge role, the bridge secret changed).
+// mosquitto keeps each connection's local side as a session under
+// "local.<client id>" (cleansession false) and restores it from its
+// persistence at every start, connection or not: a removed one would queue
+// every message the brokers send until its queue is full, and drop from
+// then on, for ever. The applied commit restarted mosquitto without those
+// connections, so no live bridge uses the ids.
+func (a *Agent) endRemovedBridges(ctx context.Context, old, cur *View) {
+	if old == nil || len(old.BridgeIDs) == 0 {
+		return
+	}
+	local := cluster.HostPort("127.0.0.1", cur.Cluster.Ports.Broker)
+	tc := daemon.WithName(cur.TLS, cur.Node.Address)
+	for _, id := range old.BridgeIDs {
+		if slices.Contains(cur.BridgeIDs, id) {
+			continue
+		}
+		id = daemon.LocalBridgeID(id)
+		var err error
+		for try := 0; try < 3; try++ {
+			if try > 0 {
+				time.Sleep(time.Second)
+			}
+			ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+			err = a.d.EndSession(ctx, local, tc, id)
+			cancel()
+			if err == nil {
+				break
+			}
+		}
+		if err != nil {
+			a.log.Error("end a removed bridge connection's local session: mosquitto queues every message for it until it is ended; end it by hand with a client certificate of the cluster: mosquitto_sub -i <session> -t x -E (clean session)",
+				"session", id, "at", local, "err", err)
+			continue
+		}
+		a.log.Info("ended a removed bridge connection's local session", "session", id)
+	}
 }

@@ -103,6 +103,7 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 		a.applied(v)
 		a.rebuild(ctx, v)
 		a.closeRemovedBrokers(ctx, old, v)
+		a.endRemovedBridges(ctx, old, v)
 	}
 	return nil
 }

@@ -42,6 +42,7 @@ type harness struct {
 	mu     sync.Mutex // what goroutines other than the loop touch
 	notes  []string
 	closed []string
+	ended  []string // sessions EndSession ended
 	// leaving: what the agent told keepalived's bridge check (BridgeLeaving).
 	leaving []string
 	probes  int
@@ -78,6 +79,12 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			h.closed = append(h.closed, fmt.Sprintf("%s:%d", addr, port))
+			return nil
+		},
+		EndSession: func(_ context.Context, addr string, _ *tls.Config, id string) error {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.ended = append(h.ended, addr+" "+id)
 			return nil
 		},
 		Journal: func(context.Context, string, string) ([]string, string, error) { return nil, "", nil },
@@ -196,6 +203,12 @@ func (h *harness) closedConns() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]string(nil), h.closed...)
+}
+
+func (h *harness) endedSessions() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.ended...)
 }
 
 type verifier struct{ err error }

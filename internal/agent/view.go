@@ -34,7 +34,10 @@ type View struct {
 	// GuessableBridgeIDs: a bridge node without the bridge secret (its
 	// bridges' client ids can be named by any client).
 	GuessableBridgeIDs bool
-	checksOf           map[string][]health.Check
+	// BridgeIDs are the client ids of the node's bridge connections (none
+	// on a node without the bridge role).
+	BridgeIDs []string
+	checksOf  map[string][]health.Check
 }
 
 // BridgeSecret reads the bridge nodes' shared secret (tls.bridgeSecret) on
@@ -125,6 +128,10 @@ func (a *Agent) derive(v *View) (*View, error) {
 	}
 	host.BridgeSecret = secret
 	v.GuessableBridgeIDs = v.Node.Has(cluster.Bridge) && secret == nil
+	v.BridgeIDs = nil
+	for _, b := range daemon.Bridges(v.Cluster, v.Node, secret) {
+		v.BridgeIDs = append(v.BridgeIDs, b.ClientID)
+	}
 	if v.Node.Has(cluster.LB) {
 		host.DownBrokers = a.brokers.down
 	}

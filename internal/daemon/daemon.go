@@ -195,6 +195,11 @@ func Bridges(c *cluster.Cluster, n cluster.Node, secret []byte) []Bridge {
 	return out
 }
 
+// LocalBridgeID is the client id of a bridge connection's local side, the
+// session mosquitto keeps for it on the bridge node: mosquitto's default
+// local_clientid for the connection's remote_clientid id.
+func LocalBridgeID(id string) string { return "local." + id }
+
 // BridgeCandidates are the nodes with the bridge role, highest priority
 // first: with more than one, keepalived elects the bridge master among them
 // and the others stand by.

@@ -267,6 +267,19 @@ func MQTTConnects(addr string, tc *tls.Config, node string) Probe {
 	}
 }
 
+// EndSession ends the session the mosquitto at addr keeps for clientID,
+// with its subscriptions and queued messages: it connects under that id
+// with a clean session, which discards the old one, and leaves. The caller
+// must know no live client uses the id: the newer connection takes it over.
+func EndSession(ctx context.Context, addr string, tc *tls.Config, clientID string) error {
+	c, err := connect(ctx, addr, tc, clientID)
+	if err != nil {
+		return err
+	}
+	c.Disconnect(50)
+	return nil
+}
+
 // BridgesUp asks the mosquitto at addr for its bridge connections' retained
 // $SYS/broker/connection/<id>/state and counts them: up (1) of all it has.
 // Before, it publishes payload retained at topic (when topic is set): a
