@@ -120,7 +120,9 @@ func TestAddBrokerChangesOnlyBridgeAndUpstream(t *testing.T) {
 			"bridge_keyfile /etc/mqha/tls/node.key", "bridge_insecure false", "topic # both 2",
 			"# Out only, retained: the mark that this node bridges, which another bridge",
 			"# master (the bridge nodes cut off from each other, or one that runs an",
-			"# older commit) finds on the brokers.", "topic $mqha/bridge/mqtt/# out 0", ""},
+			"# older commit) finds on the brokers.", "topic $mqha/bridge/mqtt/# out 0",
+			"# Both ways, retained: each broker's agent lists its persistent clients for",
+			"# the other brokers' agents (one session per client id in the cluster).", "topic $mqha/sessions/mqtt/# both 1", ""},
 			"mosquitto: restart, bridges changed and mosquitto cannot reload bridges"},
 		{"lb1", 1, []string{"/etc/nginx/nginx.conf"}, []string{
 			"        server 10.20.0.23:8883 max_fails=0; # broker3"},

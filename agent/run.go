@@ -114,12 +114,21 @@ func (c *cmd) run(args []string) error {
 		defer close(published)
 		a.PublishStatus(c.ctx)
 	}()
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		a.KeepSessions(c.ctx)
+	}()
 	go c.reloadOnHUP(*conf, a, repo)
 	err = a.Run(c.ctx)
-	// The publisher says goodbye ("stopped") before the process ends.
-	select {
-	case <-published:
-	case <-time.After(3 * time.Second):
+	// The publishers say goodbye ("stopped", an empty session listing)
+	// before the process ends.
+	deadline := time.After(3 * time.Second)
+	for _, done := range []chan struct{}{published, kept} {
+		select {
+		case <-done:
+		case <-deadline:
+		}
 	}
 	return err
 }

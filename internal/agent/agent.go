@@ -116,6 +116,10 @@ type Deps struct {
 	// EndSession ends the session this node's mosquitto (at addr) keeps
 	// for clientID (nil: probe.EndSession).
 	EndSession func(ctx context.Context, addr string, tc *tls.Config, clientID string) error
+	// DrainSession takes over this node's mosquitto's session for
+	// clientID, acknowledges its queue and leaves (nil:
+	// probe.DrainSession).
+	DrainSession func(ctx context.Context, addr string, tc *tls.Config, clientID string, quiet time.Duration) (int, bool, error)
 	// Journal returns a unit's log lines after cursor, and the next cursor
 	// (nil: journalctl).
 	Journal func(ctx context.Context, unit, cursor string) (lines []string, next string, err error)
@@ -169,6 +173,9 @@ type Agent struct {
 	daemons daemons     // the health monitor and units of the applied commit (converge.go)
 	drift   driftWatch  // hand edits of the applied files (converge.go)
 	publish publisher   // where the status is published (publish.go)
+	// sessions: the other brokers' session listings, and what ending
+	// this broker's stale copies did (sessions.go).
+	sessions *sessionKeeper
 
 	view *View // the applied commit (nil until first needed)
 	// decomCluster is the definition that removed this node (nil after a
@@ -216,6 +223,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
 	}
+	if d.DrainSession == nil {
+		d.DrainSession = probe.DrainSession
+	}
 	if d.EndSession == nil {
 		d.EndSession = probe.EndSession
 	}
@@ -238,6 +248,8 @@ func New(cfg Config, node string, d Deps) *Agent {
 		facts: newRecord(cfg.StateDir, m, d.Log, d.Now, d.Notify), bridge: &bridgeRole{read: d.BridgeState}}
 	a.publish.kick = make(chan struct{}, 1)
 	m.reg.MustRegister(bridgeCollector{a.bridge})
+	a.sessions = newSessionKeeper()
+	m.reg.MustRegister(a.sessions.drained, a.sessions.messages, a.sessions.here)
 	a.fault = newFault(d.FaultFile, a.log)
 	if d.Guard != nil && d.Guard.OnRelease == nil {
 		d.Guard.OnRelease = func(why string) { m.vipReleased.WithLabelValues(why).Inc() }

@@ -43,6 +43,8 @@ type harness struct {
 	notes  []string
 	closed []string
 	ended  []string // sessions EndSession ended
+	// drained: sessions DrainSession drained
+	drained []string
 	// leaving: what the agent told keepalived's bridge check (BridgeLeaving).
 	leaving []string
 	probes  int
@@ -86,6 +88,12 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 			defer h.mu.Unlock()
 			h.ended = append(h.ended, addr+" "+id)
 			return nil
+		},
+		DrainSession: func(_ context.Context, addr string, _ *tls.Config, id string, _ time.Duration) (int, bool, error) {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.drained = append(h.drained, addr+" "+id)
+			return 3, true, nil
 		},
 		Journal: func(context.Context, string, string) ([]string, string, error) { return nil, "", nil },
 		Notify: func(s string) {
@@ -203,6 +211,12 @@ func (h *harness) closedConns() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]string(nil), h.closed...)
+}
+
+func (h *harness) drainedSessions() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.drained...)
 }
 
 func (h *harness) endedSessions() []string {

@@ -107,16 +107,28 @@ func (a *Agent) followJournal(ctx context.Context, unit, what string, handle fun
 	}
 }
 
+// journalFromStart, as a cursor, asks for every message of the unit's
+// running instance (since it last started).
+const journalFromStart = "@start"
+
 // journal returns a unit's journal messages after cursor (none, with an
 // empty cursor: then it only finds the cursor of the newest entry) and the
 // cursor to continue from.
 func journal(ctx context.Context, unit, cursor string) ([]string, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	args := []string{"--unit=" + unit, "--output=cat", "--show-cursor", "--no-pager", "--quiet"}
-	if cursor == "" {
+	switch cursor {
+	case "":
 		args = append(args, "--lines=1")
-	} else {
+	case journalFromStart:
+		out, err := exec.CommandContext(ctx, "systemctl", "show", "--property=InvocationID", "--value", unit).Output()
+		id := strings.TrimSpace(string(out))
+		if err != nil || id == "" {
+			return nil, "", fmt.Errorf("systemctl show %s: no invocation (%v): is it running?", unit, err)
+		}
+		args = []string{"_SYSTEMD_INVOCATION_ID=" + id, "--output=cat", "--show-cursor", "--no-pager", "--quiet"}
+	default:
 		args = append(args, "--after-cursor="+cursor)
 	}
 	out, err := exec.CommandContext(ctx, "journalctl", args...).Output()

@@ -63,7 +63,8 @@ func newMetrics() *metrics {
 func MetricNames() []string {
 	ch := make(chan *prometheus.Desc, 64)
 	go func() {
-		for _, c := range append(newMetrics().own, bridgeCollector{}) {
+		k := newSessionKeeper()
+		for _, c := range append(newMetrics().own, bridgeCollector{}, k.drained, k.messages, k.here) {
 			c.Describe(ch)
 		}
 		close(ch)

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -278,6 +279,56 @@ func EndSession(ctx context.Context, addr string, tc *tls.Config, clientID strin
 	}
 	c.Disconnect(50)
 	return nil
+}
+
+// DrainSession takes over the session the mosquitto at addr keeps for
+// clientID (clean session off), acknowledges what it had queued, and
+// leaves the session in place with its subscriptions: it returns how many
+// messages it took and whether there was a session. It waits for the queue
+// until no message came for quiet. The caller must know no live client
+// uses the id: the newer connection takes the session over.
+func DrainSession(ctx context.Context, addr string, tc *tls.Config, clientID string, quiet time.Duration) (int, bool, error) {
+	timeout := 2 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), 100*time.Millisecond)
+	}
+	var n atomic.Int64
+	last := make(chan struct{}, 1)
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).SetTLSConfig(tc).
+		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(timeout).SetWriteTimeout(timeout).SetKeepAlive(30 * time.Second).
+		SetDefaultPublishHandler(func(mqtt.Client, mqtt.Message) {
+			n.Add(1)
+			select {
+			case last <- struct{}{}:
+			default:
+			}
+		})
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(timeout) {
+		c.Disconnect(0)
+		return 0, false, fmt.Errorf("%w: no MQTT CONNACK from %s within %s", ErrNoAnswer, addr, timeout)
+	}
+	if err := tok.Error(); err != nil {
+		return 0, false, fmt.Errorf("MQTT connect to %s: %w", addr, err)
+	}
+	present := tok.(*mqtt.ConnectToken).SessionPresent()
+	quietFor := time.NewTimer(quiet)
+wait:
+	for {
+		select {
+		case <-last:
+			quietFor.Reset(quiet)
+		case <-quietFor.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	// The acknowledgements go out before the DISCONNECT.
+	c.Disconnect(100)
+	return int(n.Load()), present, nil
 }
 
 // BridgesUp asks the mosquitto at addr for its bridge connections' retained

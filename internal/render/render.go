@@ -17,6 +17,7 @@ import (
 	"github.com/mqha/mqha/internal/bridgerole"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/sessions"
 )
 
 // Kind says how a daemon takes a change to a file.
@@ -139,11 +140,14 @@ type data struct {
 	BridgeNotify string
 	MarkerTopics string
 	ProbeTopics  string
-	DownBrokers  map[string]bool
-	ACLFile      string
-	ACLUsers     []ACLUser
-	StatusTopics string
-	SysTrees     []string // $SYS/broker subtrees clients may read
+	// SessionTopics: the brokers' agents' session listings, which the
+	// bridges carry to every broker (package sessions).
+	SessionTopics string
+	DownBrokers   map[string]bool
+	ACLFile       string
+	ACLUsers      []ACLUser
+	StatusTopics  string
+	SysTrees      []string // $SYS/broker subtrees clients may read
 	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
 	// one worker's descriptors hold too few clients; ReusePort spreads the
 	// connections evenly over them then.
@@ -205,6 +209,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	d.Standby = daemon.ElectsBridge(c, n)
 	d.BridgesDir, d.BridgesFile = daemon.BridgesDir, daemon.BridgesFile
 	d.MarkerTopics, d.ProbeTopics = daemon.MarkerTopics(c.Name), daemon.ProbeTopics(c.Name)
+	d.SessionTopics = sessions.Topics(c.Name)
 	if d.Standby {
 		d.BridgeVIP = c.BridgeVIP
 		for _, b := range c.WithRole(cluster.Bridge) {
@@ -283,23 +288,39 @@ type ACLUser struct {
 // its probe through them). Each node writes only its own status (a pattern
 // for every certificate); none writes another's.
 func aclUsers(c *cluster.Cluster, n cluster.Node) []ACLUser {
-	self := ACLUser{Name: n.Name, Topics: []string{"readwrite " + daemon.HealthTopics + "/" + n.Name + "/#", "read $SYS/broker/connection/#"}}
-	users := []ACLUser{self}
+	users := []ACLUser{{Name: n.Name, Topics: []string{"readwrite " + daemon.HealthTopics + "/" + n.Name + "/#", "read $SYS/broker/connection/#"}}}
+	add := func(name string, topics ...string) {
+		for i := range users {
+			if users[i].Name == name {
+				if i == 0 && len(users[0].Topics) == 2 && topics[0] == "readwrite $SYS/broker/connection/#" {
+					users[0].Topics = users[0].Topics[:1] // read is in readwrite
+				}
+				users[i].Topics = append(users[i].Topics, topics...)
+				return
+			}
+		}
+		users = append(users, ACLUser{Name: name, Topics: topics})
+	}
 	for _, b := range c.WithRole(cluster.Bridge) {
 		// A bridge node writes the bridges' state and its own mark (a
-		// master's, or a lone bridge's), and reads the others' marks; with
-		// standbys, the master's probe too.
+		// master's, or a lone bridge's), and reads the others' marks; it
+		// carries the brokers' session listings; with standbys, the
+		// master's probe too.
 		m := daemon.MarkerTopics(c.Name)
-		topics := []string{"readwrite $SYS/broker/connection/#", "readwrite " + m + "/" + b.Name, "read " + m + "/#"}
+		topics := []string{"readwrite $SYS/broker/connection/#", "readwrite " + m + "/" + b.Name, "read " + m + "/#",
+			"readwrite " + sessions.Topics(c.Name) + "/#"}
 		if daemon.HasStandby(c) {
 			p := daemon.ProbeTopics(c.Name)
 			topics = append(topics, "readwrite "+p+"/"+b.Name, "read "+p+"/#")
 		}
-		if b.Name == n.Name {
-			users[0].Topics = append(users[0].Topics[:1], topics...)
-			continue
-		}
-		users = append(users, ACLUser{Name: b.Name, Topics: topics})
+		add(b.Name, topics...)
+	}
+	if n.Has(cluster.Broker) {
+		// This broker's agent lists the persistent clients connected to
+		// it here, and reads the other brokers' listings, which the
+		// bridges carry (and its will clears its own).
+		s := sessions.Topics(c.Name)
+		add(n.Name, "readwrite "+s+"/"+n.Name, "read "+s+"/#")
 	}
 	return users
 }

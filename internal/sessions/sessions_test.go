@@ -1,0 +1,242 @@
+package sessions
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Lines as mosquitto 2.0.11 logs them (its source, and the lab's journals).
+func feed(t *Tracker, lines ...string) {
+	for _, l := range lines {
+		t.Observe(l, time.Unix(999, 0))
+	}
+}
+
+func TestTrackerConnections(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		lines []string
+		here  []string
+		away  map[string]int64 // id -> since (unix s); -1: connected
+	}{
+		{"persistent connects and stays", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New client connected from 10.0.0.1:4000 as p1 (p2, c0, k30, u'client').",
+		}, []string{"p1"}, map[string]int64{"p1": -1, "unknown": 1000}},
+		{"clean clients are not listed, mqtt 5 ones are", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New client connected from 10.0.0.1:4000 as clean (p2, c1, k30, u'client').",
+			"1001: New client connected from [::1]:4000 as v5 (p5, c1, k30).",
+		}, []string{"v5"}, map[string]int64{"clean": -1}},
+		{"every disconnect line", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New client connected from 10.0.0.1:1 as a (p2, c0, k30, u'client').",
+			"1001: New client connected from 10.0.0.1:2 as b (p2, c0, k30, u'client').",
+			"1001: New client connected from 10.0.0.1:3 as c (p2, c0, k30, u'client').",
+			"1001: New client connected from 10.0.0.1:4 as d (p2, c0, k30, u'client').",
+			"1001: New client connected from 10.0.0.1:5 as e (p2, c0, k30, u'client').",
+			"1001: New client connected from 10.0.0.1:6 as f (p2, c0, k30, u'client').",
+			"1002: Client a closed its connection.",
+			"1003: Client b disconnected.",
+			"1004: Client c has exceeded timeout, disconnecting.",
+			"1005: Client d disconnected due to protocol error.",
+			"1006: Bad socket read/write on client e: Connection reset",
+			"1007: Client f disconnected: Broken pipe.",
+		}, nil, map[string]int64{"a": 1002, "b": 1003, "c": 1004, "d": 1005, "e": 1006, "f": 1007}},
+		{"a takeover keeps the id connected", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New client connected from 10.0.0.1:1 as a (p2, c0, k30, u'client').",
+			"1002: Client a already connected, closing old connection.",
+			"1002: New client connected from 10.0.0.1:2 as a (p2, c0, k30, u'client').",
+		}, []string{"a"}, map[string]int64{"a": -1}},
+		{"a restart disconnects everyone", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New client connected from 10.0.0.1:1 as a (p2, c0, k30, u'client').",
+			"1100: mosquitto version 2.0.11 starting",
+		}, nil, map[string]int64{"a": 1100, "b": 1100}},
+		{"ids with a space are skipped", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New client connected from 10.0.0.1:1 as a b (p2, c0, k30, u'client').",
+			"1002: Client a b closed its connection.",
+		}, nil, map[string]int64{"a": 1000, "a b": 1000}},
+		{"bridges are not clients", []string{
+			"1000: mosquitto version 2.0.11 starting",
+			"1001: New bridge connected from 10.0.0.20:1 as mqtt-bridge-to-broker1 (p2, c0, k10, u'bridge').",
+		}, nil, map[string]int64{"mqtt-bridge-to-broker1": 1000}},
+		{"before the start nothing is known", []string{
+			"1001: New client connected from 10.0.0.1:1 as a (p2, c0, k30, u'client').",
+		}, []string{"a"}, map[string]int64{"b": -2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := NewTracker()
+			feed(tr, tt.lines...)
+			if got := tr.Here(); !slices.Equal(got, tt.here) {
+				t.Errorf("here %v, want %v", got, tt.here)
+			}
+			for id, want := range tt.away {
+				away, since := tr.Away(id)
+				switch want {
+				case -1:
+					if away {
+						t.Errorf("%s away, want connected", id)
+					}
+				case -2:
+					if away {
+						t.Errorf("%s away before the tracker saw mosquitto start", id)
+					}
+				default:
+					if !away || since.Unix() != want {
+						t.Errorf("%s: away %v since %d, want since %d", id, away, since.Unix(), want)
+					}
+				}
+			}
+		})
+	}
+	tr := NewTracker()
+	feed(tr, "1001: New client connected from 10.0.0.1:1 as a b (p2, c0, k30, u'client').")
+	if tr.Skipped() != 1 {
+		t.Errorf("skipped %d, want 1", tr.Skipped())
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	start := time.Unix(1000, 0)
+	tr := NewTracker()
+	feed(tr, "1000: mosquitto version 2.0.11 starting",
+		"1001: New client connected from 10.0.0.1:1 as here (p2, c0, k30, u'client').",
+		"1001: New client connected from 10.0.0.1:2 as left (p2, c0, k30, u'client').",
+		"1050: Client left closed its connection.",
+		"1001: New client connected from 10.0.0.1:3 as leftlong (p2, c0, k30, u'client').",
+		"1010: Client leftlong closed its connection.")
+	tr.Restore([]string{"restored", "here"})
+	at := func(s int64) time.Time { return time.Unix(s, 0) }
+	for _, tt := range []struct {
+		name  string
+		peers map[string]Listed
+		now   time.Time
+		want  string
+	}{
+		{"nothing listed", nil, at(2000), ""},
+		{"connected here is never ended", map[string]Listed{"b": {[]string{"here"}, at(1100), true}}, at(1120), ""},
+		{"away less than Quiet", map[string]Listed{"b": {[]string{"left", "leftlong"}, at(1060), true}}, at(1070), "leftlong"},
+		{"away long enough", map[string]Listed{"b": {[]string{"left", "leftlong"}, at(1060), true}}, at(1090), "left leftlong"},
+		{"a listing older than the departure", map[string]Listed{"b": {[]string{"left"}, at(1040), true}}, at(1200), ""},
+		{"unknown here: held nowhere here", map[string]Listed{"b": {[]string{"other"}, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), ""},
+		{"restored: away since the start", map[string]Listed{"b": {[]string{"restored"}, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), "restored"},
+		{"listed by two peers, ended once", map[string]Listed{"b": {[]string{"left"}, at(1100), true}, "c": {[]string{"left"}, at(1100), true}}, at(1120), "left"},
+		{"a listing not republished yet", map[string]Listed{"b": {[]string{"left"}, at(1100), false}}, at(1120), ""},
+		{"a listing no longer republished", map[string]Listed{"b": {[]string{"left"}, at(1100), true}}, at(1100).Add(Fresh + time.Second), ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPolicy()
+			if got := strings.Join(p.Decide(tr, tt.peers, tt.now), " "); got != tt.want {
+				t.Errorf("ended %q, want %q", got, tt.want)
+			}
+		})
+	}
+
+	// Once ended, a session is not ended again until its client came back
+	// here and left again.
+	p := NewPolicy()
+	peers := map[string]Listed{"b": {[]string{"left"}, at(1060), true}}
+	if got := p.Decide(tr, peers, at(1100)); len(got) != 1 {
+		t.Fatalf("ended %v, want left", got)
+	}
+	p.Drained(tr, "left")
+	peers["b"] = Listed{[]string{"left"}, at(1199), true}
+	if got := p.Decide(tr, peers, at(1200)); len(got) != 0 {
+		t.Errorf("ended %v again", got)
+	}
+	feed(tr, "1300: New client connected from 10.0.0.1:2 as left (p2, c0, k30, u'client').",
+		"1301: Client left closed its connection.")
+	peers["b"] = Listed{[]string{"left"}, at(1302), true}
+	p.Decide(tr, peers, at(1302))
+	peers["b"] = Listed{[]string{"left"}, at(1400), true}
+	if got := p.Decide(tr, peers, at(1400)); len(got) != 1 {
+		t.Errorf("ended %v after the client came back and left, want left", got)
+	}
+
+	// The drain is a visit: the next drain comes Quiet after it.
+	p.Drained(tr, "left")
+	feed(tr, "1401: New client connected from 127.0.0.1:9 as left (p2, c0, k30, u'broker1').",
+		"1401: Client left disconnected.")
+	peers["b"] = Listed{[]string{"left"}, at(1420), true}
+	if got := p.Decide(tr, peers, at(1420)); len(got) != 0 {
+		t.Errorf("drained %v again within Quiet of the last drain", got)
+	}
+	peers["b"] = Listed{[]string{"left"}, at(1440), true}
+	if got := p.Decide(tr, peers, at(1440)); len(got) != 1 {
+		t.Errorf("drained %v Quiet after the last drain, want left", got)
+	}
+	// A clean connect under the id ended the session: nothing to drain.
+	feed(tr, "1441: New client connected from 10.0.0.1:9 as left (p2, c1, k30, u'client').",
+		"1441: Client left disconnected.")
+	peers["b"] = Listed{[]string{"left"}, at(1500), true}
+	if got := p.Decide(tr, peers, at(1500)); len(got) != 0 {
+		t.Errorf("drained %v after a clean connect ended the session", got)
+	}
+
+	// A tracker that did not see mosquitto start ends nothing.
+	blind := NewTracker()
+	blind.Restore([]string{"x"})
+	if got := NewPolicy().Decide(blind, map[string]Listed{"b": {[]string{"x"}, at(5000), true}}, at(9000)); len(got) != 0 {
+		t.Errorf("ended %v without knowing who is connected", got)
+	}
+}
+
+// What the agent keeps across its restarts: the sessions held, not the
+// clean clients nor those a clean connect ended.
+func TestTrackerHeld(t *testing.T) {
+	tr := NewTracker()
+	feed(tr, "1000: mosquitto version 2.0.11 starting",
+		"1001: New client connected from 10.0.0.1:1 as a (p2, c0, k30, u'client').",
+		"1001: New client connected from 10.0.0.1:2 as b (p2, c0, k30, u'client').",
+		"1001: New client connected from 10.0.0.1:3 as clean (p2, c1, k30, u'client').",
+		"1002: Client b closed its connection.",
+		"1003: New client connected from 127.0.0.1:4 as b (p2, c1, k30, u'broker1').",
+		"1003: Client b disconnected.")
+	tr.Restore([]string{"r"})
+	if got := strings.Join(tr.Held(), " "); got != "a r" {
+		t.Errorf("held %q, want \"a r\"", got)
+	}
+	feed(tr, "1100: mosquitto version 2.0.11 starting")
+	if got := strings.Join(tr.Held(), " "); got != "a r" {
+		t.Errorf("held after a restart %q, want \"a r\" (restored from mosquitto's persistence)", got)
+	}
+}
+
+// A peer's listing counts once its agent republished it; an older one
+// (a stale retained copy a broker brought back) changes nothing; an empty
+// one (its will) clears it.
+func TestReceive(t *testing.T) {
+	now := time.Unix(5000, 0)
+	l, at, changed := Receive(Listed{}, Listing{Clients: []string{"a"}, At: 100}, now, 0)
+	if !changed || l.Live || at != 100 {
+		t.Fatalf("first: %+v %d %v, want taken, not live", l, at, changed)
+	}
+	l, at, _ = Receive(l, Listing{Clients: []string{"a", "b"}, At: 200}, now, at)
+	if !l.Live || at != 200 || len(l.Clients) != 2 {
+		t.Fatalf("republished: %+v %d, want live", l, at)
+	}
+	if l2, at2, changed := Receive(l, Listing{Clients: []string{"stale"}, At: 150}, now, at); changed || at2 != 200 || len(l2.Clients) != 2 {
+		t.Errorf("an older listing was taken: %+v %d", l2, at2)
+	}
+	if l2, at2, changed := Receive(l, Listing{}, now, at); !changed || at2 != 0 || l2.Live || len(l2.Clients) != 0 {
+		t.Errorf("the will did not clear the listing: %+v %d", l2, at2)
+	}
+}
+
+func TestListingDecode(t *testing.T) {
+	if l, err := Decode(nil); err != nil || len(l.Clients) != 0 {
+		t.Errorf("empty: %v %v", l, err)
+	}
+	if _, err := Decode([]byte("{")); err == nil {
+		t.Error("bad JSON taken")
+	}
+	l, err := Decode(Listing{Clients: []string{"a", "b"}, At: 7}.Encode())
+	if err != nil || !slices.Equal(l.Clients, []string{"a", "b"}) || l.At != 7 {
+		t.Errorf("round trip: %v %v", l, err)
+	}
+}

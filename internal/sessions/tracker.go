@@ -1,0 +1,209 @@
+// Package sessions keeps the copies of a persistent MQTT session that a
+// client left on other brokers short: a client that moved to another
+// broker (its broker failed, the load balancers' ring moved) leaves its old
+// session behind, which queues everything it subscribed to and hands it
+// all over, late and duplicated, when the client comes back (the soak's
+// first hour: 299,024 duplicates up to 15 minutes late). Each broker's
+// agent learns from mosquitto's journal which clients are connected to its
+// broker, lists the persistent ones for the other brokers, and drains its
+// own copy of a session whose client is connected to another broker and
+// stays away from this one: it takes the copy over, acknowledges what it
+// queued, and leaves it, subscriptions kept. The copy is not ended: when
+// the client comes back it finds its session, with what was published
+// since the last drain, so a move back loses nothing (it costs at most a
+// drain period of duplicates).
+//
+//   - tracker.go: Tracker, who is connected to this broker, from
+//     mosquitto's connection log lines, and which sessions it holds.
+//   - policy.go: Policy, which copies to drain now.
+//   - listing.go: Listing, what a broker's agent publishes.
+package sessions
+
+import (
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// client is what the tracker knows of one client id on this broker.
+type client struct {
+	connected  bool
+	persistent bool      // its last connect kept a session (clean session off, or MQTT 5)
+	at         time.Time // its last connect or disconnect
+	// tombstone: a clean connect replaced a persistent session: kept after
+	// its disconnect to say this broker holds no session for the id.
+	tombstone bool
+}
+
+// Tracker follows mosquitto 2.0's connection lines ("New client connected
+// from ... as ID (pP, cC, kK...)", "Client ID closed its connection." and
+// the other disconnect lines) from the start of the running mosquitto, and
+// knows which clients are connected. It is not safe for concurrent use.
+type Tracker struct {
+	clients map[string]*client
+	start   time.Time // the running mosquitto's start as seen in its log (zero: not seen)
+	skipped int       // connection lines whose client id cannot be told apart (a space)
+}
+
+// NewTracker starts a tracker that has seen nothing.
+func NewTracker() *Tracker { return &Tracker{clients: map[string]*client{}} }
+
+var (
+	// mosquitto's log timestamp (log_timestamp true, the default), in
+	// seconds of the node's clock.
+	stamp = regexp.MustCompile(`^(\d+): `)
+	// The client id cannot contain " (p" in a line we trust: ids with a
+	// space are skipped.
+	connected = regexp.MustCompile(`^New client connected from \S+ as (\S+) \(p(\d), c([01]), k\d+(?:, u'.*')?\)\.$`)
+	// A duplicate's takeover logs "already connected" and then the new
+	// connection's line: the id stays connected.
+	disconnects = []string{" closed its connection.", " disconnected.", " has exceeded timeout, disconnecting.",
+		" disconnected, not authorised.", " been disconnected by administrative action."}
+	disconnectsMid = []string{" disconnected due to ", " disconnected: "}
+)
+
+// Observe takes one line of mosquitto's log (with its timestamp prefix).
+// A line without a timestamp is taken at now.
+func (t *Tracker) Observe(line string, now time.Time) {
+	at := now
+	if m := stamp.FindStringSubmatch(line); m != nil {
+		if s, err := strconv.ParseInt(m[1], 10, 64); err == nil {
+			at = time.Unix(s, 0)
+		}
+		line = line[len(m[0]):]
+	}
+	switch {
+	case strings.HasPrefix(line, "mosquitto version ") && strings.HasSuffix(line, " starting"):
+		// A new mosquitto: nobody is connected to it yet.
+		for id, c := range t.clients {
+			if !c.persistent {
+				delete(t.clients, id)
+				continue
+			}
+			c.connected, c.at = false, at
+		}
+		t.start = at
+	case strings.HasPrefix(line, "New client connected from "):
+		m := connected.FindStringSubmatch(line)
+		if m == nil {
+			t.skipped++
+			return
+		}
+		old := t.clients[m[1]]
+		c := &client{connected: true, persistent: m[3] == "0" || m[2] == "5", at: at}
+		c.tombstone = !c.persistent && old != nil && (old.persistent || old.tombstone)
+		t.clients[m[1]] = c
+	case strings.HasPrefix(line, "Client "), strings.HasPrefix(line, "Bad socket read/write on client "):
+		id, ok := disconnected(line)
+		if !ok {
+			return
+		}
+		c := t.clients[id]
+		if c == nil {
+			return // connected before the tracker's start: its session, if any, is unknown
+		}
+		if !c.persistent && !c.tombstone {
+			delete(t.clients, id) // a clean session ends with its connection
+			return
+		}
+		c.connected, c.at = false, at
+	}
+}
+
+// disconnected is the client id of a disconnect line.
+func disconnected(line string) (string, bool) {
+	if rest, ok := strings.CutPrefix(line, "Bad socket read/write on client "); ok {
+		i := strings.LastIndex(rest, ": ")
+		if i < 0 {
+			return "", false
+		}
+		return noSpace(rest[:i])
+	}
+	rest := strings.TrimPrefix(line, "Client ")
+	for _, s := range disconnects {
+		if id, ok := strings.CutSuffix(rest, s); ok {
+			return noSpace(id)
+		}
+	}
+	for _, s := range disconnectsMid {
+		if i := strings.LastIndex(rest, s); i > 0 {
+			return noSpace(rest[:i])
+		}
+	}
+	return "", false
+}
+
+func noSpace(id string) (string, bool) { return id, id != "" && !strings.Contains(id, " ") }
+
+// Started reports whether the tracker saw the running mosquitto start, so
+// that it knows every client connected to it.
+func (t *Tracker) Started() bool { return !t.start.IsZero() }
+
+// Here are the clients connected to this broker with a persistent session,
+// sorted.
+func (t *Tracker) Here() []string {
+	var out []string
+	for id, c := range t.clients {
+		if c.connected && c.persistent {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Away reports whether client id is not connected to this broker, and
+// since when: its disconnect, or the running mosquitto's start for a
+// client not seen since. Before the tracker saw mosquitto start it knows
+// of no client that it is away.
+func (t *Tracker) Away(id string) (bool, time.Time) {
+	c := t.clients[id]
+	if c == nil || !t.Started() {
+		return t.Started(), t.start
+	}
+	if c.connected {
+		return false, c.at
+	}
+	if c.at.Before(t.start) {
+		return true, t.start
+	}
+	return true, c.at
+}
+
+// Holds reports whether this broker holds a session for client id, as far
+// as the agent knows: after a persistent connect here (seen, or restored),
+// until a clean connect under the id.
+func (t *Tracker) Holds(id string) bool {
+	c := t.clients[id]
+	return c != nil && c.persistent
+}
+
+// Held are the client ids this broker holds a session for, sorted: what
+// the agent keeps across its restarts (Restore), since mosquitto restores
+// the sessions from its persistence.
+func (t *Tracker) Held() []string {
+	var out []string
+	for id, c := range t.clients {
+		if c.persistent {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Restore takes the sessions an earlier run of the agent knew this broker
+// holds; their clients count as away since mosquitto's start until seen.
+func (t *Tracker) Restore(ids []string) {
+	for _, id := range ids {
+		if t.clients[id] == nil {
+			t.clients[id] = &client{persistent: true, at: t.start}
+		}
+	}
+}
+
+// Skipped counts the connection lines whose client id has a space (it
+// cannot be told from the rest of the line): their sessions are left alone.
+func (t *Tracker) Skipped() int { return t.skipped }
