@@ -158,6 +158,17 @@ func (c *cmd) printStatus(s *control.Status, format string) error {
 		}
 		fmt.Fprintf(w, "check %-11s %s (%s, %d repairs)\n", r.Name+":", state, ago(r.At), r.Repairs)
 	}
+	// The last three; status -o json has HistoryLen.
+	for i, h := range s.History {
+		if i == 3 {
+			break
+		}
+		why := h.Subject
+		if h.Reason != "" {
+			why = h.Reason
+		}
+		fmt.Fprintf(w, "history:  %s %-7s in %.1fs, %s: %s\n", source.Short(h.Commit), h.Result, h.Seconds, ago(h.At), why)
+	}
 	return nil
 }
 

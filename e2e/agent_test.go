@@ -61,6 +61,12 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 	}
 	report(t, "both brokers applied, found they could not serve, and rolled back within %s", time.Since(start).Round(time.Millisecond))
 	t.Logf("broker1: %s", agentStatus(t, "broker1").RefusedReason)
+	// The node's history says it, newest first.
+	if h := agentStatus(t, "broker1").History; len(h) == 0 || h[0].Commit != head || h[0].Result != "refused" || !strings.Contains(h[0].Reason, "rolled back") || h[0].Seconds <= 0 {
+		t.Errorf("broker1's history does not start with the rolled-back commit: %+v", h)
+	} else {
+		report(t, "broker1's history: %s %s after %.1f s: %s", h[0].Commit[:7], h[0].Result, h[0].Seconds, h[0].Reason)
+	}
 	if on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf") != conf {
 		t.Error("broker1's previous configuration is not back")
 	}

@@ -53,6 +53,7 @@ type facts struct {
 	stateWarning string
 	drops        []control.Drop
 	forged       []control.Forged
+	history      []control.Reconciliation // newest first
 }
 
 func newRecord(dir string, m *metrics, log *slog.Logger, now func() time.Time, notify func(string)) *record {
@@ -110,6 +111,7 @@ func (r *record) SetApplied(hash, subject string) bool {
 			f.refused, f.refusedReason, f.holdRefused = "", "", false
 			f.stages = f.converging
 			r.removeState("refused")
+			r.reconciled(f, control.Reconciliation{Commit: hash, Subject: subject, Result: "applied", Seconds: seconds(f.converging), At: now})
 		}
 		f.converging = nil
 		f.applied, f.appliedSubject, f.appliedAt = hash, subject, now
@@ -124,9 +126,31 @@ func (r *record) Refuse(hash string, err error) {
 	why := oneLine(err.Error())
 	r.writeState("refused", hash+" "+why)
 	r.log.Error("commit refused", "commit", source.Short(hash), "err", err)
+	now := r.now()
 	r.change(func(f *facts) {
+		r.reconciled(f, control.Reconciliation{Commit: hash, Result: "refused", Reason: why, Seconds: seconds(f.converging), At: now})
 		f.refused, f.refusedReason, f.holdRefused, f.converging = hash, why, true, nil
 	})
+}
+
+// reconciled adds e to the history (newest first, HistoryLen kept) and its
+// state file; under the record's lock.
+func (r *record) reconciled(f *facts, e control.Reconciliation) {
+	f.history = append([]control.Reconciliation{e}, f.history...)
+	if len(f.history) > control.HistoryLen {
+		f.history = f.history[:control.HistoryLen]
+	}
+	b, _ := json.Marshal(f.history)
+	r.writeState("history.json", string(b))
+}
+
+// seconds is how long the stages took together.
+func seconds(stages []control.Stage) float64 {
+	var s float64
+	for _, st := range stages {
+		s += st.Seconds
+	}
+	return s
 }
 
 // Retry forgets that the refused commit waits for the branch to move (sync
@@ -256,6 +280,7 @@ func (f facts) status(s control.Status) control.Status {
 	s.LastFetch, s.FetchError, s.Pending = f.lastFetch, f.fetchError, f.pending
 	s.Suspended, s.Decommission = f.suspended, f.decom
 	s.Roles, s.Stages, s.Insecure, s.Certificates = f.roles, f.stages, f.insecure, f.certs
+	s.History = f.history
 	s.Warnings = f.warnings
 	if f.stateWarning != "" {
 		s.Warnings = append(slices.Clone(f.warnings), f.stateWarning)

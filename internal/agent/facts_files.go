@@ -49,6 +49,12 @@ func (r *record) restore(readable func(hash string) error) {
 	// A commit refused before a restart is shown, and tried once more: what
 	// made it fail (trusted keys, a missing package) may have been fixed.
 	f.refused, f.refusedReason, _ = strings.Cut(r.readState("refused"), " ")
+	if h := r.readState("history.json"); h != "" {
+		if err := json.Unmarshal([]byte(h), &f.history); err != nil {
+			r.log.Warn("the recorded history of reconciliations does not read: it starts anew", "file", r.path("history.json"), "err", err)
+			f.history = nil
+		}
+	}
 	f.suspended = r.restoreSuspension()
 	f.decom = r.restoreDecommission()
 	r.m.suspended.Set(map[bool]float64{true: 1, false: 0}[f.suspended != nil])

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -111,5 +112,33 @@ func TestRecordRestores(t *testing.T) {
 	}
 	if testutil.ToFloat64(r.m.suspended) != 1 || testutil.ToFloat64(r.m.decommission) != 1 {
 		t.Error("restored facts without their metrics")
+	}
+}
+
+// The last reconciliations of new commits, newest first, at most
+// control.HistoryLen, survive a restart; enforcing the applied commit adds
+// none.
+func TestHistoryKept(t *testing.T) {
+	r, _ := newTestRecord(t)
+	r.Stage("fetch+trust", time.Second)
+	r.Stage("units", 2*time.Second)
+	r.SetApplied("c1", "first")
+	r.SetApplied("c1", "first") // enforcing
+	r.Stage("fetch+trust", time.Second)
+	r.Refuse("c2", errors.New("verify: mosquitto not serving"))
+	h := r.get().status(control.Status{}).History
+	if len(h) != 2 || h[0].Commit != "c2" || h[0].Result != "refused" || h[0].Reason != "verify: mosquitto not serving" ||
+		h[1].Commit != "c1" || h[1].Result != "applied" || h[1].Subject != "first" || h[1].Seconds != 3 {
+		t.Fatalf("history %+v", h)
+	}
+	for i := range 12 {
+		r.SetApplied(fmt.Sprintf("d%d", i), "")
+	}
+	again, _ := newTestRecord(t)
+	again.dir = r.dir
+	again.restore(func(string) error { return nil })
+	h = again.get().status(control.Status{}).History
+	if len(h) != control.HistoryLen || h[0].Commit != "d11" || h[9].Commit != "d2" {
+		t.Errorf("after a restart: %d entries, newest %+v", len(h), h[0])
 	}
 }

@@ -77,6 +77,22 @@ type Status struct {
 	// Decommission is set once a commit removed this node from the
 	// definition: draining, then its units stopped and disabled.
 	Decommission *Decommission `json:"decommission,omitempty"`
+	// History is the node's last reconciliations of new commits, newest
+	// first (at most HistoryLen), kept across restarts.
+	History []Reconciliation `json:"history,omitempty"`
+}
+
+// HistoryLen is how many reconciliations status keeps.
+const HistoryLen = 10
+
+// Reconciliation is one attempt of the node at a new commit.
+type Reconciliation struct {
+	Commit  string    `json:"commit"`
+	Subject string    `json:"subject,omitempty"`
+	Result  string    `json:"result"` // "applied" or "refused"
+	Reason  string    `json:"reason,omitempty"`
+	Seconds float64   `json:"seconds"` // from fetch to verified (applied) or to the refusal
+	At      time.Time `json:"at"`
 }
 
 // Bridge is a bridge node's role, as keepalived's bridge instance, its
