@@ -65,23 +65,34 @@ func nonce() string {
 // connect opens an MQTT connection with a clean session and no retries:
 // a probe must fail fast when the broker does not answer.
 func connect(ctx context.Context, addr string, tc *tls.Config, id string) (mqtt.Client, error) {
+	c, _, err := connectAs(ctx, addr, tc, id, true, nil)
+	return c, err
+}
+
+// connectAs is connect with the session's cleanness and a handler for
+// what the session had queued (nil: none); it also says whether the broker
+// had a session for id.
+func connectAs(ctx context.Context, addr string, tc *tls.Config, id string, clean bool, queued mqtt.MessageHandler) (mqtt.Client, bool, error) {
 	timeout := 2 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(d), 100*time.Millisecond)
 	}
 	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(id).SetTLSConfig(tc).
-		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(timeout).SetWriteTimeout(timeout).SetKeepAlive(30 * time.Second)
+	if queued != nil {
+		o.SetDefaultPublishHandler(queued)
+	}
 	c := mqtt.NewClient(o)
 	tok := c.Connect()
 	if !tok.WaitTimeout(timeout) {
 		c.Disconnect(0)
-		return nil, fmt.Errorf("%w: no MQTT CONNACK from %s within %s", ErrNoAnswer, addr, timeout)
+		return nil, false, fmt.Errorf("%w: no MQTT CONNACK from %s within %s", ErrNoAnswer, addr, timeout)
 	}
 	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("MQTT connect to %s: %w", addr, err)
+		return nil, false, fmt.Errorf("MQTT connect to %s: %w", addr, err)
 	}
-	return c, nil
+	return c, tok.(*mqtt.ConnectToken).SessionPresent(), nil
 }
 
 func wait(ctx context.Context, tok mqtt.Token, what string) error {
@@ -288,32 +299,18 @@ func EndSession(ctx context.Context, addr string, tc *tls.Config, clientID strin
 // until no message came for quiet. The caller must know no live client
 // uses the id: the newer connection takes the session over.
 func DrainSession(ctx context.Context, addr string, tc *tls.Config, clientID string, quiet time.Duration) (int, bool, error) {
-	timeout := 2 * time.Second
-	if d, ok := ctx.Deadline(); ok {
-		timeout = max(time.Until(d), 100*time.Millisecond)
-	}
 	var n atomic.Int64
 	last := make(chan struct{}, 1)
-	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).SetTLSConfig(tc).
-		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(timeout).SetWriteTimeout(timeout).SetKeepAlive(30 * time.Second).
-		SetDefaultPublishHandler(func(mqtt.Client, mqtt.Message) {
-			n.Add(1)
-			select {
-			case last <- struct{}{}:
-			default:
-			}
-		})
-	c := mqtt.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(timeout) {
-		c.Disconnect(0)
-		return 0, false, fmt.Errorf("%w: no MQTT CONNACK from %s within %s", ErrNoAnswer, addr, timeout)
+	c, present, err := connectAs(ctx, addr, tc, clientID, false, func(mqtt.Client, mqtt.Message) {
+		n.Add(1)
+		select {
+		case last <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return 0, false, err
 	}
-	if err := tok.Error(); err != nil {
-		return 0, false, fmt.Errorf("MQTT connect to %s: %w", addr, err)
-	}
-	present := tok.(*mqtt.ConnectToken).SessionPresent()
 	quietFor := time.NewTimer(quiet)
 wait:
 	for {
