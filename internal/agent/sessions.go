@@ -129,9 +129,16 @@ func (a *Agent) KeepSessions(ctx context.Context) {
 		}
 		if broker && slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
 			lines, next, err := a.d.Journal(ctx, daemon.Mosquitto.Unit, cursor)
-			if err != nil {
+			switch {
+			case err != nil && cursor == journalFromStart:
+				// Without its start the tracker does not know who is
+				// connected: it follows from now on and drains nothing
+				// until mosquitto starts again.
+				a.log.Error("cannot read mosquitto's journal since it started: sessions are listed as clients connect, none is drained until mosquitto restarts", "err", err)
+				cursor = ""
+			case err != nil:
 				a.log.Error("cannot read mosquitto's journal: persistent sessions left on this broker by clients that moved are not drained", "err", err)
-			} else {
+			default:
 				now := a.d.Now()
 				for _, l := range lines {
 					tr.Observe(l, now)
