@@ -156,4 +156,16 @@ func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head 
 			fmt.Fprintf(w, "%-10s not in the definition, still publishing (applied %s)\n", name, source.Short(st[name].Applied))
 		}
 	}
+	// What the nodes did with the last commits, from their histories.
+	for i, v := range control.Verdicts(st, 5) {
+		if i == 0 {
+			fmt.Fprintf(w, "\n%-14s %-24s %s\n", "COMMIT", "APPLIED ON", "REFUSED ON")
+		}
+		var refused []string
+		for node, why := range v.Refused {
+			refused = append(refused, node+": "+why)
+		}
+		sort.Strings(refused)
+		fmt.Fprintf(w, "%-14s %-24s %s\n", source.Short(v.Commit), strings.Join(v.Applied, ","), strings.Join(refused, "; "))
+	}
 }

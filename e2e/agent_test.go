@@ -761,6 +761,10 @@ func TestFleet(t *testing.T) {
 		}
 		return false
 	})
+	// The commits table: the head, applied on the others, refused on broker1.
+	if !strings.Contains(line(next[:12]), "broker2") || !strings.Contains(line(next[:12]), "broker1: ") {
+		t.Errorf("the fleet's commits table does not say who applied and who refused %s:\n%s", next[:12], out)
+	}
 	_, code := fleet()
 	report(t, "mqha-agent fleet through the VIP shows every node, and broker1's refusal of %s (exit %d):\n%s", next[:12], code, out)
 	if code != 1 {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/mqha/mqha/internal/health"
@@ -346,3 +347,54 @@ func (c *Client) Suspend(ctx context.Context, reason string, noRepair bool) (*St
 
 // Resume ends a suspension.
 func (c *Client) Resume(ctx context.Context) (*Status, error) { return c.do(ctx, "POST", "/resume") }
+
+// Verdict is what the fleet's nodes did with one commit, as their
+// published histories say.
+type Verdict struct {
+	Commit  string
+	Subject string
+	Applied []string          // the nodes that applied it, sorted
+	Refused map[string]string // node -> why
+	Last    time.Time         // the latest reconciliation of it
+}
+
+// Verdicts are the commits in the nodes' histories, newest first, at most
+// n.
+func Verdicts(st map[string]Status, n int) []Verdict {
+	by := map[string]*Verdict{}
+	for node, s := range st {
+		seen := map[string]bool{}
+		for _, h := range s.History { // newest first: a node's last word on a commit counts
+			if seen[h.Commit] {
+				continue
+			}
+			seen[h.Commit] = true
+			v := by[h.Commit]
+			if v == nil {
+				v = &Verdict{Commit: h.Commit, Refused: map[string]string{}}
+				by[h.Commit] = v
+			}
+			if h.Subject != "" {
+				v.Subject = h.Subject
+			}
+			if h.At.After(v.Last) {
+				v.Last = h.At
+			}
+			if h.Result == "refused" {
+				v.Refused[node] = h.Reason
+			} else {
+				v.Applied = append(v.Applied, node)
+			}
+		}
+	}
+	out := make([]Verdict, 0, len(by))
+	for _, v := range by {
+		sort.Strings(v.Applied)
+		out = append(out, *v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Last.After(out[j].Last) })
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out
+}

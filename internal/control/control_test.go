@@ -32,3 +32,27 @@ func TestProblems(t *testing.T) {
 		}
 	}
 }
+
+// The fleet's verdict on each commit, from the nodes' histories: each
+// node's last word on a commit counts, newest commits first.
+func TestVerdicts(t *testing.T) {
+	at := func(m int) time.Time { return time.Date(2026, 12, 7, 0, m, 0, 0, time.UTC) }
+	st := map[string]Status{
+		"lb1":     {History: []Reconciliation{{Commit: "bad", Result: "applied", At: at(2)}, {Commit: "good", Result: "applied", Subject: "ok", At: at(1)}}},
+		"broker1": {History: []Reconciliation{{Commit: "bad", Result: "refused", Reason: "rolled back", At: at(3)}, {Commit: "good", Result: "applied", At: at(1)}}},
+		"broker2": {History: []Reconciliation{{Commit: "bad", Result: "refused", Reason: "rolled back", At: at(4)}, {Commit: "bad", Result: "applied", At: at(2)}}},
+	}
+	v := Verdicts(st, 5)
+	if len(v) != 2 || v[0].Commit != "bad" || v[1].Commit != "good" {
+		t.Fatalf("verdicts %+v", v)
+	}
+	if strings.Join(v[0].Applied, ",") != "lb1" || len(v[0].Refused) != 2 || v[0].Refused["broker2"] != "rolled back" {
+		t.Errorf("bad: %+v", v[0])
+	}
+	if strings.Join(v[1].Applied, ",") != "broker1,lb1" || v[1].Subject != "ok" || len(v[1].Refused) != 0 {
+		t.Errorf("good: %+v", v[1])
+	}
+	if len(Verdicts(st, 1)) != 1 {
+		t.Error("not bounded")
+	}
+}
