@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // TestFromNothing: the lab as `make lab` leaves it serves MQTT over verified
@@ -159,10 +161,22 @@ func TestAddBroker(t *testing.T) {
 
 // TestRemoveBroker (c): one commit removes broker3 again; without the push
 // trigger every node converges within the poll interval + 5 s (the target;
-// the hard bound is 3x the typical figure), and broker3 decommissions itself
-// once the others have let go of it.
+// the hard bound is 3x the typical figure). A client still on broker3
+// loses nothing: the bridge keeps bridging broker3 until it stops serving.
+// broker3 decommissions itself once the others have let go of it; then the
+// bridge drops it and ends that connection's local session.
 func TestRemoveBroker(t *testing.T) {
 	bridgeID := bridgeClientID(t, "bridge", "broker3")
+	topic := fmt.Sprintf("e2e/remove/%d", time.Now().UnixNano())
+	in := subscribe(t, client(t, brokerAddr(t, "broker1"), "sub-remove", true), topic)
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + brokerAddr(t, "broker3")).SetClientID("pub-remove").SetTLSConfig(tlsConfig(t)).
+		SetAutoReconnect(false).SetConnectTimeout(3 * time.Second)
+	pub := mqtt.NewClient(o)
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect to broker3: %v", tok.Error())
+	}
+	defer pub.Disconnect(50)
+
 	var pushed time.Time
 	var head string
 	withoutPushTrigger(t, func() {
@@ -180,25 +194,25 @@ func TestRemoveBroker(t *testing.T) {
 			t.Errorf("%s still sends clients to broker3", lb)
 		}
 	}
-	if strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), "broker3") {
-		t.Error("the bridge still bridges broker3")
+	// The client still on broker3 publishes after every node applied the
+	// removal: all of it reaches broker1.
+	for i := range 40 {
+		if tok := pub.Publish(topic, 1, false, fmt.Sprintf("late-%02d", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish on broker3: %v", tok.Error())
+		}
+		time.Sleep(25 * time.Millisecond)
 	}
-	// mosquitto restores the removed connection's local session
-	// (local.<client id>) from its persistence; left, it queues every
-	// message for broker3 for ever. The agent ends it once the removal is
-	// applied: the bridge's mosquitto then keeps no disconnected session.
-	// ($SYS comes every 10 s.)
-	if !strings.Contains(onAny(t, "bridge", "journalctl", "-u", "mqha-agent", "--since", "-1min", "--no-pager"), "local."+bridgeID) {
-		t.Errorf("the bridge's agent did not say it ended the session local.%s", bridgeID)
+	waitFor(t, 10*time.Second, "what a client still on broker3 published after the removal reached broker1", func() bool { return in.unique() == 40 })
+	if !strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), "connection mqha-broker3\n") {
+		t.Error("the bridge dropped broker3 while a client was still on it")
 	}
-	waitFor(t, 30*time.Second, "the bridge's mosquitto keeps no session for a removed connection", func() bool {
-		return sysValue(t, brokerAddr(t, "bridge"), "$SYS/broker/clients/disconnected") == "0"
-	})
+	report(t, "a client left on broker3 after the removal: 40/40 of its messages reached broker1 (bridged until broker3 stops)")
+	pub.Disconnect(50)
+
 	// broker3 leaves once the others let go of it: the LBs took it out of
-	// nginx and closed its clients' connections, the bridge dropped its
-	// link, every agent stopped publishing to it; then its mosquitto is
-	// stopped and disabled, and status says so (exit 0: that is what the
-	// commit says).
+	// nginx and closed its clients' connections, every agent stopped
+	// publishing to it; then its mosquitto is stopped and disabled, and
+	// status says so (exit 0: that is what the commit says).
 	dd := waitFor(t, 30*time.Second, "broker3 decommissioned", func() bool {
 		d := agentStatus(t, "broker3").Decommission
 		return d != nil && !d.Done.IsZero()
@@ -215,6 +229,23 @@ func TestRemoveBroker(t *testing.T) {
 		t.Errorf("status exit %d:\n%s", code, out)
 	}
 	report(t, "broker3 decommissioned %s after the others applied its removal: %s", dd.Round(time.Millisecond), dc.State)
+
+	// Then the bridge drops it (typically 4 s: three probes a second).
+	dropped := waitFor(t, 30*time.Second, "the bridge drops broker3 once it stopped", func() bool {
+		return !strings.Contains(on(t, "bridge", "cat", "/etc/mosquitto/mosquitto.conf"), "broker3")
+	})
+	report(t, "the bridge dropped broker3 %s after it was decommissioned", dropped.Round(time.Millisecond))
+	// mosquitto restores the removed connection's local session
+	// (local.<client id>) from its persistence; left, it queues every
+	// message for broker3 for ever. The agent ends it once it dropped the
+	// connection: the bridge's mosquitto then keeps no disconnected
+	// session. ($SYS comes every 10 s.)
+	if !strings.Contains(onAny(t, "bridge", "journalctl", "-u", "mqha-agent", "--since", "-1min", "--no-pager"), "local."+bridgeID) {
+		t.Errorf("the bridge's agent did not say it ended the session local.%s", bridgeID)
+	}
+	waitFor(t, 30*time.Second, "the bridge's mosquitto keeps no session for a removed connection", func() bool {
+		return sysValue(t, brokerAddr(t, "bridge"), "$SYS/broker/clients/disconnected") == "0"
+	})
 }
 
 // TestLBFailover: nginx killed on the VIP holder; the VIP moves to the

@@ -116,6 +116,9 @@ type Deps struct {
 	// EndSession ends the session this node's mosquitto (at addr) keeps
 	// for clientID (nil: probe.EndSession).
 	EndSession func(ctx context.Context, addr string, tc *tls.Config, clientID string) error
+	// Serves reports whether a TLS handshake with addr succeeds (nil: a
+	// real one): whether a removed broker still serves (draining.go).
+	Serves func(ctx context.Context, addr string, tc *tls.Config) bool
 	// DrainSession takes over this node's mosquitto's session for
 	// clientID, acknowledges its queue and leaves (nil:
 	// probe.DrainSession).
@@ -172,7 +175,9 @@ type Agent struct {
 	fault   *Fault      // keepalived's track file on a load balancer (fault.go)
 	daemons daemons     // the health monitor and units of the applied commit (converge.go)
 	drift   driftWatch  // hand edits of the applied files (converge.go)
-	publish publisher   // where the status is published (publish.go)
+	// draining: removed brokers a bridge node still bridges (draining.go)
+	draining drainWatch
+	publish  publisher // where the status is published (publish.go)
 	// sessions: the other brokers' session listings, and what ending
 	// this broker's stale copies did (sessions.go).
 	sessions *sessionKeeper
@@ -222,6 +227,9 @@ func New(cfg Config, node string, d Deps) *Agent {
 	}
 	if d.CloseConns == nil {
 		d.CloseConns = closeConns
+	}
+	if d.Serves == nil {
+		d.Serves = serves
 	}
 	if d.DrainSession == nil {
 		d.DrainSession = probe.DrainSession

@@ -155,6 +155,7 @@ func (a *Agent) rebuild(ctx context.Context, v *View) {
 	a.publish.set(statusTargetOf(v))
 	a.bridge.set(daemon.ElectsBridge(v.Cluster, v.Node))
 	a.followBrokers(ctx, v)
+	a.watchDraining(ctx, v)
 	a.watchDrift(ctx, v)
 }
 

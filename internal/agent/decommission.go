@@ -91,7 +91,9 @@ func (a *Agent) stepDecommission(ctx context.Context) error {
 		a.decomCluster = cl
 	}
 	waited := a.d.Now().Sub(d.Since)
-	n, err := a.d.PeerConns(ctx, []int{cl.Ports.Broker, cl.Ports.Bridge})
+	// The client port only: the bridge keeps its connection until this
+	// broker stops (draining.go), so that its clients lose nothing.
+	n, err := a.d.PeerConns(ctx, []int{cl.Ports.Broker})
 	var why string
 	switch {
 	case err != nil && waited < a.cfg.DecommissionGrace:

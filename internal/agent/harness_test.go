@@ -45,6 +45,8 @@ type harness struct {
 	ended  []string // sessions EndSession ended
 	// drained: sessions DrainSession drained
 	drained []string
+	// stopped: addresses whose TLS handshake fails (Serves)
+	stopped map[string]bool
 	// leaving: what the agent told keepalived's bridge check (BridgeLeaving).
 	leaving []string
 	probes  int
@@ -88,6 +90,11 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 			defer h.mu.Unlock()
 			h.ended = append(h.ended, addr+" "+id)
 			return nil
+		},
+		Serves: func(_ context.Context, addr string, _ *tls.Config) bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return !h.stopped[addr]
 		},
 		DrainSession: func(_ context.Context, addr string, _ *tls.Config, id string, _ time.Duration) (int, bool, error) {
 			h.mu.Lock()
@@ -211,6 +218,15 @@ func (h *harness) closedConns() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]string(nil), h.closed...)
+}
+
+func (h *harness) stop(addr string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped == nil {
+		h.stopped = map[string]bool{}
+	}
+	h.stopped[addr] = true
 }
 
 func (h *harness) drainedSessions() []string {

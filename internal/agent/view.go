@@ -35,9 +35,12 @@ type View struct {
 	// bridges' client ids can be named by any client).
 	GuessableBridgeIDs bool
 	// BridgeIDs are the client ids of the node's bridge connections (none
-	// on a node without the bridge role).
+	// on a node without the bridge role), Draining's included.
 	BridgeIDs []string
-	checksOf  map[string][]health.Check
+	// Draining are brokers a commit removed that this bridge node still
+	// bridges until they stop serving (draining.go).
+	Draining []cluster.Node
+	checksOf map[string][]health.Check
 }
 
 // BridgeSecret reads the bridge nodes' shared secret (tls.bridgeSecret) on
@@ -128,9 +131,16 @@ func (a *Agent) derive(v *View) (*View, error) {
 	}
 	host.BridgeSecret = secret
 	v.GuessableBridgeIDs = v.Node.Has(cluster.Bridge) && secret == nil
+	v.Draining = a.drainingFor(v)
+	host.DrainingBrokers = v.Draining
 	v.BridgeIDs = nil
 	for _, b := range daemon.Bridges(v.Cluster, v.Node, secret) {
 		v.BridgeIDs = append(v.BridgeIDs, b.ClientID)
+	}
+	if v.Node.Has(cluster.Bridge) {
+		for _, b := range v.Draining {
+			v.BridgeIDs = append(v.BridgeIDs, daemon.BridgeTo(v.Cluster.Name, b, secret).ClientID)
+		}
 	}
 	if v.Node.Has(cluster.LB) {
 		host.DownBrokers = a.brokers.down

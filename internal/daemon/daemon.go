@@ -155,6 +155,9 @@ type Bridge struct {
 	Name, Address string // the broker
 	Connection    string // mosquitto's connection name
 	ClientID      string // the bridge's client id on the broker
+	// Draining: a commit removed the broker; it is bridged until it stops
+	// serving (its clients move off first).
+	Draining bool
 }
 
 // At is the broker's address with port.
@@ -184,15 +187,20 @@ func Bridges(c *cluster.Cluster, n cluster.Node, secret []byte) []Bridge {
 		if b.Name == n.Name {
 			continue // the bridge master's own broker needs no bridge
 		}
-		id := c.Name + "-bridge-to-" + b.Name
-		if len(secret) > 0 {
-			m := hmac.New(sha256.New, secret)
-			m.Write([]byte(id))
-			id += "-" + hex.EncodeToString(m.Sum(nil))[:16]
-		}
-		out = append(out, Bridge{Name: b.Name, Address: b.Address, Connection: "mqha-" + b.Name, ClientID: id})
+		out = append(out, BridgeTo(c.Name, b, secret))
 	}
 	return out
+}
+
+// BridgeTo is the connection of a bridge node of cluster to broker b.
+func BridgeTo(cluster string, b cluster.Node, secret []byte) Bridge {
+	id := cluster + "-bridge-to-" + b.Name
+	if len(secret) > 0 {
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte(id))
+		id += "-" + hex.EncodeToString(m.Sum(nil))[:16]
+	}
+	return Bridge{Name: b.Name, Address: b.Address, Connection: "mqha-" + b.Name, ClientID: id}
 }
 
 // LocalBridgeID is the client id of a bridge connection's local side, the

@@ -82,6 +82,10 @@ type Host struct {
 	// read on a bridge node: the bridges' client ids carry its HMAC. nil:
 	// guessable ids (a workstation's render, or no secret installed).
 	BridgeSecret []byte
+	// DrainingBrokers are brokers a commit removed that a bridge node
+	// still bridges until they stop serving (a run-time fact): clients
+	// that have not moved off yet still publish and receive there.
+	DrainingBrokers []cluster.Node
 }
 
 // sysTrees are mosquitto 2.0's $SYS/broker statistics subtrees: all but
@@ -206,6 +210,13 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 		}
 	}
 	d.Bridges = daemon.Bridges(c, n, h.BridgeSecret)
+	if n.Has(cluster.Bridge) {
+		for _, b := range h.DrainingBrokers {
+			br := daemon.BridgeTo(c.Name, b, h.BridgeSecret)
+			br.Draining = true
+			d.Bridges = append(d.Bridges, br)
+		}
+	}
 	d.Standby = daemon.ElectsBridge(c, n)
 	d.BridgesDir, d.BridgesFile = daemon.BridgesDir, daemon.BridgesFile
 	d.MarkerTopics, d.ProbeTopics = daemon.MarkerTopics(c.Name), daemon.ProbeTopics(c.Name)

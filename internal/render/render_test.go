@@ -279,3 +279,29 @@ func TestDownBroker(t *testing.T) {
 	}
 	t.Fatal("no nginx.conf")
 }
+
+// A broker a commit removed stays bridged, said so, until it stops serving.
+func TestDrainingBroker(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := cluster.Node{Name: "broker3", Address: "10.20.0.23", Roles: []cluster.Role{cluster.Broker}}
+	for _, tt := range []struct {
+		node string
+		want bool
+	}{{"bridge", true}, {"broker1", false}, {"lb1", false}} {
+		out, err := render.NodeOn(c, tt.node, render.Host{DrainingBrokers: []cluster.Node{gone}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := ""
+		for _, f := range out.Files {
+			all += string(f.Content)
+		}
+		got := strings.Contains(all, "connection mqha-broker3\naddress 10.20.0.23:8884") && strings.Contains(all, "which a commit removed: bridged until it stops serving")
+		if got != tt.want {
+			t.Errorf("%s: bridges the removed broker %v, want %v", tt.node, got, tt.want)
+		}
+	}
+}
