@@ -46,6 +46,8 @@ type facts struct {
 	roles       string
 	stages      []control.Stage // of the applied commit's converge
 	converging  []control.Stage // of the converge under way (nil: none)
+	// convergingSince: when the converge under way started (its fetch).
+	convergingSince time.Time
 	insecure    []string
 	warnings    []string // limits and certificates, as last checked
 	certs       []control.Cert
@@ -111,7 +113,7 @@ func (r *record) SetApplied(hash, subject string) bool {
 			f.refused, f.refusedReason, f.holdRefused = "", "", false
 			f.stages = f.converging
 			r.removeState("refused")
-			r.reconciled(f, control.Reconciliation{Commit: hash, Subject: subject, Result: "applied", Seconds: seconds(f.converging), At: now})
+			r.reconciled(f, control.Reconciliation{Commit: hash, Subject: subject, Result: "applied", Seconds: took(f, now), At: now})
 		}
 		f.converging = nil
 		f.applied, f.appliedSubject, f.appliedAt = hash, subject, now
@@ -128,7 +130,7 @@ func (r *record) Refuse(hash string, err error) {
 	r.log.Error("commit refused", "commit", source.Short(hash), "err", err)
 	now := r.now()
 	r.change(func(f *facts) {
-		r.reconciled(f, control.Reconciliation{Commit: hash, Result: "refused", Reason: why, Seconds: seconds(f.converging), At: now})
+		r.reconciled(f, control.Reconciliation{Commit: hash, Result: "refused", Reason: why, Seconds: took(f, now), At: now})
 		f.refused, f.refusedReason, f.holdRefused, f.converging = hash, why, true, nil
 	})
 }
@@ -144,13 +146,13 @@ func (r *record) reconciled(f *facts, e control.Reconciliation) {
 	r.writeState("history.json", string(b))
 }
 
-// seconds is how long the stages took together.
-func seconds(stages []control.Stage) float64 {
-	var s float64
-	for _, st := range stages {
-		s += st.Seconds
+// took is how long the converge under way has taken by now: since its
+// fetch began (a verification that fails records no stage of its own).
+func took(f *facts, now time.Time) float64 {
+	if f.converging == nil || f.convergingSince.IsZero() {
+		return 0
 	}
-	return s
+	return now.Sub(f.convergingSince).Seconds()
 }
 
 // Retry forgets that the refused commit waits for the branch to move (sync
@@ -232,7 +234,7 @@ func (r *record) Stage(name string, d time.Duration) {
 	defer r.mu.Unlock()
 	switch {
 	case name == "fetch+trust": // a converge starts
-		r.f.converging = nil
+		r.f.converging, r.f.convergingSince = nil, r.now().Add(-d)
 	case r.f.converging == nil:
 		return
 	}
