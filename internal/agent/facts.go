@@ -48,9 +48,9 @@ type facts struct {
 	converging  []control.Stage // of the converge under way (nil: none)
 	// convergingSince: when the converge under way started (its fetch).
 	convergingSince time.Time
-	insecure    []string
-	warnings    []string // limits and certificates, as last checked
-	certs       []control.Cert
+	insecure        []string
+	warnings        []string // limits and certificates, as last checked
+	certs           []control.Cert
 	// stateWarning says the recorded state was damaged (until restart).
 	stateWarning string
 	drops        []control.Drop
