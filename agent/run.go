@@ -117,7 +117,7 @@ func (c *cmd) run(args []string) error {
 	kept := make(chan struct{})
 	go func() {
 		defer close(kept)
-		a.KeepSessions(c.ctx)
+		a.FollowMosquitto(c.ctx)
 	}()
 	go c.reloadOnHUP(*conf, a, repo)
 	err = a.Run(c.ctx)

@@ -17,10 +17,13 @@
 //   - converge.go: applying a view, the health monitor and drift watch it sets up
 //   - runtime.go: run-time changes without the fleet's turn order
 //   - bridge.go: the bridge role as keepalived reports it
+//   - draining.go: a bridge node bridging a removed broker until it stops
 //   - brokers.go, lb.go: a load balancer's brokers watch and removed brokers
 //   - vip.go, fault.go: the VIP policy and keepalived's track file
 //   - limits.go: warnings (descriptor limits, certificate expiry)
 //   - journal.go: counting the daemons' log lines (drops, forged adverts)
+//   - sessions.go: the one reader of mosquitto's journal (drops, and on a
+//     broker the persistent sessions: listing them, draining moved copies)
 //   - decommission.go, suspend.go: leaving the cluster; the operator's pause
 //   - publish.go, http.go, metrics.go: the status on the brokers, /metrics
 //     and the webhook, the Prometheus metrics
@@ -116,9 +119,9 @@ type Deps struct {
 	// EndSession ends the session this node's mosquitto (at addr) keeps
 	// for clientID (nil: probe.EndSession).
 	EndSession func(ctx context.Context, addr string, tc *tls.Config, clientID string) error
-	// Serves reports whether a TLS handshake with addr succeeds (nil: a
-	// real one): whether a removed broker still serves (draining.go).
-	Serves func(ctx context.Context, addr string, tc *tls.Config) bool
+	// Serves reports whether addr accepts a TCP connection (nil: a real
+	// connect): whether a removed broker still serves (draining.go).
+	Serves func(ctx context.Context, addr string) bool
 	// DrainSession takes over this node's mosquitto's session for
 	// clientID, acknowledges its queue and leaves (nil:
 	// probe.DrainSession).

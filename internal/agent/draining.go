@@ -2,14 +2,12 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/mqha/mqha/internal/cluster"
-	"github.com/mqha/mqha/internal/daemon"
 )
 
 // A bridge node keeps bridging a broker that a commit removed until that
@@ -23,8 +21,9 @@ import (
 // decommission does not wait for the bridge's connection.
 
 // drainProbeEvery: how often a removed broker is probed (a variable for
-// the tests); drainGoneAfter: consecutive refused or unanswered TLS
-// handshakes that say it stopped.
+// the tests); drainGoneAfter: consecutive refused or unanswered connects
+// that say it stopped. A connect, not a TLS handshake: a broker too busy
+// to finish handshakes in time still serves its clients.
 var drainProbeEvery = time.Second
 
 const drainGoneAfter = 3
@@ -86,7 +85,6 @@ func (a *Agent) watchDraining(ctx context.Context, v *View) {
 	giveUp := a.cfg.DecommissionGrace + 30*time.Second
 	for _, b := range v.Draining {
 		addr := b.At(v.Cluster.Ports.Bridge)
-		tc := daemon.WithName(v.TLS, b.Address)
 		a.log.Info("a commit removed a broker: bridging it until it stops serving", "broker", b.Name, "give_up_after", giveUp)
 		go func() {
 			start, failed := time.Now(), 0
@@ -96,7 +94,7 @@ func (a *Agent) watchDraining(ctx context.Context, v *View) {
 					return
 				case <-time.After(drainProbeEvery):
 				}
-				if a.d.Serves(wctx, addr, tc) {
+				if a.d.Serves(wctx, addr) {
 					failed = 0
 				} else {
 					failed++
@@ -114,12 +112,10 @@ func (a *Agent) watchDraining(ctx context.Context, v *View) {
 	}
 }
 
-// serves reports whether a TLS handshake with addr succeeds.
-func serves(ctx context.Context, addr string, tc *tls.Config) bool {
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: time.Second}, Config: tc}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	c, err := d.DialContext(ctx, "tcp", addr)
+// serves reports whether addr accepts a TCP connection within a second: a
+// stopped mosquitto refuses it, a host that is gone does not answer.
+func serves(ctx context.Context, addr string) bool {
+	c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return false
 	}

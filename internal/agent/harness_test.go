@@ -45,7 +45,7 @@ type harness struct {
 	ended  []string // sessions EndSession ended
 	// drained: sessions DrainSession drained
 	drained []string
-	// stopped: addresses whose TLS handshake fails (Serves)
+	// stopped: addresses that refuse connections (Serves)
 	stopped map[string]bool
 	// leaving: what the agent told keepalived's bridge check (BridgeLeaving).
 	leaving []string
@@ -91,7 +91,7 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 			h.ended = append(h.ended, addr+" "+id)
 			return nil
 		},
-		Serves: func(_ context.Context, addr string, _ *tls.Config) bool {
+		Serves: func(_ context.Context, addr string) bool {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			return !h.stopped[addr]

@@ -47,7 +47,7 @@ func statusTargetOf(v *View) statusTarget {
 	// made with, so one made under a commit with a wrong CA would never
 	// connect again after the fix (seen: the load balancers' statuses
 	// missing from the brokers until a broker was added).
-	t.key = fmt.Sprintf("%s %s %p", t.topic, strings.Join(t.brokers, ","), v.TLS)
+	t.key = fmt.Sprintf("%s %s %s", t.topic, strings.Join(t.brokers, ","), v.TLSID)
 	return t
 }
 

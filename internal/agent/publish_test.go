@@ -14,14 +14,14 @@ func TestStatusTargetFollowsTheTLS(t *testing.T) {
 		Nodes: []cluster.Node{{Name: "b1", Address: "10.0.0.21", Roles: []cluster.Role{cluster.Broker}},
 			{Name: "lb1", Address: "10.0.0.11", Roles: []cluster.Role{cluster.LB}}}}
 	lb1, _ := c.Node("lb1")
-	good, wrong := &tls.Config{}, &tls.Config{}
-	a := statusTargetOf(&View{Cluster: c, Node: lb1, TLS: wrong})
-	b := statusTargetOf(&View{Cluster: c, Node: lb1, TLS: good})
+	a := statusTargetOf(&View{Cluster: c, Node: lb1, TLS: &tls.Config{}, TLSID: "wrong"})
+	b := statusTargetOf(&View{Cluster: c, Node: lb1, TLS: &tls.Config{}, TLSID: "good"})
 	if a.key == b.key {
 		t.Error("a commit with another TLS keeps the publisher's clients")
 	}
-	if again := statusTargetOf(&View{Cluster: c, Node: lb1, TLS: good}); again.key != b.key {
-		t.Error("the same TLS makes new clients")
+	// Every commit loads the TLS again: the same files keep the clients.
+	if again := statusTargetOf(&View{Cluster: c, Node: lb1, TLS: &tls.Config{}, TLSID: "good"}); again.key != b.key {
+		t.Error("the same TLS files make new clients")
 	}
 	if len(b.brokers) != 1 || b.brokers[0] != "10.0.0.21:8883" || b.topic != "$mqha/status/mqtt/lb1" {
 		t.Errorf("target %+v", b)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -38,7 +39,7 @@ const (
 )
 
 // sessionKeeper is the other brokers' listings as received, and the
-// metrics of KeepSessions' rounds.
+// metrics of FollowMosquitto's rounds.
 type sessionKeeper struct {
 	mu       sync.Mutex
 	peers    map[string]sessions.Listed // by broker node
@@ -80,13 +81,15 @@ func (k *sessionKeeper) listings() map[string]sessions.Listed {
 	return out
 }
 
-// KeepSessions runs until ctx ends; it acts on a broker node only. Every
-// journalPoll it reads its mosquitto's new connection lines, lists the
-// persistent clients connected (on change, and every sessions.Republish),
-// and drains the copies the policy names.
-func (a *Agent) KeepSessions(ctx context.Context) {
+// FollowMosquitto runs until ctx ends. While this node runs mosquitto it
+// reads mosquitto's journal every journalPoll, one reader for what the
+// agent learns there: the drop episodes (journal.go), on every node, and on
+// a broker node the connections, to list the persistent clients connected
+// (on change, and every sessions.Republish) and drain the copies the policy
+// names.
+func (a *Agent) FollowMosquitto(ctx context.Context) {
 	tr, pol := sessions.NewTracker(), sessions.NewPolicy()
-	cursor := journalFromStart
+	cursor, first := journalFromStart, true
 	heldFile := filepath.Join(a.cfg.StateDir, "sessions-held.json")
 	var held []string
 	if b, err := os.ReadFile(heldFile); err == nil {
@@ -102,6 +105,7 @@ func (a *Agent) KeepSessions(ctx context.Context) {
 		published time.Time
 		topic     string
 		skipped   int
+		failing   bool
 	)
 	stop := func() {
 		if c == nil {
@@ -117,17 +121,22 @@ func (a *Agent) KeepSessions(ctx context.Context) {
 	for {
 		t := a.publish.get()
 		broker := t.v != nil && t.v.Node.Has(cluster.Broker)
-		switch {
-		case !broker && key != "":
-			stop()
-			key = ""
-		case broker && t.key != key:
-			stop()
-			key = t.key
-			topic = sessions.Topics(t.v.Cluster.Name) + "/" + t.v.Node.Name
-			c, published = a.sessionClient(t.v, topic), time.Time{}
+		// The listing's client is made anew only when what it connects
+		// with changes: its will clears the listing, and the other brokers
+		// trust a listing only once it is republished.
+		k := ""
+		if broker {
+			k = fmt.Sprintf("%s %s %d %s", t.v.Cluster.Name, t.v.Node.Name, t.v.Cluster.Ports.Broker, t.v.TLSID)
 		}
-		if broker && slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
+		if k != key {
+			stop()
+			key = k
+			if broker {
+				topic = sessions.Topics(t.v.Cluster.Name) + "/" + t.v.Node.Name
+				c, published = a.sessionClient(t.v, topic), time.Time{}
+			}
+		}
+		if slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
 			lines, next, err := a.d.Journal(ctx, daemon.Mosquitto.Unit, cursor)
 			switch {
 			case err != nil && cursor == journalFromStart:
@@ -136,9 +145,17 @@ func (a *Agent) KeepSessions(ctx context.Context) {
 				// until mosquitto starts again.
 				a.log.Error("cannot read mosquitto's journal since it started: sessions are listed as clients connect, none is drained until mosquitto restarts", "err", err)
 				cursor = ""
-			case err != nil:
-				a.log.Error("cannot read mosquitto's journal: persistent sessions left on this broker by clients that moved are not drained", "err", err)
-			default:
+			case err != nil && !failing:
+				a.log.Error("cannot read mosquitto's journal: dropped messages are not reported, persistent sessions left on this broker by clients that moved are not drained", "err", err)
+				failing = true
+			case err == nil:
+				failing = false
+				// The first read reaches back to mosquitto's start: its
+				// drops were reported by the agent that ran then.
+				if !first {
+					a.countDrops(lines)
+				}
+				first = false
 				now := a.d.Now()
 				for _, l := range lines {
 					tr.Observe(l, now)
@@ -147,6 +164,8 @@ func (a *Agent) KeepSessions(ctx context.Context) {
 					cursor = next
 				}
 			}
+		}
+		if broker && slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
 			if tr.Skipped() > skipped {
 				a.log.Warn("mosquitto logged client ids with a space: their sessions are not tracked", "lines", tr.Skipped()-skipped)
 				skipped = tr.Skipped()

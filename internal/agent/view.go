@@ -3,8 +3,10 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -29,8 +31,12 @@ type View struct {
 	Node            cluster.Node
 	Output          *render.Output // the node's rendered files and units
 	TLS             *tls.Config    // the node's certificate as a client of the cluster CA
-	Checks          []health.Check // every check of the node's daemons
-	Certs           []control.Cert // the node's certificate and the CA, with their expiry
+	// TLSID names TLS's content (its files' digest): clients made with TLS
+	// are made anew when it changes, not on every commit (each loads TLS
+	// again).
+	TLSID  string
+	Checks []health.Check // every check of the node's daemons
+	Certs  []control.Cert // the node's certificate and the CA, with their expiry
 	// GuessableBridgeIDs: a bridge node without the bridge secret (its
 	// bridges' client ids can be named by any client).
 	GuessableBridgeIDs bool
@@ -115,6 +121,7 @@ func (a *Agent) view0(def *evaluated) (*View, error) {
 		return nil, wrap(fmt.Errorf("this node's certificate does not load, so its health cannot be checked: %w (check tls.ca, tls.cert and tls.key of the definition against the files on this node)", err))
 	}
 	v.Certs = certs(v.TLS, v.Cluster.TLS)
+	v.TLSID = tlsID(v.Cluster.TLS)
 	if v, err = a.derive(v); err != nil {
 		return nil, wrap(err)
 	}
@@ -176,6 +183,18 @@ func LoadTLS(f TLSFiles) (*tls.Config, error) {
 		}
 	}
 	return tc, nil
+}
+
+// tlsID is a digest of the files f names (a file that does not read counts
+// as empty: LoadTLS has read them a moment before).
+func tlsID(f TLSFiles) string {
+	h := sha256.New()
+	for _, name := range []string{f.CA, f.Cert, f.Key, f.NodeCA} {
+		b, _ := os.ReadFile(name)
+		fmt.Fprintf(h, "%d:", len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // checkNodeCA: with a node CA of its own, this node's certificate must come
