@@ -125,7 +125,7 @@ type Deps struct {
 	// DrainSession takes over this node's mosquitto's session for
 	// clientID, acknowledges its queue and leaves (nil:
 	// probe.DrainSession).
-	DrainSession func(ctx context.Context, addr string, tc *tls.Config, clientID string, quiet time.Duration) (int, bool, error)
+	DrainSession func(ctx context.Context, addr string, tc *tls.Config, clientID string, subscribe map[string]byte, unsubscribe []string, quiet time.Duration) (int, bool, error)
 	// Journal returns a unit's log lines after cursor, and the next cursor
 	// (nil: journalctl).
 	Journal func(ctx context.Context, unit, cursor string) (lines []string, next string, err error)
@@ -260,7 +260,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 	a.publish.kick = make(chan struct{}, 1)
 	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.sessions = newSessionKeeper()
-	m.reg.MustRegister(a.sessions.drained, a.sessions.messages, a.sessions.here)
+	m.reg.MustRegister(a.sessions.drained, a.sessions.messages, a.sessions.here, a.sessions.shadowed, a.sessions.spaced, a.sessions.unheld)
 	a.fault = newFault(d.FaultFile, a.log)
 	if d.Guard != nil && d.Guard.OnRelease == nil {
 		d.Guard.OnRelease = func(why string) { m.vipReleased.WithLabelValues(why).Inc() }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -96,10 +98,17 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 			defer h.mu.Unlock()
 			return !h.stopped[addr]
 		},
-		DrainSession: func(_ context.Context, addr string, _ *tls.Config, id string, _ time.Duration) (int, bool, error) {
+		DrainSession: func(_ context.Context, addr string, _ *tls.Config, id string, sub map[string]byte, unsub []string, _ time.Duration) (int, bool, error) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
-			h.drained = append(h.drained, addr+" "+id)
+			d := addr + " " + id
+			for _, f := range slices.Sorted(maps.Keys(sub)) {
+				d += " +" + f
+			}
+			for _, f := range unsub {
+				d += " -" + f
+			}
+			h.drained = append(h.drained, d)
 			return 3, true, nil
 		},
 		Journal: func(context.Context, string, string) ([]string, string, error) { return nil, "", nil },

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,11 +22,13 @@ import (
 	"github.com/mqha/mqha/internal/sessions"
 )
 
-// Short copies of moved sessions (package sessions): on a broker node, the
-// agent follows its mosquitto's connections, lists the persistent clients
-// connected to it for the other brokers (the bridges carry the listings),
-// and drains its own copy of a session whose client is connected to another
-// broker and stays away from this one.
+// Persistent sessions across brokers (package sessions): on a broker node,
+// the agent follows its mosquitto's connections and subscriptions, lists
+// the persistent clients connected to it with their subscriptions for the
+// other brokers (the bridges carry the listings), keeps on its own
+// mosquitto a shadow of each session a peer lists (same client id and
+// subscriptions, so this broker queues for the client should its broker
+// fail), and drains its copy while the client is connected elsewhere.
 
 // drainsPerRound bounds the copies drained in one round, drainsAtOnce how
 // many at a time: a broker whose clients all moved drains over a few
@@ -47,16 +50,26 @@ type sessionKeeper struct {
 	drained  prometheus.Counter
 	messages prometheus.Counter
 	here     prometheus.Gauge
+	shadowed prometheus.Counter
+	spaced   prometheus.Counter
+	unheld   *prometheus.GaugeVec
+	unheldBy map[string]int // unheld, as last logged (FollowMosquitto's goroutine only)
 }
 
 func newSessionKeeper() *sessionKeeper {
-	return &sessionKeeper{peers: map[string]sessions.Listed{}, at: map[string]int64{},
+	return &sessionKeeper{peers: map[string]sessions.Listed{}, at: map[string]int64{}, unheldBy: map[string]int{},
 		drained: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_drained_total",
 			Help: "Drains of this broker's copies of persistent sessions whose client is connected to another broker."}),
 		messages: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_drained_messages_total",
 			Help: "Messages those drains acknowledged: duplicates the clients were spared had they come back."}),
 		here: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mqha_sessions_connected",
 			Help: "Clients connected to this broker with a persistent session, as its agent lists them to the other brokers."}),
+		shadowed: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_shadowed_total",
+			Help: "Shadows made on this broker: sessions of clients connected to another broker, kept with their subscriptions so that this broker queues for them."}),
+		spaced: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_untracked_total",
+			Help: "Connection lines of client ids with a space, which the log cannot tell apart: their sessions have no shadow and are never drained."}),
+		unheld: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_sessions_unshadowed_filters",
+			Help: "Filters the other brokers list that no shadow here holds, by reason (shared subscription, reserved topic, invalid filter)."}, []string{"reason"}),
 	}
 }
 
@@ -91,17 +104,19 @@ func (a *Agent) FollowMosquitto(ctx context.Context) {
 	tr, pol := sessions.NewTracker(), sessions.NewPolicy()
 	cursor, first := journalFromStart, true
 	heldFile := filepath.Join(a.cfg.StateDir, "sessions-held.json")
-	var held []string
+	var held []byte
 	if b, err := os.ReadFile(heldFile); err == nil {
-		if err := json.Unmarshal(b, &held); err != nil {
+		h, err := readHeld(b)
+		if err != nil {
 			a.log.Warn("the sessions this broker held, as recorded, do not read: its copies of sessions that moved before this start are not drained", "file", heldFile, "err", err)
 		}
-		tr.Restore(held)
+		tr.Restore(h)
+		held = b
 	}
 	var (
 		key       string
 		c         mqtt.Client
-		listed    []string
+		listed    sessions.Listing
 		published time.Time
 		topic     string
 		skipped   int
@@ -168,14 +183,14 @@ func (a *Agent) FollowMosquitto(ctx context.Context) {
 		if broker && slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
 			if tr.Skipped() > skipped {
 				a.log.Warn("mosquitto logged client ids with a space: their sessions are not tracked", "lines", tr.Skipped()-skipped)
+				a.sessions.spaced.Add(float64(tr.Skipped() - skipped))
 				skipped = tr.Skipped()
 			}
-			if h := tr.Held(); !slices.Equal(h, held) {
-				b, _ := json.Marshal(h)
+			if b, _ := json.Marshal(tr.Held()); !bytes.Equal(b, held) {
 				if err := atomicfile.Write(heldFile, b, 0o600); err != nil {
 					a.log.Error("record the sessions this broker holds", "file", heldFile, "err", err)
 				}
-				held = h
+				held = b
 			}
 			here := tr.Here()
 			if len(here) > sessions.MaxListed {
@@ -183,12 +198,19 @@ func (a *Agent) FollowMosquitto(ctx context.Context) {
 				here = here[:sessions.MaxListed]
 			}
 			a.sessions.here.Set(float64(len(here)))
-			if c.IsConnectionOpen() && (!slices.Equal(here, listed) || time.Since(published) >= sessions.Republish) {
-				c.Publish(topic, 1, true, sessions.Listing{Clients: here, At: time.Now().UnixMilli()}.Encode())
-				listed, published = here, time.Now()
+			l := sessions.Listing{Clients: here, Subs: map[string]sessions.Subs{}}
+			for _, id := range here {
+				if s := tr.Subs(id); len(s) > 0 {
+					l.Subs[id] = s
+				}
+			}
+			if c.IsConnectionOpen() && (!l.Same(listed) || time.Since(published) >= sessions.Republish) {
+				l.At = time.Now().UnixMilli()
+				c.Publish(topic, 1, true, l.Encode())
+				listed, published = l, time.Now()
 			}
 			if tr.Started() {
-				a.drainSessions(ctx, t.v, tr, pol)
+				a.visitSessions(ctx, t.v, tr, pol)
 			}
 		}
 		select {
@@ -226,12 +248,58 @@ func (a *Agent) sessionClient(v *View, topic string) mqtt.Client {
 	return c
 }
 
-// drainSessions drains this broker's copies of the sessions the policy
-// names.
-func (a *Agent) drainSessions(ctx context.Context, v *View, tr *sessions.Tracker, pol *sessions.Policy) {
-	ids := pol.Decide(tr, a.sessions.listings(), a.d.Now())
-	if len(ids) > drainsPerRound {
-		ids = ids[:drainsPerRound]
+// readHeld reads sessions-held.json: the sessions with their
+// subscriptions, or (as the agent wrote it before shadows) their ids.
+func readHeld(b []byte) (map[string]sessions.Subs, error) {
+	var h map[string]sessions.Subs
+	if err := json.Unmarshal(b, &h); err == nil {
+		return h, nil
+	}
+	var ids []string
+	if err := json.Unmarshal(b, &ids); err != nil {
+		return nil, err
+	}
+	h = map[string]sessions.Subs{}
+	for _, id := range ids {
+		h[id] = nil
+	}
+	return h, nil
+}
+
+// visitSessions makes the shadows and drains the copies the policy names,
+// on this broker's own mosquitto. A peer that does not accept a connection
+// has its clients' copies left alone this round: they may be all that its
+// clients, reconnecting, find of their sessions (a dead broker's listing
+// is trusted until it is Fresh-old: no will clears it).
+func (a *Agent) visitSessions(ctx context.Context, v *View, tr *sessions.Tracker, pol *sessions.Policy) {
+	visits, skipped := pol.Decide(tr, a.sessions.listings(), a.d.Now())
+	for _, why := range []string{sessions.Shared, sessions.Reserved, sessions.Invalid} {
+		if n := skipped[why]; n != a.sessions.unheldBy[why] {
+			if n > a.sessions.unheldBy[why] {
+				a.log.Warn("peers list filters no shadow here can hold: their clients lose what those filters match should their broker fail", "reason", why, "filters", n)
+			}
+			a.sessions.unheldBy[why] = n
+		}
+		a.sessions.unheld.WithLabelValues(why).Set(float64(skipped[why]))
+	}
+	serving := map[string]bool{}
+	var due []sessions.Visit
+	for _, vi := range visits {
+		ok, seen := serving[vi.Peer]
+		if !seen {
+			p, listed := v.Cluster.Node(vi.Peer)
+			ok = listed && p.Has(cluster.Broker) && a.d.Serves(ctx, p.At(v.Cluster.Ports.Broker))
+			serving[vi.Peer] = ok
+			if !ok {
+				a.log.Warn("a broker that lists persistent clients does not answer: their sessions here are left alone", "broker", vi.Peer)
+			}
+		}
+		if ok {
+			due = append(due, vi)
+		}
+	}
+	if len(due) > drainsPerRound {
+		due = due[:drainsPerRound]
 	}
 	local := cluster.HostPort("127.0.0.1", v.Cluster.Ports.Broker)
 	tc := daemon.WithName(v.TLS, v.Node.Address)
@@ -240,10 +308,10 @@ func (a *Agent) drainSessions(ctx context.Context, v *View, tr *sessions.Tracker
 		present bool
 		err     error
 	}
-	results := make([]result, len(ids))
+	results := make([]result, len(due))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, drainsAtOnce)
-	for i, id := range ids {
+	for i, vi := range due {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -251,19 +319,30 @@ func (a *Agent) drainSessions(ctx context.Context, v *View, tr *sessions.Tracker
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			r := &results[i]
-			r.n, r.present, r.err = a.d.DrainSession(ctx, local, tc, id, drainQuiet)
+			r.n, r.present, r.err = a.d.DrainSession(ctx, local, tc, vi.ID, vi.Subscribe, vi.Unsubscribe, drainQuiet)
 		}()
 	}
 	wg.Wait()
-	for i, id := range ids {
+	for i, vi := range due {
 		r := results[i]
+		what := "drain this broker's copy of a session whose client is connected to another broker"
+		if vi.Shadow {
+			what = "make a shadow of a session whose client is connected to another broker"
+		}
 		if r.err != nil {
-			a.log.Error("drain this broker's copy of a session whose client is connected to another broker", "client", id, "err", r.err)
+			a.log.Error(what, "client", vi.ID, "broker", vi.Peer, "err", r.err)
 			continue
 		}
-		pol.Drained(tr, id)
+		pol.Drained(tr, vi.ID)
+		if vi.Shadow {
+			a.sessions.shadowed.Inc()
+			a.log.Info("made a shadow of a persistent session: its client is connected to another broker", "client", vi.ID, "broker", vi.Peer,
+				"subscriptions", len(vi.Subscribe), "session_present", r.present)
+			continue
+		}
 		a.sessions.drained.Inc()
 		a.sessions.messages.Add(float64(r.n))
-		a.log.Info("drained this broker's copy of a persistent session: its client is connected to another broker", "client", id, "messages", r.n, "session_present", r.present)
+		a.log.Info("drained this broker's copy of a persistent session: its client is connected to another broker", "client", vi.ID, "broker", vi.Peer,
+			"messages", r.n, "session_present", r.present, "subscribed", len(vi.Subscribe), "unsubscribed", len(vi.Unsubscribe))
 	}
 }

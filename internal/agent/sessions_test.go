@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,24 +32,57 @@ func TestDrainSessionsWiring(t *testing.T) {
 		tr.Observe(l, now)
 	}
 	listing := func(at int64) []byte {
-		return sessions.Listing{Clients: []string{"moved", "here"}, At: at}.Encode()
+		return sessions.Listing{Clients: []string{"moved", "here", "new"}, At: at,
+			Subs: map[string]sessions.Subs{"new": {"t/#": 1}}}.Encode()
 	}
 	// One listing alone is not trusted (it may be a stale retained one).
 	h.a.sessions.received("broker2", listing(1), now)
 	pol := sessions.NewPolicy()
-	h.onLoop(func() { h.a.drainSessions(context.Background(), h.a.view, tr, pol) })
+	h.onLoop(func() { h.a.visitSessions(context.Background(), h.a.view, tr, pol) })
 	if d := h.drainedSessions(); len(d) != 0 {
 		t.Fatalf("drained %v on a listing not republished", d)
 	}
 	h.a.sessions.received("broker2", listing(2), now)
-	h.onLoop(func() { h.a.drainSessions(context.Background(), h.a.view, tr, pol) })
-	if got := strings.Join(h.drainedSessions(), " "); got != "127.0.0.1:8883 moved" {
-		t.Errorf("drained %q, want the moved client's copy on this broker only", got)
+	h.onLoop(func() { h.a.visitSessions(context.Background(), h.a.view, tr, pol) })
+	// The visits run at once: in any order.
+	if got := strings.Join(slices.Sorted(slices.Values(h.drainedSessions())), ", "); got != "127.0.0.1:8883 moved, 127.0.0.1:8883 new +t/#" {
+		t.Errorf("visited %q, want the moved client's copy drained and a shadow of new, on this broker only", got)
 	}
 	if n := testutil.ToFloat64(h.a.sessions.drained); n != 1 {
 		t.Errorf("mqha_sessions_drained_total %v, want 1", n)
 	}
 	if n := testutil.ToFloat64(h.a.sessions.messages); n != 3 {
 		t.Errorf("mqha_sessions_drained_messages_total %v, want 3", n)
+	}
+	if n := testutil.ToFloat64(h.a.sessions.shadowed); n != 1 {
+		t.Errorf("mqha_sessions_shadowed_total %v, want 1", n)
+	}
+}
+
+// The sessions of a broker that does not answer are left alone: they may
+// be all its clients find when they reconnect here.
+func TestVisitSessionsSparesADeadBrokersClients(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	h.poll()
+	now := h.clock.now()
+	tr := sessions.NewTracker()
+	for _, l := range []string{
+		strconv.FormatInt(now.Add(-10*time.Minute).Unix(), 10) + ": mosquitto version 2.0.11 starting",
+		strconv.FormatInt(now.Add(-9*time.Minute).Unix(), 10) + ": New client connected from 10.0.0.1:1 as moved (p2, c0, k30, u'client').",
+		strconv.FormatInt(now.Add(-8*time.Minute).Unix(), 10) + ": Client moved closed its connection.",
+	} {
+		tr.Observe(l, now)
+	}
+	b2, _ := h.a.view.Cluster.Node("broker2")
+	h.stop(b2.At(h.a.view.Cluster.Ports.Broker))
+	for at := range int64(2) {
+		h.a.sessions.received("broker2", sessions.Listing{Clients: []string{"moved", "new"}, At: at + 1,
+			Subs: map[string]sessions.Subs{"new": {"t": 1}}}.Encode(), now)
+	}
+	pol := sessions.NewPolicy()
+	h.onLoop(func() { h.a.visitSessions(context.Background(), h.a.view, tr, pol) })
+	if d := h.drainedSessions(); len(d) != 0 {
+		t.Errorf("visited %v for a broker that does not answer", d)
 	}
 }

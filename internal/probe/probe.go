@@ -293,12 +293,15 @@ func EndSession(ctx context.Context, addr string, tc *tls.Config, clientID strin
 }
 
 // DrainSession takes over the session the mosquitto at addr keeps for
-// clientID (clean session off), acknowledges what it had queued, and
-// leaves the session in place with its subscriptions: it returns how many
-// messages it took and whether there was a session. It waits for the queue
-// until no message came for quiet. The caller must know no live client
-// uses the id: the newer connection takes the session over.
-func DrainSession(ctx context.Context, addr string, tc *tls.Config, clientID string, quiet time.Duration) (int, bool, error) {
+// clientID (clean session off; made when there was none), acknowledges
+// what it had queued, and leaves the session in place: it returns how many
+// messages it took and whether there was a session. Before it leaves it
+// subscribes the session to subscribe (filter -> QoS) and unsubscribes it
+// from unsubscribe, so the broker queues for the client what it asked
+// for; it waits for the queue until no message came for quiet. The caller
+// must know no live client uses the id: the newer connection takes the
+// session over.
+func DrainSession(ctx context.Context, addr string, tc *tls.Config, clientID string, subscribe map[string]byte, unsubscribe []string, quiet time.Duration) (int, bool, error) {
 	var n atomic.Int64
 	last := make(chan struct{}, 1)
 	c, present, err := connectAs(ctx, addr, tc, clientID, false, func(mqtt.Client, mqtt.Message) {
@@ -310,6 +313,18 @@ func DrainSession(ctx context.Context, addr string, tc *tls.Config, clientID str
 	})
 	if err != nil {
 		return 0, false, err
+	}
+	if len(subscribe) > 0 {
+		if err := wait(ctx, c.SubscribeMultiple(subscribe, nil), "subscribe"); err != nil {
+			c.Disconnect(50)
+			return 0, present, err
+		}
+	}
+	if len(unsubscribe) > 0 {
+		if err := wait(ctx, c.Unsubscribe(unsubscribe...), "unsubscribe"); err != nil {
+			c.Disconnect(50)
+			return 0, present, err
+		}
 	}
 	quietFor := time.NewTimer(quiet)
 wait:

@@ -92,7 +92,7 @@ func TestDrainAndEndSession(t *testing.T) {
 	}
 	pub.Disconnect(50)
 
-	n, present, err := probe.DrainSession(ctx, addr, tc, "x", 150*time.Millisecond)
+	n, present, err := probe.DrainSession(ctx, addr, tc, "x", nil, nil, 150*time.Millisecond)
 	if err != nil || n != 30 || !present {
 		t.Fatalf("drain: %d messages, session present %v, %v; want 30, true", n, present, err)
 	}
@@ -109,5 +109,41 @@ func TestDrainAndEndSession(t *testing.T) {
 	again.Disconnect(50)
 	if present {
 		t.Error("the session outlived EndSession")
+	}
+}
+
+// A visit to a broker without a session for the id makes its shadow: a
+// session with the subscriptions given, which queues for the client; a
+// later visit changes them.
+func TestDrainSessionMakesShadow(t *testing.T) {
+	addr, tc := mosquitto(t)
+	ctx := context.Background()
+	n, present, err := probe.DrainSession(ctx, addr, tc, "s", map[string]byte{"a/#": 1, "b": 1}, nil, 150*time.Millisecond)
+	if err != nil || n != 0 || present {
+		t.Fatalf("shadow: %d messages, session present %v, %v; want 0, false", n, present, err)
+	}
+	pub, _ := connect(t, addr, tc, "pub", new(int))
+	send := func(topic string, k int) {
+		for i := range k {
+			pub.Publish(topic, 1, false, strconv.Itoa(i)).WaitTimeout(5 * time.Second)
+		}
+	}
+	send("a/x", 5)
+	send("b", 3)
+	send("c", 4)
+	// The next visit takes the 8 queued and moves the session from b to c.
+	if n, present, err := probe.DrainSession(ctx, addr, tc, "s", map[string]byte{"c": 1}, []string{"b"}, 150*time.Millisecond); err != nil || n != 8 || !present {
+		t.Fatalf("visit: %d messages, session present %v, %v; want 8, true", n, present, err)
+	}
+	send("b", 3)
+	send("c", 4)
+	send("a/y", 2)
+	var got int
+	c, present := connect(t, addr, tc, "s", &got)
+	time.Sleep(300 * time.Millisecond)
+	c.Disconnect(50)
+	pub.Disconnect(50)
+	if !present || got != 6 {
+		t.Errorf("the client on its shadow: session present %v, %d messages; want true, 6 (c and a/#, not b)", present, got)
 	}
 }

@@ -3,6 +3,8 @@ package sessions
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -24,9 +26,26 @@ const Republish = 20 * time.Second
 // Listing is what a broker's agent publishes.
 type Listing struct {
 	Clients []string `json:"clients"`
+	// Subs are the listed clients' subscriptions (the other brokers keep
+	// shadows of their sessions with them); a client without any is left
+	// out.
+	Subs map[string]Subs `json:"subs,omitempty"`
 	// At is when it was published (unix ms, the publisher's clock): a
 	// listing older than one already received from that broker is stale.
 	At int64 `json:"at"`
+}
+
+// Same reports whether l lists what o lists (At aside).
+func (l Listing) Same(o Listing) bool {
+	if !slices.Equal(l.Clients, o.Clients) || len(l.Subs) != len(o.Subs) {
+		return false
+	}
+	for id, s := range l.Subs {
+		if os, ok := o.Subs[id]; !ok || !maps.Equal(s, os) {
+			return false
+		}
+	}
+	return true
 }
 
 // Encode is l as published (nil: an empty listing's retained clear).

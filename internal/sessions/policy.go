@@ -1,8 +1,11 @@
 package sessions
 
 import (
+	"maps"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Quiet is how long a client must have stayed away from this broker before
@@ -19,6 +22,7 @@ const Fresh = 3 * Republish
 // Listed is a peer broker's listing as this agent received it.
 type Listed struct {
 	Clients  []string
+	Subs     map[string]Subs
 	Received time.Time // this node's clock
 	// Live: it superseded an earlier listing of the same broker received
 	// by this agent, so that broker's agent is publishing now (a retained
@@ -36,14 +40,29 @@ func Receive(prev Listed, l Listing, now time.Time, prevAt int64) (Listed, int64
 	if l.At <= prevAt {
 		return prev, prevAt, false
 	}
-	return Listed{Clients: l.Clients, Received: now, Live: prevAt != 0}, l.At, true
+	return Listed{Clients: l.Clients, Subs: l.Subs, Received: now, Live: prevAt != 0}, l.At, true
 }
 
-// Policy decides which sessions of this broker to drain: those of clients
-// a peer lists as connected there that are not connected here, have stayed
-// away Quiet, and left before the peer's listing came. It remembers the
-// departure it judged, so one departure is drained once (the drain's own
-// visit is the next departure).
+// Visit is what the agent does to this broker's session of one client
+// connected to a peer broker: it connects under the client's id with clean
+// session off, makes the session's subscriptions those the peer listed,
+// acknowledges what the session queued, and leaves. On a broker that held
+// no session for the id, that makes its shadow.
+type Visit struct {
+	ID          string
+	Peer        string // the broker that lists the client connected
+	Subscribe   Subs   // filters to subscribe (new, or at another QoS)
+	Unsubscribe []string
+	Shadow      bool // this broker held no session for the id
+}
+
+// Policy decides which sessions of this broker to visit: those of clients
+// a peer lists as connected there that are not connected here and either
+// have no session here yet (a shadow is made at once, so this broker
+// queues for the client should its broker fail) or have stayed away Quiet
+// and left before the peer's listing came (their copy is drained). It
+// remembers the departure it judged, so one departure is visited once
+// (the visit itself is the next departure).
 type Policy struct {
 	ended map[string]time.Time // id -> the departure from here it was drained after
 }
@@ -51,27 +70,68 @@ type Policy struct {
 // NewPolicy is a policy that has drained nothing.
 func NewPolicy() *Policy { return &Policy{ended: map[string]time.Time{}} }
 
-// Decide returns the client ids whose session here to drain now, sorted.
-func (p *Policy) Decide(t *Tracker, peers map[string]Listed, now time.Time) []string {
+// Decide returns the visits due now, sorted by client id, and the listed
+// filters no shadow can hold (Shadowable), by reason.
+func (p *Policy) Decide(t *Tracker, peers map[string]Listed, now time.Time) ([]Visit, map[string]int) {
 	listed := map[string]bool{}
-	var out []string
-	for _, l := range peers {
+	skipped := map[string]int{}
+	byID := map[string]Visit{}
+	names := slices.Sorted(maps.Keys(peers))
+	for _, peer := range names {
+		l := peers[peer]
 		if !l.Live || now.Sub(l.Received) > Fresh {
 			continue
 		}
 		for _, id := range l.Clients {
 			listed[id] = true
+			if _, ok := byID[id]; ok {
+				continue
+			}
 			away, since := t.Away(id)
+			if !away {
+				continue // connected here: never taken over
+			}
+			want := Subs{}
+			for f, q := range l.Subs[id] {
+				if why := Shadowable(f, q); why != "" {
+					skipped[why]++
+					continue
+				}
+				want[f] = q
+			}
+			v := Visit{ID: id, Peer: peer}
+			have := t.Subs(id)
+			for f, q := range want {
+				if hq, ok := have[f]; !ok || hq != q {
+					if v.Subscribe == nil {
+						v.Subscribe = Subs{}
+					}
+					v.Subscribe[f] = q
+				}
+			}
+			for f := range have {
+				if _, ok := want[f]; !ok {
+					v.Unsubscribe = append(v.Unsubscribe, f)
+				}
+			}
+			slices.Sort(v.Unsubscribe)
 			switch {
-			case !away, !t.Holds(id), p.ended[id].Equal(since):
+			case !t.Holds(id):
+				if len(want) == 0 {
+					continue // nothing to queue for
+				}
+				v.Shadow = true
+			case p.ended[id].Equal(since):
 			case now.Sub(since) < Quiet:
 			case !l.Received.After(since):
 				// The listing is older than the client's departure from
 				// here: it may be stale (a dead peer's last word).
 			default:
-				if !slices.Contains(out, id) {
-					out = append(out, id)
-				}
+				byID[id] = v
+				continue
+			}
+			if v.Shadow {
+				byID[id] = v
 			}
 		}
 	}
@@ -81,11 +141,55 @@ func (p *Policy) Decide(t *Tracker, peers map[string]Listed, now time.Time) []st
 			delete(p.ended, id)
 		}
 	}
-	slices.Sort(out)
-	return out
+	out := make([]Visit, 0, len(byID))
+	for _, id := range slices.Sorted(maps.Keys(byID)) {
+		out = append(out, byID[id])
+	}
+	return out, skipped
 }
 
-// Drained records that the session of id here was drained, after its
+// Shadowable says why a listed filter cannot be held by a shadow ("": it
+// can): a shared subscription would make the shadow a member of the group
+// here and take its messages from the live members; $mqha is the cluster's
+// own; anything else must be a valid MQTT filter at QoS 0-2.
+func Shadowable(filter string, qos byte) string {
+	switch {
+	case strings.HasPrefix(filter, "$share/"):
+		return Shared
+	case strings.HasPrefix(filter, "$mqha/"):
+		return Reserved
+	case qos > 2, !validFilter(filter):
+		return Invalid
+	}
+	return ""
+}
+
+// Why Shadowable refuses a filter.
+const (
+	Shared   = "shared subscription"
+	Reserved = "reserved topic"
+	Invalid  = "invalid filter"
+)
+
+// validFilter: MQTT's rules for a topic filter (UTF-8 without NUL, at most
+// 65535 bytes; '#' alone and last in its level; '+' alone in its level).
+func validFilter(f string) bool {
+	if f == "" || len(f) > 65535 || !utf8.ValidString(f) || strings.ContainsRune(f, 0) {
+		return false
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return false
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return false
+		}
+	}
+	return true
+}
+
+// Drained records that the session of id here was visited, after its
 // client's departure as t knows it.
 func (p *Policy) Drained(t *Tracker, id string) {
 	_, since := t.Away(id)

@@ -1,6 +1,8 @@
 package sessions
 
 import (
+	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -101,6 +103,15 @@ func TestTrackerConnections(t *testing.T) {
 	}
 }
 
+// ids are the client ids of visits.
+func ids(v []Visit, _ map[string]int) string {
+	var out []string
+	for _, x := range v {
+		out = append(out, x.ID)
+	}
+	return strings.Join(out, " ")
+}
+
 func TestPolicy(t *testing.T) {
 	start := time.Unix(1000, 0)
 	tr := NewTracker()
@@ -110,7 +121,7 @@ func TestPolicy(t *testing.T) {
 		"1050: Client left closed its connection.",
 		"1001: New client connected from 10.0.0.1:3 as leftlong (p2, c0, k30, u'client').",
 		"1010: Client leftlong closed its connection.")
-	tr.Restore([]string{"restored", "here"})
+	tr.Restore(map[string]Subs{"restored": nil, "here": nil})
 	at := func(s int64) time.Time { return time.Unix(s, 0) }
 	for _, tt := range []struct {
 		name  string
@@ -119,19 +130,19 @@ func TestPolicy(t *testing.T) {
 		want  string
 	}{
 		{"nothing listed", nil, at(2000), ""},
-		{"connected here is never ended", map[string]Listed{"b": {[]string{"here"}, at(1100), true}}, at(1120), ""},
-		{"away less than Quiet", map[string]Listed{"b": {[]string{"left", "leftlong"}, at(1060), true}}, at(1070), "leftlong"},
-		{"away long enough", map[string]Listed{"b": {[]string{"left", "leftlong"}, at(1060), true}}, at(1090), "left leftlong"},
-		{"a listing older than the departure", map[string]Listed{"b": {[]string{"left"}, at(1040), true}}, at(1200), ""},
-		{"unknown here: held nowhere here", map[string]Listed{"b": {[]string{"other"}, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), ""},
-		{"restored: away since the start", map[string]Listed{"b": {[]string{"restored"}, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), "restored"},
-		{"listed by two peers, ended once", map[string]Listed{"b": {[]string{"left"}, at(1100), true}, "c": {[]string{"left"}, at(1100), true}}, at(1120), "left"},
-		{"a listing not republished yet", map[string]Listed{"b": {[]string{"left"}, at(1100), false}}, at(1120), ""},
-		{"a listing no longer republished", map[string]Listed{"b": {[]string{"left"}, at(1100), true}}, at(1100).Add(Fresh + time.Second), ""},
+		{"connected here is never ended", map[string]Listed{"b": {[]string{"here"}, nil, at(1100), true}}, at(1120), ""},
+		{"away less than Quiet", map[string]Listed{"b": {[]string{"left", "leftlong"}, nil, at(1060), true}}, at(1070), "leftlong"},
+		{"away long enough", map[string]Listed{"b": {[]string{"left", "leftlong"}, nil, at(1060), true}}, at(1090), "left leftlong"},
+		{"a listing older than the departure", map[string]Listed{"b": {[]string{"left"}, nil, at(1040), true}}, at(1200), ""},
+		{"unknown here: held nowhere here", map[string]Listed{"b": {[]string{"other"}, nil, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), ""},
+		{"restored: away since the start", map[string]Listed{"b": {[]string{"restored"}, nil, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), "restored"},
+		{"listed by two peers, ended once", map[string]Listed{"b": {[]string{"left"}, nil, at(1100), true}, "c": {[]string{"left"}, nil, at(1100), true}}, at(1120), "left"},
+		{"a listing not republished yet", map[string]Listed{"b": {[]string{"left"}, nil, at(1100), false}}, at(1120), ""},
+		{"a listing no longer republished", map[string]Listed{"b": {[]string{"left"}, nil, at(1100), true}}, at(1100).Add(Fresh + time.Second), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := NewPolicy()
-			if got := strings.Join(p.Decide(tr, tt.peers, tt.now), " "); got != tt.want {
+			if got := ids(p.Decide(tr, tt.peers, tt.now)); got != tt.want {
 				t.Errorf("ended %q, want %q", got, tt.want)
 			}
 		})
@@ -140,21 +151,21 @@ func TestPolicy(t *testing.T) {
 	// Once ended, a session is not ended again until its client came back
 	// here and left again.
 	p := NewPolicy()
-	peers := map[string]Listed{"b": {[]string{"left"}, at(1060), true}}
-	if got := p.Decide(tr, peers, at(1100)); len(got) != 1 {
+	peers := map[string]Listed{"b": {[]string{"left"}, nil, at(1060), true}}
+	if got := ids(p.Decide(tr, peers, at(1100))); got != "left" {
 		t.Fatalf("ended %v, want left", got)
 	}
 	p.Drained(tr, "left")
-	peers["b"] = Listed{[]string{"left"}, at(1199), true}
-	if got := p.Decide(tr, peers, at(1200)); len(got) != 0 {
+	peers["b"] = Listed{[]string{"left"}, nil, at(1199), true}
+	if got := ids(p.Decide(tr, peers, at(1200))); got != "" {
 		t.Errorf("ended %v again", got)
 	}
 	feed(tr, "1300: New client connected from 10.0.0.1:2 as left (p2, c0, k30, u'client').",
 		"1301: Client left closed its connection.")
-	peers["b"] = Listed{[]string{"left"}, at(1302), true}
+	peers["b"] = Listed{[]string{"left"}, nil, at(1302), true}
 	p.Decide(tr, peers, at(1302))
-	peers["b"] = Listed{[]string{"left"}, at(1400), true}
-	if got := p.Decide(tr, peers, at(1400)); len(got) != 1 {
+	peers["b"] = Listed{[]string{"left"}, nil, at(1400), true}
+	if got := ids(p.Decide(tr, peers, at(1400))); got != "left" {
 		t.Errorf("ended %v after the client came back and left, want left", got)
 	}
 
@@ -162,26 +173,26 @@ func TestPolicy(t *testing.T) {
 	p.Drained(tr, "left")
 	feed(tr, "1401: New client connected from 127.0.0.1:9 as left (p2, c0, k30, u'broker1').",
 		"1401: Client left disconnected.")
-	peers["b"] = Listed{[]string{"left"}, at(1420), true}
-	if got := p.Decide(tr, peers, at(1420)); len(got) != 0 {
+	peers["b"] = Listed{[]string{"left"}, nil, at(1420), true}
+	if got := ids(p.Decide(tr, peers, at(1420))); got != "" {
 		t.Errorf("drained %v again within Quiet of the last drain", got)
 	}
-	peers["b"] = Listed{[]string{"left"}, at(1440), true}
-	if got := p.Decide(tr, peers, at(1440)); len(got) != 1 {
+	peers["b"] = Listed{[]string{"left"}, nil, at(1440), true}
+	if got := ids(p.Decide(tr, peers, at(1440))); got != "left" {
 		t.Errorf("drained %v Quiet after the last drain, want left", got)
 	}
 	// A clean connect under the id ended the session: nothing to drain.
 	feed(tr, "1441: New client connected from 10.0.0.1:9 as left (p2, c1, k30, u'client').",
 		"1441: Client left disconnected.")
-	peers["b"] = Listed{[]string{"left"}, at(1500), true}
-	if got := p.Decide(tr, peers, at(1500)); len(got) != 0 {
+	peers["b"] = Listed{[]string{"left"}, nil, at(1500), true}
+	if got := ids(p.Decide(tr, peers, at(1500))); got != "" {
 		t.Errorf("drained %v after a clean connect ended the session", got)
 	}
 
 	// A tracker that did not see mosquitto start ends nothing.
 	blind := NewTracker()
-	blind.Restore([]string{"x"})
-	if got := NewPolicy().Decide(blind, map[string]Listed{"b": {[]string{"x"}, at(5000), true}}, at(9000)); len(got) != 0 {
+	blind.Restore(map[string]Subs{"x": nil})
+	if got := ids(NewPolicy().Decide(blind, map[string]Listed{"b": {[]string{"x"}, nil, at(5000), true}}, at(9000))); got != "" {
 		t.Errorf("ended %v without knowing who is connected", got)
 	}
 }
@@ -196,14 +207,92 @@ func TestTrackerHeld(t *testing.T) {
 		"1001: New client connected from 10.0.0.1:3 as clean (p2, c1, k30, u'client').",
 		"1002: Client b closed its connection.",
 		"1003: New client connected from 127.0.0.1:4 as b (p2, c1, k30, u'broker1').",
-		"1003: Client b disconnected.")
-	tr.Restore([]string{"r"})
-	if got := strings.Join(tr.Held(), " "); got != "a r" {
-		t.Errorf("held %q, want \"a r\"", got)
+		"1003: Client b disconnected.",
+		"1004: a 1 t/#")
+	tr.Restore(map[string]Subs{"r": {"x": 0}})
+	held := func() string { b, _ := json.Marshal(tr.Held()); return string(b) }
+	want := `{"a":{"t/#":1},"r":{"x":0}}`
+	if got := held(); got != want {
+		t.Errorf("held %s, want %s", got, want)
 	}
 	feed(tr, "1100: mosquitto version 2.0.11 starting")
-	if got := strings.Join(tr.Held(), " "); got != "a r" {
-		t.Errorf("held after a restart %q, want \"a r\" (restored from mosquitto's persistence)", got)
+	if got := held(); got != want {
+		t.Errorf("held after a restart %s, want %s (restored from mosquitto's persistence)", got, want)
+	}
+}
+
+// Subscriptions follow the log lines of connected clients; a clean
+// connect starts a new session without them, a persistent one resumes.
+func TestTrackerSubscriptions(t *testing.T) {
+	tr := NewTracker()
+	feed(tr, "1000: mosquitto version 2.0.11 starting",
+		"1001: New client connected from 10.0.0.1:1 as a (p2, c0, k30, u'client').",
+		"1001: a 1 t/#",
+		"1001: a 0 with space/+",
+		"1001: a 2 gone",
+		"1002: a gone",
+		"1002: nobody 1 x", // not a connected client: another line
+		"1003: Client a closed its connection.",
+		"1004: a 1 late", // a is not connected: not a subscription
+		"1005: New client connected from 10.0.0.1:2 as a (p2, c0, k30, u'client').")
+	if got := fmt.Sprint(tr.Subs("a")); got != "map[t/#:1 with space/+:0]" {
+		t.Errorf("subs %s after a resumed session", got)
+	}
+	feed(tr, "1006: New client connected from 10.0.0.1:2 as a (p2, c1, k30, u'client').")
+	if got := tr.Subs("a"); len(got) != 0 {
+		t.Errorf("subs %v after a clean connect", got)
+	}
+}
+
+// Shadows: a client a live peer lists with subscriptions gets a shadow at
+// once on a broker without its session; a copy here gets the listed
+// subscriptions on its next drain; filters a shadow cannot hold are
+// counted, never subscribed; a client connected here is never visited.
+func TestPolicyShadows(t *testing.T) {
+	tr := NewTracker()
+	feed(tr, "1000: mosquitto version 2.0.11 starting",
+		"1001: New client connected from 10.0.0.1:1 as copy (p2, c0, k30, u'client').",
+		"1001: copy 1 old",
+		"1001: copy 1 kept",
+		"1002: Client copy closed its connection.",
+		"1001: New client connected from 10.0.0.1:2 as here (p2, c0, k30, u'client').")
+	at := func(s int64) time.Time { return time.Unix(s, 0) }
+	peers := map[string]Listed{"b": {
+		Clients: []string{"new", "copy", "here", "nosubs", "shared"},
+		Subs: map[string]Subs{
+			"new":    {"a/+": 1, "b": 0},
+			"copy":   {"kept": 1, "added": 1},
+			"here":   {"x": 1},
+			"shared": {"$share/g/t": 1, "$mqha/sessions/mqtt/b": 1, "bad/#/x": 1},
+		},
+		Received: at(1010), Live: true}}
+	p := NewPolicy()
+	got, skipped := p.Decide(tr, peers, at(1011))
+	if s := fmt.Sprint(got); s != "[{new b map[a/+:1 b:0] [] true}]" {
+		t.Errorf("visits %s, want a shadow of new only (copy left 9 s ago)", s)
+	}
+	if s := fmt.Sprint(skipped); s != "map[invalid filter:1 reserved topic:1 shared subscription:1]" {
+		t.Errorf("skipped %s", s)
+	}
+	p.Drained(tr, "new")
+	feed(tr, "1012: New client connected from 127.0.0.1:3 as new (p2, c0, k30, u'broker1').",
+		"1012: new 1 a/+", "1012: new 0 b", "1012: Client new disconnected.")
+	peers["b"] = Listed{Clients: peers["b"].Clients, Subs: peers["b"].Subs, Received: at(1040), Live: true}
+	got, _ = p.Decide(tr, peers, at(1040))
+	if s := fmt.Sprint(got); s != "[{copy b map[added:1] [old] false}]" {
+		t.Errorf("visits %s, want the copy drained and moved to the listed filters (new is Quiet since its shadow)", s)
+	}
+}
+
+func TestListingSame(t *testing.T) {
+	a := Listing{Clients: []string{"x"}, Subs: map[string]Subs{"x": {"t": 1}}, At: 1}
+	b := Listing{Clients: []string{"x"}, Subs: map[string]Subs{"x": {"t": 1}}, At: 2}
+	if !a.Same(b) {
+		t.Error("same listing at another time differs")
+	}
+	b.Subs["x"]["t"] = 0
+	if a.Same(b) {
+		t.Error("another QoS is the same")
 	}
 }
 

@@ -20,6 +20,7 @@
 package sessions
 
 import (
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -27,11 +28,15 @@ import (
 	"time"
 )
 
+// Subs are a session's subscriptions: topic filter -> QoS.
+type Subs map[string]byte
+
 // client is what the tracker knows of one client id on this broker.
 type client struct {
 	connected  bool
 	persistent bool      // its last connect kept a session (clean session off, or MQTT 5)
 	at         time.Time // its last connect or disconnect
+	subs       Subs      // its session's subscriptions here, as logged (log_type subscribe)
 	// tombstone: a clean connect replaced a persistent session: kept after
 	// its disconnect to say this broker holds no session for the id.
 	tombstone bool
@@ -39,8 +44,10 @@ type client struct {
 
 // Tracker follows mosquitto 2.0's connection lines ("New client connected
 // from ... as ID (pP, cC, kK...)", "Client ID closed its connection." and
-// the other disconnect lines) from the start of the running mosquitto, and
-// knows which clients are connected. It is not safe for concurrent use.
+// the other disconnect lines) and subscription lines ("ID QOS FILTER",
+// "ID FILTER") from the start of the running mosquitto, and knows which
+// clients are connected and what each session here subscribed. It is not
+// safe for concurrent use.
 type Tracker struct {
 	clients map[string]*client
 	start   time.Time // the running mosquitto's start as seen in its log (zero: not seen)
@@ -94,6 +101,9 @@ func (t *Tracker) Observe(line string, now time.Time) {
 		old := t.clients[m[1]]
 		c := &client{connected: true, persistent: m[3] == "0" || m[2] == "5", at: at}
 		c.tombstone = !c.persistent && old != nil && (old.persistent || old.tombstone)
+		if c.persistent && m[3] == "0" && old != nil && old.persistent {
+			c.subs = old.subs // the session resumed, its subscriptions with it
+		}
 		t.clients[m[1]] = c
 	case strings.HasPrefix(line, "Client "), strings.HasPrefix(line, "Bad socket read/write on client "):
 		id, ok := disconnected(line)
@@ -109,7 +119,30 @@ func (t *Tracker) Observe(line string, now time.Time) {
 			return
 		}
 		c.connected, c.at = false, at
+	default:
+		t.subscription(line)
 	}
+}
+
+// subscription takes a subscription line of a connected client: "ID QOS
+// FILTER" (log_type subscribe; logged once the ACL allowed it) or "ID
+// FILTER" (log_type unsubscribe). Lines of ids that are not connected are
+// other lines. An unsubscribe of a filter that starts with "0 ", "1 " or
+// "2 " reads as a subscribe: the line does not say which it is.
+func (t *Tracker) subscription(line string) {
+	id, rest, ok := strings.Cut(line, " ")
+	c := t.clients[id]
+	if !ok || c == nil || !c.connected {
+		return
+	}
+	if len(rest) > 2 && rest[0] >= '0' && rest[0] <= '2' && rest[1] == ' ' {
+		if c.subs == nil {
+			c.subs = Subs{}
+		}
+		c.subs[rest[2:]] = rest[0] - '0'
+		return
+	}
+	delete(c.subs, rest)
 }
 
 // disconnected is the client id of a disconnect line.
@@ -180,26 +213,35 @@ func (t *Tracker) Holds(id string) bool {
 	return c != nil && c.persistent
 }
 
-// Held are the client ids this broker holds a session for, sorted: what
+// Subs are the subscriptions of the session this broker holds for id, as
+// logged (nil: none known).
+func (t *Tracker) Subs(id string) Subs {
+	c := t.clients[id]
+	if c == nil || !c.persistent {
+		return nil
+	}
+	return maps.Clone(c.subs)
+}
+
+// Held are the sessions this broker holds, with their subscriptions: what
 // the agent keeps across its restarts (Restore), since mosquitto restores
-// the sessions from its persistence.
-func (t *Tracker) Held() []string {
-	var out []string
+// the sessions from its persistence and does not log them again.
+func (t *Tracker) Held() map[string]Subs {
+	out := map[string]Subs{}
 	for id, c := range t.clients {
 		if c.persistent {
-			out = append(out, id)
+			out[id] = maps.Clone(c.subs)
 		}
 	}
-	slices.Sort(out)
 	return out
 }
 
 // Restore takes the sessions an earlier run of the agent knew this broker
 // holds; their clients count as away since mosquitto's start until seen.
-func (t *Tracker) Restore(ids []string) {
-	for _, id := range ids {
+func (t *Tracker) Restore(held map[string]Subs) {
+	for id, subs := range held {
 		if t.clients[id] == nil {
-			t.clients[id] = &client{persistent: true, at: t.start}
+			t.clients[id] = &client{persistent: true, at: t.start, subs: maps.Clone(subs)}
 		}
 	}
 }
