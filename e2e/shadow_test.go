@@ -276,3 +276,28 @@ func TestSessionSurvivesBrokerPowerOff(t *testing.T) {
 		})
 	}
 }
+
+// TestShadowEndsWithItsSession: a client that ends its persistent session
+// (a clean connect) on its broker has the shadows of it ended on the
+// others, which would otherwise queue for it for ever.
+func TestShadowEndsWithItsSession(t *testing.T) {
+	a, b := landsOn(t)
+	id := fmt.Sprintf("e2e-shadow-ended-%d", time.Now().UnixNano())
+	c, _ := connectPersistent(t, vip(), id, nil, nil)
+	if tok := c.Subscribe("e2e/shadow/ended", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	shadowed(t, b, id)
+	c.Disconnect(50)
+	client(t, vip(), id, true).Disconnect(50) // a clean connect ends it on a
+	// a lists the end within a round, b's agent acts in the next: about
+	// 10 s; bound 60 s.
+	took := waitFor(t, 60*time.Second, b+"'s agent ending its shadow of "+id, func() bool {
+		time.Sleep(500 * time.Millisecond)
+		return strings.Contains(onAny(t, b, "journalctl", "-u", "mqha-agent", "--since", "-5min", "--no-pager", "--grep", "ended this broker's copy"), "client="+id)
+	})
+	report(t, "a client ended its persistent session on %s with a clean connect: %s ended its shadow %s later", a, b, took.Round(100*time.Millisecond))
+	if _, present := connectPersistent(t, brokerAddr(t, b), id, nil, nil); present {
+		t.Errorf("%s still holds a session for %s after it ended on %s", b, id, a)
+	}
+}

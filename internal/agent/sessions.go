@@ -51,6 +51,7 @@ type sessionKeeper struct {
 	messages prometheus.Counter
 	here     prometheus.Gauge
 	shadowed prometheus.Counter
+	ended    prometheus.Counter
 	spaced   prometheus.Counter
 	unheld   *prometheus.GaugeVec
 	unheldBy map[string]int // unheld, as last logged (FollowMosquitto's goroutine only)
@@ -66,6 +67,8 @@ func newSessionKeeper() *sessionKeeper {
 			Help: "Clients connected to this broker with a persistent session, as its agent lists them to the other brokers."}),
 		shadowed: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_shadowed_total",
 			Help: "Shadows made on this broker: sessions of clients connected to another broker, kept with their subscriptions so that this broker queues for them."}),
+		ended: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_ended_total",
+			Help: "Copies of sessions ended on this broker because another broker listed their end (a clean connect there, or their expiry)."}),
 		spaced: prometheus.NewCounter(prometheus.CounterOpts{Name: "mqha_sessions_untracked_total",
 			Help: "Connection lines of client ids with a space, which the log cannot tell apart: their sessions have no shadow and are never drained."}),
 		unheld: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mqha_sessions_unshadowed_filters",
@@ -102,6 +105,7 @@ func (k *sessionKeeper) listings() map[string]sessions.Listed {
 // names.
 func (a *Agent) FollowMosquitto(ctx context.Context) {
 	tr, pol := sessions.NewTracker(), sessions.NewPolicy()
+	tr.Self = a.node
 	cursor, first := journalFromStart, true
 	heldFile := filepath.Join(a.cfg.StateDir, "sessions-held.json")
 	var held []byte
@@ -198,7 +202,7 @@ func (a *Agent) FollowMosquitto(ctx context.Context) {
 				here = here[:sessions.MaxListed]
 			}
 			a.sessions.here.Set(float64(len(here)))
-			l := sessions.Listing{Clients: here, Subs: map[string]sessions.Subs{}}
+			l := sessions.Listing{Clients: here, Subs: map[string]sessions.Subs{}, Ended: tr.Ended(a.d.Now())}
 			for _, id := range here {
 				if s := tr.Subs(id); len(s) > 0 {
 					l.Subs[id] = s
@@ -272,7 +276,12 @@ func readHeld(b []byte) (map[string]sessions.Subs, error) {
 // clients, reconnecting, find of their sessions (a dead broker's listing
 // is trusted until it is Fresh-old: no will clears it).
 func (a *Agent) visitSessions(ctx context.Context, v *View, tr *sessions.Tracker, pol *sessions.Policy) {
-	visits, skipped := pol.Decide(tr, a.sessions.listings(), a.d.Now())
+	peers, now := a.sessions.listings(), a.d.Now()
+	visits, skipped := pol.Decide(tr, peers, now)
+	ends := sessions.Ends(tr, peers, now)
+	if len(ends) > drainsPerRound {
+		ends = ends[:drainsPerRound]
+	}
 	for _, why := range []string{sessions.Shared, sessions.Reserved, sessions.Invalid} {
 		if n := skipped[why]; n != a.sessions.unheldBy[why] {
 			if n > a.sessions.unheldBy[why] {
@@ -303,6 +312,17 @@ func (a *Agent) visitSessions(ctx context.Context, v *View, tr *sessions.Tracker
 	}
 	local := cluster.HostPort("127.0.0.1", v.Cluster.Ports.Broker)
 	tc := daemon.WithName(v.TLS, v.Node.Address)
+	for _, id := range ends {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := a.d.EndSession(ctx, local, tc, id)
+		cancel()
+		if err != nil {
+			a.log.Error("end this broker's copy of a session that ended on another broker", "client", id, "err", err)
+			continue
+		}
+		a.sessions.ended.Inc()
+		a.log.Info("ended this broker's copy of a persistent session: it ended on another broker (a clean connect, or its expiry)", "client", id)
+	}
 	type result struct {
 		n       int
 		present bool

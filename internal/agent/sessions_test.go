@@ -86,3 +86,32 @@ func TestVisitSessionsSparesADeadBrokersClients(t *testing.T) {
 		t.Errorf("visited %v for a broker that does not answer", d)
 	}
 }
+
+// A session a peer lists as ended (a clean connect there) is ended here.
+func TestEndSessionsWiring(t *testing.T) {
+	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
+	h.src.head = "c1"
+	h.poll()
+	now := h.clock.now()
+	tr := sessions.NewTracker()
+	for _, l := range []string{
+		strconv.FormatInt(now.Add(-10*time.Minute).Unix(), 10) + ": mosquitto version 2.0.11 starting",
+		strconv.FormatInt(now.Add(-9*time.Minute).Unix(), 10) + ": New client connected from 10.0.0.1:1 as cleaned (p2, c0, k30, u'client').",
+		strconv.FormatInt(now.Add(-8*time.Minute).Unix(), 10) + ": Client cleaned closed its connection.",
+	} {
+		tr.Observe(l, now)
+	}
+	for at := range int64(2) {
+		h.a.sessions.received("broker2", sessions.Listing{Ended: map[string]int64{"cleaned": now.Add(-time.Minute).UnixMilli()}, At: at + 1}.Encode(), now)
+	}
+	h.onLoop(func() { h.a.visitSessions(context.Background(), h.a.view, tr, sessions.NewPolicy()) })
+	h.mu.Lock()
+	ended := strings.Join(h.ended, " ")
+	h.mu.Unlock()
+	if ended != "127.0.0.1:8883 cleaned" {
+		t.Errorf("ended %q, want the copy of cleaned on this broker", ended)
+	}
+	if n := testutil.ToFloat64(h.a.sessions.ended); n != 1 {
+		t.Errorf("mqha_sessions_ended_total %v, want 1", n)
+	}
+}

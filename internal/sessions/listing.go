@@ -30,6 +30,10 @@ type Listing struct {
 	// shadows of their sessions with them); a client without any is left
 	// out.
 	Subs map[string]Subs `json:"subs,omitempty"`
+	// Ended are the clients whose session on this broker ended (a clean
+	// connect, or its expiry) within EndedFor, with when (unix ms, the
+	// publisher's clock): the other brokers end their copies.
+	Ended map[string]int64 `json:"ended,omitempty"`
 	// At is when it was published (unix ms, the publisher's clock): a
 	// listing older than one already received from that broker is stale.
 	At int64 `json:"at"`
@@ -37,7 +41,7 @@ type Listing struct {
 
 // Same reports whether l lists what o lists (At aside).
 func (l Listing) Same(o Listing) bool {
-	if !slices.Equal(l.Clients, o.Clients) || len(l.Subs) != len(o.Subs) {
+	if !slices.Equal(l.Clients, o.Clients) || len(l.Subs) != len(o.Subs) || !maps.Equal(l.Ended, o.Ended) {
 		return false
 	}
 	for id, s := range l.Subs {

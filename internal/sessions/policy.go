@@ -23,11 +23,19 @@ const Fresh = 3 * Republish
 type Listed struct {
 	Clients  []string
 	Subs     map[string]Subs
+	Ended    map[string]EndedOn
 	Received time.Time // this node's clock
 	// Live: it superseded an earlier listing of the same broker received
 	// by this agent, so that broker's agent is publishing now (a retained
 	// listing received alone may be a stale one a broker brought back).
 	Live bool
+}
+
+// EndedOn is a session end a peer listed: when it ended (unix ms, the
+// peer's clock) and when this agent first received it (its clock).
+type EndedOn struct {
+	At   int64
+	Seen time.Time
 }
 
 // Receive is the listing of a peer after l came: l supersedes the one it
@@ -40,7 +48,15 @@ func Receive(prev Listed, l Listing, now time.Time, prevAt int64) (Listed, int64
 	if l.At <= prevAt {
 		return prev, prevAt, false
 	}
-	return Listed{Clients: l.Clients, Subs: l.Subs, Received: now, Live: prevAt != 0}, l.At, true
+	ended := map[string]EndedOn{}
+	for id, at := range l.Ended {
+		e := EndedOn{At: at, Seen: now}
+		if p, ok := prev.Ended[id]; ok && p.At == at {
+			e.Seen = p.Seen
+		}
+		ended[id] = e
+	}
+	return Listed{Clients: l.Clients, Subs: l.Subs, Ended: ended, Received: now, Live: prevAt != 0}, l.At, true
 }
 
 // Visit is what the agent does to this broker's session of one client
@@ -146,6 +162,44 @@ func (p *Policy) Decide(t *Tracker, peers map[string]Listed, now time.Time) ([]V
 		out = append(out, byID[id])
 	}
 	return out, skipped
+}
+
+// Ends returns the client ids whose session here to end, sorted: a live
+// peer listed its end (a clean connect there, or its expiry), its client
+// (not the agent's visits) left here before both that end and its news
+// came, and no live peer lists it connected. MQTT discards a session on a clean connect; the
+// copies here would otherwise queue for it for ever.
+func Ends(t *Tracker, peers map[string]Listed, now time.Time) []string {
+	connected := map[string]bool{}
+	for _, l := range peers {
+		if l.Live && now.Sub(l.Received) <= Fresh {
+			for _, id := range l.Clients {
+				connected[id] = true
+			}
+		}
+	}
+	var out []string
+	for _, l := range peers {
+		if !l.Live || now.Sub(l.Received) > Fresh {
+			continue
+		}
+		for id, e := range l.Ended {
+			away, _ := t.Away(id)
+			if !away || !t.Holds(id) || connected[id] || slices.Contains(out, id) {
+				continue
+			}
+			// Both clocks: the news came after the client left here, and
+			// the end (the peer's clock) too; a step of either clock
+			// leaves the copy rather than end a newer session. The log's
+			// times are whole seconds: the same second counts as before.
+			if left := t.Left(id); !left.IsZero() && (!left.Before(e.Seen) || left.UnixMilli() > e.At) {
+				continue
+			}
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Shadowable says why a listed filter cannot be held by a shadow ("": it

@@ -130,15 +130,15 @@ func TestPolicy(t *testing.T) {
 		want  string
 	}{
 		{"nothing listed", nil, at(2000), ""},
-		{"connected here is never ended", map[string]Listed{"b": {[]string{"here"}, nil, at(1100), true}}, at(1120), ""},
-		{"away less than Quiet", map[string]Listed{"b": {[]string{"left", "leftlong"}, nil, at(1060), true}}, at(1070), "leftlong"},
-		{"away long enough", map[string]Listed{"b": {[]string{"left", "leftlong"}, nil, at(1060), true}}, at(1090), "left leftlong"},
-		{"a listing older than the departure", map[string]Listed{"b": {[]string{"left"}, nil, at(1040), true}}, at(1200), ""},
-		{"unknown here: held nowhere here", map[string]Listed{"b": {[]string{"other"}, nil, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), ""},
-		{"restored: away since the start", map[string]Listed{"b": {[]string{"restored"}, nil, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), "restored"},
-		{"listed by two peers, ended once", map[string]Listed{"b": {[]string{"left"}, nil, at(1100), true}, "c": {[]string{"left"}, nil, at(1100), true}}, at(1120), "left"},
-		{"a listing not republished yet", map[string]Listed{"b": {[]string{"left"}, nil, at(1100), false}}, at(1120), ""},
-		{"a listing no longer republished", map[string]Listed{"b": {[]string{"left"}, nil, at(1100), true}}, at(1100).Add(Fresh + time.Second), ""},
+		{"connected here is never ended", map[string]Listed{"b": {[]string{"here"}, nil, nil, at(1100), true}}, at(1120), ""},
+		{"away less than Quiet", map[string]Listed{"b": {[]string{"left", "leftlong"}, nil, nil, at(1060), true}}, at(1070), "leftlong"},
+		{"away long enough", map[string]Listed{"b": {[]string{"left", "leftlong"}, nil, nil, at(1060), true}}, at(1090), "left leftlong"},
+		{"a listing older than the departure", map[string]Listed{"b": {[]string{"left"}, nil, nil, at(1040), true}}, at(1200), ""},
+		{"unknown here: held nowhere here", map[string]Listed{"b": {[]string{"other"}, nil, nil, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), ""},
+		{"restored: away since the start", map[string]Listed{"b": {[]string{"restored"}, nil, nil, at(1001), true}}, at(start.Add(Quiet).Unix() + 1), "restored"},
+		{"listed by two peers, ended once", map[string]Listed{"b": {[]string{"left"}, nil, nil, at(1100), true}, "c": {[]string{"left"}, nil, nil, at(1100), true}}, at(1120), "left"},
+		{"a listing not republished yet", map[string]Listed{"b": {[]string{"left"}, nil, nil, at(1100), false}}, at(1120), ""},
+		{"a listing no longer republished", map[string]Listed{"b": {[]string{"left"}, nil, nil, at(1100), true}}, at(1100).Add(Fresh + time.Second), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := NewPolicy()
@@ -151,20 +151,20 @@ func TestPolicy(t *testing.T) {
 	// Once ended, a session is not ended again until its client came back
 	// here and left again.
 	p := NewPolicy()
-	peers := map[string]Listed{"b": {[]string{"left"}, nil, at(1060), true}}
+	peers := map[string]Listed{"b": {[]string{"left"}, nil, nil, at(1060), true}}
 	if got := ids(p.Decide(tr, peers, at(1100))); got != "left" {
 		t.Fatalf("ended %v, want left", got)
 	}
 	p.Drained(tr, "left")
-	peers["b"] = Listed{[]string{"left"}, nil, at(1199), true}
+	peers["b"] = Listed{[]string{"left"}, nil, nil, at(1199), true}
 	if got := ids(p.Decide(tr, peers, at(1200))); got != "" {
 		t.Errorf("ended %v again", got)
 	}
 	feed(tr, "1300: New client connected from 10.0.0.1:2 as left (p2, c0, k30, u'client').",
 		"1301: Client left closed its connection.")
-	peers["b"] = Listed{[]string{"left"}, nil, at(1302), true}
+	peers["b"] = Listed{[]string{"left"}, nil, nil, at(1302), true}
 	p.Decide(tr, peers, at(1302))
-	peers["b"] = Listed{[]string{"left"}, nil, at(1400), true}
+	peers["b"] = Listed{[]string{"left"}, nil, nil, at(1400), true}
 	if got := ids(p.Decide(tr, peers, at(1400))); got != "left" {
 		t.Errorf("ended %v after the client came back and left, want left", got)
 	}
@@ -173,18 +173,18 @@ func TestPolicy(t *testing.T) {
 	p.Drained(tr, "left")
 	feed(tr, "1401: New client connected from 127.0.0.1:9 as left (p2, c0, k30, u'broker1').",
 		"1401: Client left disconnected.")
-	peers["b"] = Listed{[]string{"left"}, nil, at(1420), true}
+	peers["b"] = Listed{[]string{"left"}, nil, nil, at(1420), true}
 	if got := ids(p.Decide(tr, peers, at(1420))); got != "" {
 		t.Errorf("drained %v again within Quiet of the last drain", got)
 	}
-	peers["b"] = Listed{[]string{"left"}, nil, at(1440), true}
+	peers["b"] = Listed{[]string{"left"}, nil, nil, at(1440), true}
 	if got := ids(p.Decide(tr, peers, at(1440))); got != "left" {
 		t.Errorf("drained %v Quiet after the last drain, want left", got)
 	}
 	// A clean connect under the id ended the session: nothing to drain.
 	feed(tr, "1441: New client connected from 10.0.0.1:9 as left (p2, c1, k30, u'client').",
 		"1441: Client left disconnected.")
-	peers["b"] = Listed{[]string{"left"}, nil, at(1500), true}
+	peers["b"] = Listed{[]string{"left"}, nil, nil, at(1500), true}
 	if got := ids(p.Decide(tr, peers, at(1500))); got != "" {
 		t.Errorf("drained %v after a clean connect ended the session", got)
 	}
@@ -192,7 +192,7 @@ func TestPolicy(t *testing.T) {
 	// A tracker that did not see mosquitto start ends nothing.
 	blind := NewTracker()
 	blind.Restore(map[string]Subs{"x": nil})
-	if got := ids(NewPolicy().Decide(blind, map[string]Listed{"b": {[]string{"x"}, nil, at(5000), true}}, at(9000))); got != "" {
+	if got := ids(NewPolicy().Decide(blind, map[string]Listed{"b": {[]string{"x"}, nil, nil, at(5000), true}}, at(9000))); got != "" {
 		t.Errorf("ended %v without knowing who is connected", got)
 	}
 }
@@ -327,5 +327,81 @@ func TestListingDecode(t *testing.T) {
 	l, err := Decode(Listing{Clients: []string{"a", "b"}, At: 7}.Encode())
 	if err != nil || !slices.Equal(l.Clients, []string{"a", "b"}) || l.At != 7 {
 		t.Errorf("round trip: %v %v", l, err)
+	}
+}
+
+// A clean connect or an expiry ends a session: listed for EndedFor, then
+// forgotten.
+func TestTrackerEnded(t *testing.T) {
+	tr := NewTracker()
+	feed(tr, "1000: mosquitto version 2.0.11 starting",
+		"1001: New client connected from 10.0.0.1:1 as cleaned (p2, c0, k30, u'client').",
+		"1002: Client cleaned closed its connection.",
+		"1003: New client connected from 10.0.0.1:1 as cleaned (p2, c1, k30, u'client').",
+		"1004: Client cleaned closed its connection.",
+		"1001: New client connected from 10.0.0.1:2 as expired (p5, c0, k30, u'client').",
+		"1002: Client expired closed its connection.",
+		"1500: Expiring client expired due to timeout.",
+		"1001: New client connected from 10.0.0.1:3 as clean (p2, c1, k30, u'client').")
+	if got := fmt.Sprint(tr.Ended(time.Unix(1600, 0))); got != "map[cleaned:1003000 expired:1500000]" {
+		t.Errorf("ended %s", got)
+	}
+	if tr.Holds("cleaned") || tr.Holds("expired") {
+		t.Error("an ended session is held")
+	}
+	if got := tr.Ended(time.Unix(1500, 0).Add(EndedFor + time.Second)); len(got) != 0 {
+		t.Errorf("ended %v after EndedFor", got)
+	}
+}
+
+// A copy here is ended when a live peer lists the session's end, news and
+// end both after its client left here, and no live peer lists the client
+// connected.
+func TestEnds(t *testing.T) {
+	tr := NewTracker()
+	tr.Self = "broker1"
+	feed(tr, "1000: mosquitto version 2.0.11 starting",
+		"1100: New client connected from 127.0.0.1:9 as shadow (p2, c0, k30, u'broker1').",
+		"1100: Client shadow disconnected.",
+		"1001: New client connected from 10.0.0.1:1 as old (p2, c0, k30, u'client').",
+		"1002: Client old closed its connection.",
+		"1001: New client connected from 10.0.0.1:1 as moved (p2, c0, k30, u'client').",
+		"1002: Client moved closed its connection.",
+		"1001: New client connected from 10.0.0.1:1 as here (p2, c0, k30, u'client').",
+		"1001: New client connected from 10.0.0.1:1 as newer (p2, c0, k30, u'client').",
+		"1100: Client newer closed its connection.")
+	at := func(s int64) time.Time { return time.Unix(s, 0) }
+	ended := func(id string, endedAt, seen int64) map[string]EndedOn {
+		return map[string]EndedOn{id: {At: endedAt * 1000, Seen: at(seen)}}
+	}
+	for _, tt := range []struct {
+		name  string
+		peers map[string]Listed
+		want  string
+	}{
+		{"ended elsewhere after it left", map[string]Listed{"b": {Ended: ended("old", 1050, 1055), Received: at(1060), Live: true}}, "old"},
+		{"connected here", map[string]Listed{"b": {Ended: ended("here", 1050, 1055), Received: at(1060), Live: true}}, ""},
+		{"a newer session here", map[string]Listed{"b": {Ended: ended("newer", 1050, 1055), Received: at(1060), Live: true}}, ""},
+		{"connected to a third broker", map[string]Listed{"b": {Ended: ended("moved", 1050, 1055), Received: at(1060), Live: true},
+			"c": {Clients: []string{"moved"}, Received: at(1060), Live: true}}, ""},
+		{"the agent's visit after the end", map[string]Listed{"b": {Ended: ended("shadow", 1050, 1055), Received: at(1060), Live: true}}, "shadow"},
+		{"a listing not live", map[string]Listed{"b": {Ended: ended("old", 1050, 1055), Received: at(1060)}}, ""},
+		{"the peer's clock behind", map[string]Listed{"b": {Ended: ended("old", 1000, 1055), Received: at(1060), Live: true}}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := strings.Join(Ends(tr, tt.peers, at(1070)), " "); got != tt.want {
+				t.Errorf("ends %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The first time a peer's end was received is kept across its
+// republishing.
+func TestReceiveKeepsWhenAnEndWasSeen(t *testing.T) {
+	l, at, _ := Receive(Listed{}, Listing{Ended: map[string]int64{"x": 5}, At: 1}, time.Unix(100, 0), 0)
+	l, _, _ = Receive(l, Listing{Ended: map[string]int64{"x": 5}, At: 2}, time.Unix(120, 0), at)
+	if got := l.Ended["x"].Seen; !got.Equal(time.Unix(100, 0)) {
+		t.Errorf("seen %v, want the first receipt", got)
 	}
 }

@@ -37,9 +37,14 @@ type client struct {
 	persistent bool      // its last connect kept a session (clean session off, or MQTT 5)
 	at         time.Time // its last connect or disconnect
 	subs       Subs      // its session's subscriptions here, as logged (log_type subscribe)
-	// tombstone: a clean connect replaced a persistent session: kept after
-	// its disconnect to say this broker holds no session for the id.
+	user       string    // the connection's user (its certificate's name)
+	left       time.Time // the client's own last departure (not a visit of the agent)
+	// tombstone: a clean connect replaced a persistent session, or it
+	// expired: kept after its disconnect to say this broker holds no
+	// session for the id (ended: since when), which the listing tells the
+	// other brokers for EndedFor, so that they end their copies.
 	tombstone bool
+	ended     time.Time
 }
 
 // Tracker follows mosquitto 2.0's connection lines ("New client connected
@@ -49,6 +54,9 @@ type client struct {
 // clients are connected and what each session here subscribed. It is not
 // safe for concurrent use.
 type Tracker struct {
+	// Self is the user this node's agent connects as: its connections
+	// under a client's id are visits (drains, shadows), not the client.
+	Self    string
 	clients map[string]*client
 	start   time.Time // the running mosquitto's start as seen in its log (zero: not seen)
 	skipped int       // connection lines whose client id cannot be told apart (a space)
@@ -63,7 +71,7 @@ var (
 	stamp = regexp.MustCompile(`^(\d+): `)
 	// The client id cannot contain " (p" in a line we trust: ids with a
 	// space are skipped.
-	connected = regexp.MustCompile(`^New client connected from \S+ as (\S+) \(p(\d), c([01]), k\d+(?:, u'.*')?\)\.$`)
+	connected = regexp.MustCompile(`^New client connected from \S+ as (\S+) \(p(\d), c([01]), k\d+(?:, u'(.*)')?\)\.$`)
 	// A duplicate's takeover logs "already connected" and then the new
 	// connection's line: the id stays connected.
 	disconnects = []string{" closed its connection.", " disconnected.", " has exceeded timeout, disconnecting.",
@@ -99,12 +107,24 @@ func (t *Tracker) Observe(line string, now time.Time) {
 			return
 		}
 		old := t.clients[m[1]]
-		c := &client{connected: true, persistent: m[3] == "0" || m[2] == "5", at: at}
+		c := &client{connected: true, persistent: m[3] == "0" || m[2] == "5", at: at, user: m[4]}
+		if old != nil {
+			c.left = old.left
+		}
 		c.tombstone = !c.persistent && old != nil && (old.persistent || old.tombstone)
+		if c.tombstone {
+			c.ended = at
+		}
 		if c.persistent && m[3] == "0" && old != nil && old.persistent {
 			c.subs = old.subs // the session resumed, its subscriptions with it
 		}
 		t.clients[m[1]] = c
+	case strings.HasPrefix(line, "Expiring client ") && strings.HasSuffix(line, " due to timeout."):
+		id, ok := noSpace(strings.TrimSuffix(strings.TrimPrefix(line, "Expiring client "), " due to timeout."))
+		if !ok {
+			return
+		}
+		t.clients[id] = &client{tombstone: true, ended: at, at: at}
 	case strings.HasPrefix(line, "Client "), strings.HasPrefix(line, "Bad socket read/write on client "):
 		id, ok := disconnected(line)
 		if !ok {
@@ -117,6 +137,9 @@ func (t *Tracker) Observe(line string, now time.Time) {
 		if !c.persistent && !c.tombstone {
 			delete(t.clients, id) // a clean session ends with its connection
 			return
+		}
+		if c.connected && c.user != t.Self {
+			c.left = at
 		}
 		c.connected, c.at = false, at
 	default:
@@ -205,6 +228,15 @@ func (t *Tracker) Away(id string) (bool, time.Time) {
 	return true, c.at
 }
 
+// Left is when client id itself last left this broker (zero: not since
+// the tracker started, or only the agent's visits).
+func (t *Tracker) Left(id string) time.Time {
+	if c := t.clients[id]; c != nil {
+		return c.left
+	}
+	return time.Time{}
+}
+
 // Holds reports whether this broker holds a session for client id, as far
 // as the agent knows: after a persistent connect here (seen, or restored),
 // until a clean connect under the id.
@@ -244,6 +276,30 @@ func (t *Tracker) Restore(held map[string]Subs) {
 			t.clients[id] = &client{persistent: true, at: t.start, subs: maps.Clone(subs)}
 		}
 	}
+}
+
+// EndedFor is how long a broker's listing names the sessions that ended on
+// it (a clean connect, or their expiry), and how long the tracker keeps
+// knowing it held none.
+const EndedFor = 10 * time.Minute
+
+// Ended are the client ids whose session here ended within EndedFor of
+// now, with when (unix ms of this node's clock); older ends are forgotten.
+func (t *Tracker) Ended(now time.Time) map[string]int64 {
+	out := map[string]int64{}
+	for id, c := range t.clients {
+		if !c.tombstone {
+			continue
+		}
+		if now.Sub(c.ended) > EndedFor {
+			if !c.connected {
+				delete(t.clients, id)
+			}
+			continue
+		}
+		out[id] = c.ended.UnixMilli()
+	}
+	return out
 }
 
 // Skipped counts the connection lines whose client id has a space (it
