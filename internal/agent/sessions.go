@@ -271,8 +271,9 @@ func readHeld(b []byte) (map[string]sessions.Subs, error) {
 }
 
 // visitSessions makes the shadows and drains the copies the policy names,
-// on this broker's own mosquitto. A peer that does not accept a connection
-// has its clients' copies left alone this round: they may be all that its
+// and ends the copies of sessions that ended elsewhere, on this broker's
+// own mosquitto. A peer that does not accept a connection has its clients'
+// copies left alone this round: they may be all that its
 // clients, reconnecting, find of their sessions (a dead broker's listing
 // is trusted until it is Fresh-old: no will clears it).
 func (a *Agent) visitSessions(ctx context.Context, v *View, tr *sessions.Tracker, pol *sessions.Policy) {
@@ -294,6 +295,10 @@ func (a *Agent) visitSessions(ctx context.Context, v *View, tr *sessions.Tracker
 	serving := map[string]bool{}
 	var due []sessions.Visit
 	for _, vi := range visits {
+		if vi.Shadow {
+			due = append(due, vi) // takes nothing: made whatever the peer's state
+			continue
+		}
 		ok, seen := serving[vi.Peer]
 		if !seen {
 			p, listed := v.Cluster.Node(vi.Peer)

@@ -75,8 +75,9 @@ type Visit struct {
 // Policy decides which sessions of this broker to visit: those of clients
 // a peer lists as connected there that are not connected here and either
 // have no session here yet (a shadow is made at once, so this broker
-// queues for the client should its broker fail) or have stayed away Quiet
-// and left before the peer's listing came (their copy is drained). It
+// queues for the client should its broker fail) or, on a live listing,
+// have stayed away Quiet and left before the listing came (their copy is
+// drained). It
 // remembers the departure it judged, so one departure is visited once
 // (the visit itself is the next departure).
 type Policy struct {
@@ -95,12 +96,19 @@ func (p *Policy) Decide(t *Tracker, peers map[string]Listed, now time.Time) ([]V
 	names := slices.Sorted(maps.Keys(peers))
 	for _, peer := range names {
 		l := peers[peer]
-		if !l.Live || now.Sub(l.Received) > Fresh {
+		if now.Sub(l.Received) > Fresh {
 			continue
 		}
 		for _, id := range l.Clients {
 			listed[id] = true
 			if _, ok := byID[id]; ok {
+				continue
+			}
+			// A listing not republished yet (a retained one, maybe stale)
+			// makes shadows, never drains: a shadow takes nothing from
+			// anyone, and a broker that just started (added by a commit)
+			// has them before clients land on it.
+			if !l.Live && t.Holds(id) {
 				continue
 			}
 			away, since := t.Away(id)

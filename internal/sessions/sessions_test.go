@@ -274,6 +274,11 @@ func TestPolicyShadows(t *testing.T) {
 	if s := fmt.Sprint(skipped); s != "map[invalid filter:1 reserved topic:1 shared subscription:1]" {
 		t.Errorf("skipped %s", s)
 	}
+	// A listing not republished yet makes the shadow too, drains nothing.
+	notLive := map[string]Listed{"b": {Clients: peers["b"].Clients, Subs: peers["b"].Subs, Received: at(1100)}}
+	if got, _ := NewPolicy().Decide(tr, notLive, at(1100)); fmt.Sprint(got) != "[{new b map[a/+:1 b:0] [] true}]" {
+		t.Errorf("visits on a listing not live %v, want the shadow of new only", got)
+	}
 	p.Drained(tr, "new")
 	feed(tr, "1012: New client connected from 127.0.0.1:3 as new (p2, c0, k30, u'broker1').",
 		"1012: new 1 a/+", "1012: new 0 b", "1012: Client new disconnected.")

@@ -144,6 +144,10 @@ const (
 	settleBound  = 120 * time.Second // every node on the head commit and ok after the last fault
 	failoverTail = 15 * time.Second  // a failover window lasts this long after its fault ends
 	deliverGrace = 10 * time.Second  // a message acknowledged this close to the end may still be in flight
+	// shadowGrace: a persistent session has shadows on the other brokers
+	// within two of their agents' rounds (docs/sessions.md); a younger one
+	// may die with its broker.
+	shadowGrace = 30 * time.Second
 	vipTarget    = 0.999
 )
 
@@ -156,6 +160,12 @@ type Figures struct {
 	Delivered     int            `json:"delivered"`
 	Lost          int            `json:"lost"`
 	LostKnown     int            `json:"lostKnownLimit"` // while the client's broker was down
+	// SessionsLost: reconnects of a persistent subscriber that found no
+	// session; SessionsYoung of those, the sessions younger than
+	// shadowGrace when their connection broke (no shadow yet: the known
+	// limit).
+	SessionsLost  int `json:"sessionsLost"`
+	SessionsYoung int `json:"sessionsLostYoung"`
 	Duplicated    int            `json:"duplicated"`
 	Reordered     int            `json:"reordered"`
 	VIPAvailable  float64        `json:"vipAvailability"`
@@ -205,6 +215,20 @@ func (r *Run) checkMessages(f *Figures) []Breach {
 		f.Delivered += s.Received
 		f.Duplicated += s.Duplicates
 		f.Reordered += s.Reordered
+		if s.Persistent && len(s.Up) > 0 {
+			for _, l := range s.SessionLost {
+				broke := lastUpBefore(s.Up, l)
+				f.SessionsLost++
+				if broke.Sub(s.Up[0].From) < shadowGrace {
+					f.SessionsYoung++
+					continue
+				}
+				out = append(out, Breach{At: l, Invariant: "a persistent session survives its broker",
+					What: fmt.Sprintf("%s reconnected at %s on %s and found no session (it was on %s; its connection broke at %s); open then: %s",
+						s.Name, l.Sub(r.Start).Round(100*time.Millisecond), orNone(r.home(s.Name, l)), orNone(r.home(s.Name, broke)),
+						broke.Sub(r.Start).Round(100*time.Millisecond), r.cause(broke.Add(-failoverTail), l))})
+			}
+		}
 		p := pubs[s.Follows]
 		if p == nil || p.QoS == 0 || len(s.Up) == 0 {
 			continue

@@ -66,6 +66,7 @@ func (rep Report) Summary(w io.Writer) {
 	fmt.Fprintf(w, "commits: %s\n", counts(f.Commits))
 	fmt.Fprintf(w, "messages: %d sent, %d QoS1 acknowledged, %d delivered, %d lost, %d lost while the client's broker was down (known limit), %d duplicated, %d reordered\n",
 		f.Sent, f.Acknowledged, f.Delivered, f.Lost, f.LostKnown, f.Duplicated, f.Reordered)
+	fmt.Fprintf(w, "persistent sessions: %d reconnects found none (%d of sessions younger than %s, the known limit)\n", f.SessionsLost, f.SessionsYoung, shadowGrace)
 	fmt.Fprintf(w, "VIP: served %.3f%% of samples outside failovers; longest outage %s (%s)\n", 100*f.VIPAvailable, f.LongestOutage, orNone(f.OutageCause))
 	fmt.Fprintf(w, "settled: every node on %s and ok %s after the last fault: %v\n", source.Short(f.Settled.Head), f.Settled.After.Round(time.Second), f.Settled.OK)
 	for _, u := range rep.Agents {

@@ -300,3 +300,30 @@ func TestFindShortSeed(t *testing.T) {
 		}
 	}
 }
+
+// A persistent subscriber whose reconnect finds no session breaches "a
+// persistent session survives its broker", unless the session was younger
+// than shadowGrace when its connection broke (the known limit).
+func TestCheckSessionsLost(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	r := &Run{Config: Config{Seed: 1, Nodes: labNodes}, Start: t0, End: at(300),
+		Events: []Done{{Event: Event{Fault: PowerOff, Node: "broker1"}, Start: at(100), End: at(110)}},
+		Subscribers: []Subscriber{
+			{Name: "old", Persistent: true, Up: []Interval{{at(5), at(100), 0}, {at(103), at(300), 0}}, SessionLost: []time.Time{at(103)}},
+			{Name: "young", Persistent: true, Up: []Interval{{at(90), at(100), 0}, {at(103), at(300), 0}}, SessionLost: []time.Time{at(103)}},
+		},
+		Homes:   map[string][]Home{"old": {{at(5), "broker1"}, {at(103), "broker2"}}},
+		Settled: Settled{OK: true},
+	}
+	for s := 0; s < 300; s++ {
+		r.Samples = append(r.Samples, Sample{At: at(s), VIPHolders: []string{"lb1"}, VIPServed: true})
+	}
+	f, breaches := Check(r)
+	if f.SessionsLost != 2 || f.SessionsYoung != 1 {
+		t.Errorf("sessions lost %d (young %d), want 2 (1)", f.SessionsLost, f.SessionsYoung)
+	}
+	if len(breaches) != 1 || breaches[0].Invariant != "a persistent session survives its broker" || !strings.Contains(breaches[0].What, "old reconnected at 1m43s on broker2") {
+		t.Errorf("breaches %+v", breaches)
+	}
+}
