@@ -148,30 +148,30 @@ const (
 	// within two of their agents' rounds (docs/sessions.md); a younger one
 	// may die with its broker.
 	shadowGrace = 30 * time.Second
-	vipTarget    = 0.999
+	vipTarget   = 0.999
 )
 
 // Figures are what the report states.
 type Figures struct {
-	Faults        map[string]int `json:"faults"`
-	Commits       map[string]int `json:"commits"`
-	Sent          int            `json:"sent"`
-	Acknowledged  int            `json:"acknowledged"`
-	Delivered     int            `json:"delivered"`
-	Lost          int            `json:"lost"`
-	LostKnown     int            `json:"lostKnownLimit"` // while the client's broker was down
+	Faults       map[string]int `json:"faults"`
+	Commits      map[string]int `json:"commits"`
+	Sent         int            `json:"sent"`
+	Acknowledged int            `json:"acknowledged"`
+	Delivered    int            `json:"delivered"`
+	Lost         int            `json:"lost"`
+	LostKnown    int            `json:"lostKnownLimit"` // while the client's broker was down
 	// SessionsLost: reconnects of a persistent subscriber that found no
 	// session; SessionsYoung of those, the sessions younger than
 	// shadowGrace when their connection broke (no shadow yet: the known
 	// limit).
-	SessionsLost  int `json:"sessionsLost"`
-	SessionsYoung int `json:"sessionsLostYoung"`
-	Duplicated    int            `json:"duplicated"`
-	Reordered     int            `json:"reordered"`
-	VIPAvailable  float64        `json:"vipAvailability"`
-	LongestOutage time.Duration  `json:"longestOutage"`
-	OutageCause   string         `json:"outageCause,omitempty"`
-	Settled       Settled        `json:"settled"`
+	SessionsLost  int           `json:"sessionsLost"`
+	SessionsYoung int           `json:"sessionsLostYoung"`
+	Duplicated    int           `json:"duplicated"`
+	Reordered     int           `json:"reordered"`
+	VIPAvailable  float64       `json:"vipAvailability"`
+	LongestOutage time.Duration `json:"longestOutage"`
+	OutageCause   string        `json:"outageCause,omitempty"`
+	Settled       Settled       `json:"settled"`
 }
 
 // Check evaluates every invariant over the run.
