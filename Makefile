@@ -65,7 +65,7 @@ e2e: packages bin/mqha-lab
 bench-lab: packages bin/mqha-lab
 	bin/mqha-lab down >/dev/null
 	bin/mqha-lab up
-	$(GO) test -count=1 -tags 'e2e benchlab' -run '^TestBench' -v -timeout 30m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
+	$(GO) test -count=1 -tags 'e2e benchlab' -run '^TestBench' -v -timeout 45m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
 
 # The soak on a fresh lab: load through the VIP, faults and commits on a
 # seeded schedule for DURATION (default 60m), the invariants checked; the
