@@ -12,24 +12,34 @@ import (
 	"github.com/mqha/mqha/internal/sessions"
 )
 
-// A broker's agent drains, on its own mosquitto, the copies of sessions
-// whose clients a peer lists (live) and that stayed away from it; the
-// metrics count the drains and the messages.
-func TestDrainSessionsWiring(t *testing.T) {
+// brokerWithLog is broker1's agent on commit c1 and a tracker that read
+// mosquitto's start 10 minutes ago, then lines (each "AGO: rest", AGO in
+// minutes before now).
+func brokerWithLog(t *testing.T, lines ...string) (*harness, *sessions.Tracker, time.Time) {
 	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
 	h.src.head = "c1"
 	h.poll()
 	now := h.clock.now()
 	tr := sessions.NewTracker()
-	stamp := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
-	for _, l := range []string{
-		stamp(-10*time.Minute) + ": mosquitto version 2.0.11 starting",
-		stamp(-9*time.Minute) + ": New client connected from 10.0.0.1:1 as moved (p2, c0, k30, u'client').",
-		stamp(-8*time.Minute) + ": Client moved closed its connection.",
-		stamp(-9*time.Minute) + ": New client connected from 10.0.0.1:2 as here (p2, c0, k30, u'client').",
-	} {
-		tr.Observe(l, now)
+	tr.Self = "broker1"
+	tr.Observe(strconv.FormatInt(now.Add(-10*time.Minute).Unix(), 10)+": mosquitto version 2.0.11 starting", now)
+	for _, l := range lines {
+		ago, rest, _ := strings.Cut(l, ": ")
+		m, _ := strconv.Atoi(ago)
+		tr.Observe(strconv.FormatInt(now.Add(-time.Duration(m)*time.Minute).Unix(), 10)+": "+rest, now)
 	}
+	return h, tr, now
+}
+
+// A broker's agent drains, on its own mosquitto, the copies of sessions
+// whose clients a peer lists (live) and that stayed away from it; the
+// metrics count the drains and the messages.
+func TestDrainSessionsWiring(t *testing.T) {
+	h, tr, now := brokerWithLog(t,
+		"9: New client connected from 10.0.0.1:1 as moved (p2, c0, k30, u'client').",
+		"8: Client moved closed its connection.",
+		"9: New client connected from 10.0.0.1:2 as here (p2, c0, k30, u'client').")
+	stamp := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
 	listing := func(at int64) []byte {
 		return sessions.Listing{Clients: []string{"moved", "here", "new"}, At: at,
 			Subs: map[string]sessions.Subs{"new": {"t/#": 1}}}.Encode()
@@ -68,18 +78,9 @@ func TestDrainSessionsWiring(t *testing.T) {
 // The copies of a broker's clients are not drained while that broker does
 // not answer: they may be all its clients find when they reconnect here.
 func TestVisitSessionsSparesADeadBrokersClients(t *testing.T) {
-	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
-	h.src.head = "c1"
-	h.poll()
-	now := h.clock.now()
-	tr := sessions.NewTracker()
-	for _, l := range []string{
-		strconv.FormatInt(now.Add(-10*time.Minute).Unix(), 10) + ": mosquitto version 2.0.11 starting",
-		strconv.FormatInt(now.Add(-9*time.Minute).Unix(), 10) + ": New client connected from 10.0.0.1:1 as moved (p2, c0, k30, u'client').",
-		strconv.FormatInt(now.Add(-8*time.Minute).Unix(), 10) + ": Client moved closed its connection.",
-	} {
-		tr.Observe(l, now)
-	}
+	h, tr, now := brokerWithLog(t,
+		"9: New client connected from 10.0.0.1:1 as moved (p2, c0, k30, u'client').",
+		"8: Client moved closed its connection.")
 	b2, _ := h.a.view.Cluster.Node("broker2")
 	h.stop(b2.At(h.a.view.Cluster.Ports.Broker))
 	for at := range int64(2) {
@@ -95,18 +96,9 @@ func TestVisitSessionsSparesADeadBrokersClients(t *testing.T) {
 
 // A session a peer lists as ended (a clean connect there) is ended here.
 func TestEndSessionsWiring(t *testing.T) {
-	h := newHarness(t, "broker1", "", map[string]string{"c1": ""})
-	h.src.head = "c1"
-	h.poll()
-	now := h.clock.now()
-	tr := sessions.NewTracker()
-	for _, l := range []string{
-		strconv.FormatInt(now.Add(-10*time.Minute).Unix(), 10) + ": mosquitto version 2.0.11 starting",
-		strconv.FormatInt(now.Add(-9*time.Minute).Unix(), 10) + ": New client connected from 10.0.0.1:1 as cleaned (p2, c0, k30, u'client').",
-		strconv.FormatInt(now.Add(-8*time.Minute).Unix(), 10) + ": Client cleaned closed its connection.",
-	} {
-		tr.Observe(l, now)
-	}
+	h, tr, now := brokerWithLog(t,
+		"9: New client connected from 10.0.0.1:1 as cleaned (p2, c0, k30, u'client').",
+		"8: Client cleaned closed its connection.")
 	for at := range int64(2) {
 		h.a.sessions.received("broker2", sessions.Listing{Ended: map[string]int64{"cleaned": now.Add(-time.Minute).UnixMilli()}, At: at + 1}.Encode(), now)
 	}
