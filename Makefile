@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./schema
 	$(GO) test -run '^$$' -fuzz '^FuzzNames$$' -fuzztime $(FUZZTIME) ./internal/render
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./internal/agent
+	$(GO) test -run '^$$' -fuzz '^FuzzSessions$$' -fuzztime $(FUZZTIME) ./internal/sessions
 
 # Installs the Debian packages the tests need (.ci/packages), as root; says
 # what is missing otherwise.
