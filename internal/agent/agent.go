@@ -260,7 +260,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 	a.publish.kick = make(chan struct{}, 1)
 	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.sessions = newSessionKeeper()
-	m.reg.MustRegister(a.sessions.drained, a.sessions.messages, a.sessions.here, a.sessions.shadowed, a.sessions.ended, a.sessions.spaced, a.sessions.unheld)
+	m.reg.MustRegister(a.sessions.collectors()...)
 	a.fault = newFault(d.FaultFile, a.log)
 	if d.Guard != nil && d.Guard.OnRelease == nil {
 		d.Guard.OnRelease = func(why string) { m.vipReleased.WithLabelValues(why).Inc() }

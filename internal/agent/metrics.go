@@ -64,7 +64,7 @@ func MetricNames() []string {
 	ch := make(chan *prometheus.Desc, 64)
 	go func() {
 		k := newSessionKeeper()
-		for _, c := range append(newMetrics().own, bridgeCollector{}, k.drained, k.messages, k.here) {
+		for _, c := range append(append(newMetrics().own, bridgeCollector{}), k.collectors()...) {
 			c.Describe(ch)
 		}
 		close(ch)

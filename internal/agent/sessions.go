@@ -76,6 +76,11 @@ func newSessionKeeper() *sessionKeeper {
 	}
 }
 
+// collectors are the keeper's metrics, as registered and listed.
+func (k *sessionKeeper) collectors() []prometheus.Collector {
+	return []prometheus.Collector{k.drained, k.messages, k.here, k.shadowed, k.ended, k.spaced, k.unheld}
+}
+
 func (k *sessionKeeper) received(node string, payload []byte, now time.Time) error {
 	l, err := sessions.Decode(payload)
 	if err != nil {
