@@ -33,26 +33,12 @@ func TestBenchHold(t *testing.T) {
 	const holders, srcsPer = 5, 10
 	per := (total + holders*srcsPer - 1) / (holders * srcsPer)
 
-	// Four brokers: broker3 and broker4 join by commit.
+	// Four brokers: broker3 and broker4 join by commit, with the clients'
+	// limit raised in the same commit.
 	brokers := []string{"broker1", "broker2", "broker3", "broker4"}
-	files := map[string]string{}
-	for i, b := range brokers[2:] {
-		addr := cfg.Addr([]int{23, 25}[i])
-		if _, ok := mustState(t).Node(b); !ok {
-			if _, err := cfg.AddNode(t.Context(), labProject(), b, addr, "broker"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		files[b+".cue"] = fmt.Sprintf("package cluster\n\nnodes: %s: {address: %q, roles: [\"broker\"]}\n", b, addr)
-	}
 	own, _ := os.ReadFile(filepath.Join(cfg.Dir, "cluster", lab.LimitsFile))
-	files[lab.LimitsFile] = fmt.Sprintf("package cluster\n\nlimits: clients: %d\n", total)
-	head := commit(t, "bench: four brokers for the hold", files)
-	appliedAfter(t, head, time.Now(), 120*time.Second, append([]string{"lb1", "lb2", "bridge"}, brokers...)...)
-	t.Cleanup(func() {
-		gone := commit(t, "bench: back to two brokers", map[string]string{"broker3.cue": "", "broker4.cue": "", lab.LimitsFile: string(own)})
-		appliedAfter(t, gone, time.Now(), 120*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
-	})
+	fourBrokers(t, map[string]string{lab.LimitsFile: fmt.Sprintf("package cluster\n\nlimits: clients: %d\n", total)},
+		map[string]string{lab.LimitsFile: string(own)})
 	holder := waitVIP(t, 15*time.Second)
 	nodes := append([]string{"lb1", "lb2", "bridge"}, brokers...)
 	repairs := func() int {

@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -33,7 +34,7 @@ func TestBenchSessions(t *testing.T) {
 	var results []map[string]any
 	for _, brokers := range [][]string{{"broker1", "broker2"}, {"broker1", "broker2", "broker3", "broker4"}} {
 		if len(brokers) == 4 {
-			fourBrokers(t)
+			fourBrokers(t, nil, nil)
 		}
 		results = append(results, sessionCost(t, brokers, n))
 	}
@@ -43,8 +44,9 @@ func TestBenchSessions(t *testing.T) {
 	}
 }
 
-// fourBrokers adds broker3 and broker4 by commit until the test ends.
-func fourBrokers(t *testing.T) {
+// fourBrokers adds broker3 and broker4 by commit, with extra files,
+// until the test ends; then they leave with restore's files.
+func fourBrokers(t *testing.T, extra, restore map[string]string) {
 	files := map[string]string{}
 	for i, b := range []string{"broker3", "broker4"} {
 		addr := cfg.Addr([]int{23, 25}[i])
@@ -55,10 +57,13 @@ func fourBrokers(t *testing.T) {
 		}
 		files[b+".cue"] = fmt.Sprintf("package cluster\n\nnodes: %s: {address: %q, roles: [\"broker\"]}\n", b, addr)
 	}
+	maps.Copy(files, extra)
 	head := commit(t, "bench: four brokers", files)
 	appliedAfter(t, head, time.Now(), 120*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2", "broker3", "broker4")
 	t.Cleanup(func() {
-		gone := commit(t, "bench: back to two brokers", map[string]string{"broker3.cue": "", "broker4.cue": ""})
+		back := map[string]string{"broker3.cue": "", "broker4.cue": ""}
+		maps.Copy(back, restore)
+		gone := commit(t, "bench: back to two brokers", back)
 		appliedAfter(t, gone, time.Now(), 120*time.Second, "lb1", "lb2", "bridge", "broker1", "broker2")
 	})
 }

@@ -160,7 +160,8 @@ func (a *Agent) FollowMosquitto(ctx context.Context) {
 				c, published = a.sessionClient(t.v, topic), time.Time{}
 			}
 		}
-		if slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
+		runs := slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit)
+		if runs {
 			lines, next, err := a.d.Journal(ctx, daemon.Mosquitto.Unit, cursor)
 			switch {
 			case err != nil && cursor == journalFromStart:
@@ -189,7 +190,7 @@ func (a *Agent) FollowMosquitto(ctx context.Context) {
 				}
 			}
 		}
-		if broker && slices.Contains(a.daemons.runs(), daemon.Mosquitto.Unit) {
+		if broker && runs {
 			if tr.Skipped() > skipped {
 				a.log.Warn("mosquitto logged client ids with a space: their sessions are not tracked", "lines", tr.Skipped()-skipped)
 				a.sessions.spaced.Add(float64(tr.Skipped() - skipped))
