@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/mqha/mqha/internal/evaluate"
+	"github.com/mqha/mqha/internal/retained"
 )
 
 var version = "dev"
@@ -111,6 +112,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = c.bridgeNotify(args[1:])
 	case "bridge-check":
 		err = c.bridgeCheck(args[1:])
+	case retained.Command:
+		err = c.mosquittoStart(args[1:])
 	case evaluate.Command:
 		// Hidden: the agent evaluates each commit's definition in a
 		// child of its own binary, bounded (internal/evaluate).

@@ -130,8 +130,9 @@ func TestAddBrokerChangesOnlyBridgeAndUpstream(t *testing.T) {
 		{"lb2", 1, []string{"/etc/nginx/nginx.conf"}, []string{
 			"        server 10.20.0.23:8883 max_fails=0; # broker3"},
 			"nginx: reload, configuration changed"},
-		{"broker1", 0, nil, nil, "mosquitto: none, up to date"},
-		{"broker2", 0, nil, nil, "mosquitto: none, up to date"},
+		// The other brokers only learn of it for their next start.
+		{"broker1", 1, []string{"/etc/mosquitto/mqha-start.conf"}, []string{"peer broker3 10.20.0.23:8883"}, "mosquitto: none, up to date"},
+		{"broker2", 1, []string{"/etc/mosquitto/mqha-start.conf"}, []string{"peer broker3 10.20.0.23:8883"}, "mosquitto: none, up to date"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.node, func(t *testing.T) {
@@ -374,8 +375,8 @@ func TestFleetDiff(t *testing.T) {
 	summary, _, _ := strings.Cut(out, "\n===")
 	for _, want := range []string{
 		"bridge: 1 files changed; mosquitto restart",
-		"broker1: no change",
-		"broker3: 3 files changed; mosquitto start (added by the commit)",
+		"broker1: 1 files changed; nothing restarts",
+		"broker3: 4 files changed; mosquitto start (added by the commit)",
 		"lb1: 1 files changed; nginx reload",
 	} {
 		if !strings.Contains(summary, want) {

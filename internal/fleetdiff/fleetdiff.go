@@ -55,6 +55,8 @@ func (n Node) Summary() string {
 	line := fmt.Sprintf("%s: %d files changed", n.Name, len(n.Plan.Changes))
 	if len(acts) > 0 {
 		line += "; " + strings.Join(acts, ", ")
+	} else {
+		line += "; nothing restarts" // files read only at a start
 	}
 	if n.Membership != "" {
 		line += " (" + n.Membership + ")"

@@ -25,7 +25,8 @@ func load(t *testing.T, extra string) *cluster.Cluster {
 }
 
 // Adding a broker: it is added, the load balancers reload nginx, the bridge
-// bridges to it, the other brokers are untouched; taking it out again
+// bridges to it, the other brokers only learn of it for their next start
+// (internal/retained), nothing restarts there; taking it out again
 // removes it.
 func TestCompute(t *testing.T) {
 	before := load(t, "")
@@ -39,7 +40,7 @@ func TestCompute(t *testing.T) {
 		got[n.Name] = n.Summary()
 	}
 	for name, want := range map[string]string{
-		"broker1": "broker1: no change",
+		"broker1": "broker1: 1 files changed; nothing restarts",
 		"broker3": "(added by the commit)",
 		"lb1":     "nginx reload",
 		"bridge":  "mosquitto",

@@ -10,6 +10,7 @@ import (
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/render"
+	"github.com/mqha/mqha/internal/retained"
 	"github.com/mqha/mqha/internal/unit"
 	"github.com/mqha/mqha/schema"
 )
@@ -213,6 +214,33 @@ func TestBridgeConnectionsRestart(t *testing.T) {
 		}
 		if got != tt.action {
 			t.Errorf("%s: mosquitto %s, want %s (%+v)", tt.name, got, tt.action, p.Units)
+		}
+	}
+}
+
+// The start file (internal/retained) is read only when mosquitto starts: a
+// change to it (a broker added elsewhere) is written and restarts nothing.
+func TestStartFileRestartsNothing(t *testing.T) {
+	c, err := schema.LoadDir("../../cluster-repo-example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := render.Node(c, "broker1")
+	live := fstest.MapFS{}
+	for _, f := range out.Files {
+		live[f.Path[1:]] = &fstest.MapFile{Data: f.Content}
+	}
+	live[retained.File[1:]] = &fstest.MapFile{Data: []byte("# older\n")}
+	p, err := plan.Make(out, live, map[string]unit.State{daemon.Mosquitto.Unit: {ActiveState: "active", LoadState: "loaded"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Changes) != 1 || p.Changes[0].File.Path != retained.File || p.DaemonReload {
+		t.Errorf("changes %d, daemon-reload %v; want the start file alone", len(p.Changes), p.DaemonReload)
+	}
+	for _, u := range p.Units {
+		if u.Action != unit.None {
+			t.Errorf("%s: %s (%s), want none", u.Name, u.Action, u.Reason)
 		}
 	}
 }

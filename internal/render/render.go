@@ -9,6 +9,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"net"
 	"path"
 	"sort"
 	"strconv"
@@ -17,15 +18,18 @@ import (
 	"github.com/mqha/mqha/internal/bridgerole"
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/retained"
 	"github.com/mqha/mqha/internal/sessions"
+	"github.com/mqha/mqha/internal/validate"
 )
 
 // Kind says how a daemon takes a change to a file.
 type Kind int
 
 const (
-	Config Kind = iota // the daemon's own configuration
-	DropIn             // a systemd drop-in: needs daemon-reload
+	Config  Kind = iota // the daemon's own configuration
+	DropIn              // a systemd drop-in: needs daemon-reload
+	AtStart             // read only when the unit starts (ExecStartPre): a change needs nothing now
 )
 
 // File is one rendered file with the systemd unit it configures.
@@ -166,6 +170,10 @@ type data struct {
 	ProxyTimeout      int
 	FaultFile         string
 	FaultDir          string
+	// MosquittoStart runs before mosquitto starts: it drops the retained
+	// messages the node should not bring back (internal/retained).
+	MosquittoStart string
+	StartFile      string
 }
 
 // Node renders the files of the node called name, sized from the
@@ -232,6 +240,8 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	}
 	d.DownBrokers = h.DownBrokers
 	d.ACLFile = daemon.ACLFile
+	d.MosquittoStart = validate.AgentBin + " " + retained.Command
+	d.StartFile = retained.File
 	d.StatusTopics = daemon.StatusTopics(c.Name)
 	d.SysTrees = sysTrees
 	d.ACLUsers = aclUsers(c, n)
@@ -272,6 +282,8 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 			if err := add(dm.Unit, daemon.ACLFile, "mosquitto.acl.tmpl", Config, 0o644); err != nil {
 				return nil, err
 			}
+			out.Files = append(out.Files, File{Path: retained.File, Mode: 0o644, Unit: dm.Unit, Kind: AtStart,
+				Content: startFile(c, n).Marshal(fmt.Sprintf("Managed by mqha-agent: node %s of cluster %s (%s).", n.Name, c.Name, n.RoleList()))})
 		}
 		if dm.Name == daemon.Mosquitto.Name && d.Standby {
 			// The bridge master's connections, readable by mosquitto only
@@ -284,6 +296,22 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	}
 	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Path < out.Files[j].Path })
 	return out, nil
+}
+
+// startFile says whose retained messages node n's mosquitto keeps when it
+// starts (internal/retained): a bridge node relays, a broker keeps its own
+// unless another broker answers.
+func startFile(c *cluster.Cluster, n cluster.Node) retained.Start {
+	if !n.Has(cluster.Broker) {
+		return retained.Start{Relay: true}
+	}
+	var s retained.Start
+	for _, b := range c.WithRole(cluster.Broker) {
+		if b.Name != n.Name {
+			s.Peers = append(s.Peers, retained.Peer{Name: b.Name, Addr: net.JoinHostPort(b.Address, strconv.Itoa(c.Ports.Broker))})
+		}
+	}
+	return s
 }
 
 // ACLUser is one certificate name's topics beyond what every client may use.

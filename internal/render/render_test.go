@@ -82,8 +82,8 @@ func TestUnitsPerRole(t *testing.T) {
 		units []string
 		files int
 	}{
-		{"a", []string{daemon.Mosquitto.Unit, daemon.Nginx.Unit, daemon.Keepalived.Unit}, 7},
-		{"c", []string{daemon.Mosquitto.Unit}, 3}, // conf, ACL, drop-in
+		{"a", []string{daemon.Mosquitto.Unit, daemon.Nginx.Unit, daemon.Keepalived.Unit}, 8},
+		{"c", []string{daemon.Mosquitto.Unit}, 4}, // conf, ACL, drop-in, start file
 	}
 	for _, tt := range tests {
 		out, err := render.Node(c, tt.node)
