@@ -17,6 +17,7 @@ import (
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/drift"
 	"github.com/mqha/mqha/internal/evaluate"
+	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/systemd"
 	"github.com/mqha/mqha/internal/vipguard"
@@ -101,7 +102,16 @@ func (c *cmd) run(args []string) error {
 		return err
 	}
 	defer sd.Close()
-	deps.Systemd, deps.WatchUnits = sd, sd.WatchUnits
+	deps.Systemd = sd
+	// systemd's unit events, and a daemon whose process is stopped
+	// (SIGSTOP), which systemd does not report: both check at once.
+	deps.WatchUnits = func(watch func() []string) (<-chan string, error) {
+		events, err := sd.WatchUnits(watch)
+		if err != nil {
+			return nil, err
+		}
+		return health.WithStopped(c.ctx, events, watch, sd.MainPID, "/proc", health.StoppedEvery), nil
+	}
 	deps.Guard = &vipguard.Guard{Log: c.log, Kill: func(ctx context.Context) error {
 		return sd.Kill(ctx, vipguard.Unit, syscall.SIGKILL)
 	}}

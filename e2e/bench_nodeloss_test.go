@@ -137,8 +137,8 @@ func (h *heldClients) backAfter(t0 time.Time, n, pct int) (time.Duration, int) {
 }
 
 // lbLoss is an LB failing under 1,000 idle clients (PINGREQ every 5 s) and
-// a 200 msg/s QoS1 stream through the VIP: nginx killed on the VIP holder,
-// or the holder powered off. It returns when the VIP served again, when
+// a 200 msg/s QoS1 stream through the VIP: nginx killed or stopped
+// (SIGSTOP) on the VIP holder, or the holder powered off. It returns when the VIP served again, when
 // 95% of the clients were connected again, and the QoS1 messages lost.
 func lbLoss(t *testing.T, how string) (vip, clients95 time.Duration, lost int) {
 	holder := waitVIP(t, 15*time.Second)
@@ -154,6 +154,11 @@ func lbLoss(t *testing.T, how string) (vip, clients95 time.Duration, lost int) {
 	switch how {
 	case "nginx":
 		go node(t, holder).Exec(context.Background(), "systemctl", "kill", "-s", "SIGKILL", "nginx")
+	case "nginx SIGSTOP":
+		// Hung, not dead: systemd still says active; only the data path
+		// (and the stopped state in /proc) shows it.
+		go node(t, holder).Exec(context.Background(), "systemctl", "kill", "-s", "STOP", "nginx")
+		t.Cleanup(func() { node(t, holder).Exec(context.Background(), "systemctl", "kill", "-s", "CONT", "nginx") })
 	case "poweroff":
 		go cfg.PowerOff(context.Background(), holder)
 		t.Cleanup(func() { cfg.PowerOn(context.Background(), holder) })
@@ -222,7 +227,7 @@ func TestBenchNodeLoss(t *testing.T) {
 			}
 			add("VIP holder off: VIP serves", vipHolderPowerOff(t))
 			add("broker off: 95% of its clients back", brokerPowerOff(t))
-			for _, how := range []string{"nginx", "poweroff"} {
+			for _, how := range []string{"nginx", "nginx SIGSTOP", "poweroff"} {
 				v, c, l := lbLoss(t, how)
 				add("LB "+how+" (1,000 idle + 200 msg/s): VIP serves", v)
 				add("LB "+how+" (1,000 idle + 200 msg/s): 95% of clients back", c)

@@ -475,6 +475,15 @@ func TestRetainedAfterBrokerPowerOff(t *testing.T) {
 	waitFor(t, 10*time.Second, "broker2 holding the retained messages", func() bool {
 		return len(retainedOn(t, brokerAddr(t, "broker2"), all, 300*time.Millisecond)) == 4
 	})
+	// A client of broker2 with a will, and who listens for it on broker1:
+	// measured (docs/clients.md: a broker that loses power publishes no will).
+	willTopic := base + "/will"
+	var wills sync.Map
+	wsub := client(t, brokerAddr(t, "broker1"), fmt.Sprintf("e2e-will-sub-%d", time.Now().UnixNano()), true)
+	if tok := wsub.Subscribe(willTopic, 1, func(_ mqtt.Client, m mqtt.Message) { wills.Store(time.Now(), string(m.Payload())) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	willClient(t, brokerAddr(t, "broker2"), fmt.Sprintf("e2e-will-%d", time.Now().UnixNano()), willTopic)
 	// On broker2's disk (as its autosave would, at worst just before the
 	// power goes).
 	on(t, "broker2", "systemctl", "kill", "-s", "USR1", "mosquitto")
@@ -514,6 +523,9 @@ func TestRetainedAfterBrokerPowerOff(t *testing.T) {
 		}
 	}
 	report(t, "what broker2 brought back to broker1 on its return: %s", orNoneList(back))
+	nwills := 0
+	wills.Range(func(any, any) bool { nwills++; return true })
+	report(t, "the will of a client connected to broker2 when it lost power: received %d times on broker1 (by its return and 3 s after)", nwills)
 	if len(back) > 0 {
 		t.Errorf("broker2 brought stale retained messages back to broker1: %s", strings.Join(back, ", "))
 	}

@@ -34,7 +34,9 @@ func (a *Agent) onResult(r health.Result) {
 		a.log.Warn("nginx does not answer but is busy, not hung: keeping the VIP", "err", r.Error)
 	case !r.OK && r.BrokerDown && !held:
 		a.log.Warn("a broker behind nginx does not answer: keeping the VIP (the other load balancer has the same brokers)", "err", r.Error)
-	case !r.OK && r.Failures >= 2 && !held:
+	case !r.OK && (r.Failures >= 2 || r.Stopped) && !held:
+		// Two failures in a row, or one with nginx stopped (SIGSTOP): a
+		// hang confirmed at once, since nothing can answer.
 		// Only hand the VIP to a peer that serves: with every load balancer
 		// failing alike (a bad certificate, all brokers down) moving it
 		// helps nobody, and two faults leave no VIP at all.

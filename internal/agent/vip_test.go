@@ -86,6 +86,13 @@ func TestVIPPolicy(t *testing.T) {
 	if h.a.fault.Holds(faultHealth) || faultFile(t, h) != "0" {
 		t.Fatal("a serving nginx is still out of VRRP")
 	}
+	// Stopped (SIGSTOP) and silent: given up at the first failure.
+	stopped := fail(1)
+	stopped.Stopped = true
+	h.result(stopped)
+	if !h.a.fault.Holds(faultHealth) {
+		t.Fatal("kept the VIP on a stopped nginx until a second failure")
+	}
 }
 
 // A load balancer closes the connections to a broker a commit removed (and

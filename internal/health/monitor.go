@@ -1,5 +1,10 @@
 // Package health checks that a node's daemons really serve, not just run,
 // every few seconds, and repairs what it can through systemd, with backoff.
+//
+// Files: monitor.go owns the checks, their results and the repairs;
+// procs.go reads the daemons' processes in /proc (hung or busy); stopped.go
+// watches for a stopped process between rounds; broken.go is the
+// deliberately broken build the soak's checker must catch.
 package health
 
 import (
@@ -64,6 +69,10 @@ type Result struct {
 	// time, or waiting on I/O): overloaded, not hung. Policies that act on
 	// failures (the VIP) leave a busy daemon alone, as repairs do.
 	Busy bool `json:"busy,omitempty"`
+	// Stopped: the unit's main process is stopped (state T, SIGSTOP) and it
+	// does not answer: a hang confirmed at the first failed probe, with no
+	// need to watch for progress. Policies act on it at once (the VIP).
+	Stopped bool `json:"stopped,omitempty"`
 	// BrokerDown: a load balancer's check failed because a broker behind
 	// it does not answer while others do; the other load balancer can do
 	// no better, so the VIP stays (probe.ErrBrokerDown).
@@ -102,7 +111,18 @@ const (
 	verifyAttempt = time.Second
 	minBackoff    = 3 * time.Second
 	maxBackoff    = time.Minute
+	// StoppedProbe bounds the probe of a unit whose main process is
+	// stopped: it cannot answer at all, so there is nothing to wait for
+	// (a stopped master whose workers still serve answers in milliseconds).
+	StoppedProbe = 300 * time.Millisecond
 )
+
+// outcome is one probe's result and whether the unit's process was stopped
+// when it ran.
+type outcome struct {
+	err     error
+	stopped bool
+}
 
 // Results returns the last result of every check, in check order.
 func (m *Monitor) Results() []Result {
@@ -122,19 +142,19 @@ func (m *Monitor) Results() []Result {
 func (m *Monitor) Once(ctx context.Context) bool {
 	// The probes run at once: a round costs its slowest probe, not their
 	// sum (the caller's loop waits for it). Repairs follow in check order.
-	errs := make([]error, len(m.Checks))
+	outs := make([]outcome, len(m.Checks))
 	var wg sync.WaitGroup
 	for i, c := range m.Checks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.probe(ctx, c)
+			outs[i] = m.probe(ctx, c)
 		}()
 	}
 	wg.Wait()
 	ok := true
 	for i, c := range m.Checks {
-		r := m.check(ctx, c, errs[i])
+		r := m.check(ctx, c, outs[i])
 		ok = ok && r.OK
 		if m.OnResult != nil {
 			m.OnResult(r)
@@ -156,7 +176,7 @@ func (m *Monitor) Verify(ctx context.Context, deadline time.Duration) error {
 		var failed []string
 		var still []Check
 		for _, c := range pending {
-			if err := attempt.probe(ctx, c); err != nil {
+			if err := attempt.probe(ctx, c).err; err != nil {
 				failed = append(failed, c.Name+": "+err.Error())
 				still = append(still, c)
 			}
@@ -173,22 +193,38 @@ func (m *Monitor) Verify(ctx context.Context, deadline time.Duration) error {
 	}
 }
 
-func (m *Monitor) probe(ctx context.Context, c Check) error {
+func (m *Monitor) probe(ctx context.Context, c Check) outcome {
 	if c.Unit != "" {
 		st, err := m.Units.State(ctx, c.Unit)
 		if err != nil {
-			return err
+			return outcome{err: err}
 		}
 		if st.ActiveState != "active" {
-			return fmt.Errorf("%s is %s", c.Unit, st.ActiveState)
+			return outcome{err: fmt.Errorf("%s is %s", c.Unit, st.ActiveState)}
 		}
 	}
 	if c.Probe == nil {
-		return nil
+		return outcome{}
 	}
-	pctx, cancel := context.WithTimeout(ctx, m.Timeout)
+	timeout, stopped := m.Timeout, false
+	if c.Unit != "" && c.HungAfter > 0 {
+		// A stopped main process is read in /proc in microseconds, and
+		// then a short probe tells whether anything still serves.
+		if s, err := m.sample(ctx, c.Unit); err == nil && s.State == 'T' {
+			timeout, stopped = min(timeout, StoppedProbe), true
+		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return c.Probe(pctx)
+	err := c.Probe(pctx)
+	return outcome{err: err, stopped: stopped && probe.NoAnswer(err)}
+}
+
+func (m *Monitor) sample(ctx context.Context, unit string) (Sample, error) {
+	if m.Procs != nil {
+		return m.Procs(ctx, unit)
+	}
+	return m.sampleProc(ctx, unit)
 }
 
 func (m *Monitor) now() time.Time {
@@ -198,8 +234,9 @@ func (m *Monitor) now() time.Time {
 	return time.Now()
 }
 
-// check records the outcome err of c's probe and repairs what it can.
-func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
+// check records the outcome of c's probe and repairs what it can.
+func (m *Monitor) check(ctx context.Context, c Check, out outcome) Result {
+	err := out.err
 	m.mu.Lock()
 	if m.results == nil {
 		m.results = map[string]*Result{}
@@ -217,6 +254,7 @@ func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
 	r.OK = err == nil
 	r.Error = ""
 	r.Busy = false
+	r.Stopped = out.stopped
 	r.BrokerDown = errors.Is(err, probe.ErrBrokerDown)
 	switch {
 	case err == nil:
@@ -311,15 +349,17 @@ func (m *Monitor) check(ctx context.Context, c Check, err error) Result {
 // evidence it never says hung: killing a busy daemon turns overload into an
 // outage.
 func (m *Monitor) hung(ctx context.Context, c Check, r *Result, now time.Time) (hung, busy bool, why string) {
-	sample := m.Procs
-	if sample == nil {
-		sample = m.sampleProc
-	}
-	s, err := sample(ctx, c.Unit)
+	s, err := m.sample(ctx, c.Unit)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
 		return false, false, "cannot read its processes to tell hung from busy, so it is not killed: " + err.Error()
+	}
+	if r.Stopped && s.State == 'T' {
+		// Stopped (SIGSTOP) and no answer: no progress can come; a hang
+		// confirmed now, not after HungAfter.
+		why = "hung: its process is stopped (state T) and it does not answer"
+		return m.peersAllow(ctx, c, r, now, why)
 	}
 	if r.refAt.IsZero() {
 		r.ref, r.refAt = s, now
@@ -342,7 +382,13 @@ func (m *Monitor) hung(ctx context.Context, c Check, r *Result, now time.Time) (
 		return false, false, fmt.Sprintf("no answer and no progress for %s (hung after %s)", stuck.Round(time.Millisecond), c.HungAfter)
 	}
 	why = fmt.Sprintf("hung: no answer and no CPU progress for %s (process state %c)", stuck.Round(time.Millisecond), s.State)
-	if c.PeersServe != nil && stuck < c.HungAfter+PeerPatience {
+	return m.peersAllow(ctx, c, r, now, why)
+}
+
+// peersAllow decides a kill of a hung unit: not while another node of its
+// role does not serve either, for up to PeerPatience. Called with m.mu held.
+func (m *Monitor) peersAllow(ctx context.Context, c Check, r *Result, now time.Time, why string) (hung, busy bool, _ string) {
+	if c.PeersServe != nil && now.Sub(r.silentSince) < c.HungAfter+PeerPatience {
 		m.mu.Unlock()
 		perr := c.PeersServe(ctx)
 		m.mu.Lock()

@@ -85,8 +85,10 @@ func TestRepairs(t *testing.T) {
 	}{
 		{"healthy", "active", nil, 2 * time.Second, nil, false, rounds(3, time.Second, busy), "", 0, "", false},
 		{"stopped unit is started", "failed", nil, 2 * time.Second, nil, false, rounds(1, time.Second, stopped), "start u", 1, "", false},
-		{"no answer, not yet hung", "active", noAnswer, 2 * time.Second, nil, false, rounds(2, time.Second, stopped), "", 0, "hung after 2s", false},
-		{"stopped process killed after 2 s; systemd restarts it", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, stopped), "kill u", 1, "hung: no answer and no CPU progress", false},
+		{"no answer, not yet hung", "active", noAnswer, 2 * time.Second, nil, false, rounds(2, time.Second, sleeping), "", 0, "hung after 2s", false},
+		// A stopped process (SIGSTOP) that does not answer is hung at the
+		// first failed probe: no progress can come.
+		{"stopped process killed at once; systemd restarts it", "active", noAnswer, 2 * time.Second, nil, true, rounds(1, time.Second, stopped), "kill u", 1, "its process is stopped (state T)", false},
 		{"deadlocked process (sleeping, no CPU) is hung too", "active", noAnswer, 2 * time.Second, nil, true, rounds(3, 1100*time.Millisecond, sleeping), "kill u", 1, "process state S", false},
 		{"hung unit without a restart policy is started", "active", noAnswer, 2 * time.Second, nil, false, rounds(3, 1100*time.Millisecond, stopped), "kill u|start u", 1, "", false},
 		{"busy (CPU moving) is never killed", "active", noAnswer, 2 * time.Second, nil, false, rounds(20, time.Second, busy), "", 0, "overloaded, not hung", true},
@@ -193,5 +195,47 @@ func TestJobUnderWayIsNotRepaired(t *testing.T) {
 	m.Once(context.Background())
 	if got := strings.Join(u.calls, "|"); got != "start u" {
 		t.Errorf("calls %q once the job ended, want start u", got)
+	}
+}
+
+// A probe of a unit whose main process is stopped gets StoppedProbe, not
+// the full timeout: nothing can answer, so the hang is confirmed in 0.3 s.
+// A running one gets the full timeout; a stopped master whose workers
+// still answer is healthy.
+func TestStoppedProbeIsShort(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		state   byte
+		answers bool
+		want    time.Duration
+		stopped bool
+	}{
+		{"stopped, silent", 'T', false, StoppedProbe, true},
+		{"running, silent", 'S', false, 5 * time.Second, false},
+		{"stopped master, workers answer", 'T', true, StoppedProbe, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var budget time.Duration
+			probe := func(ctx context.Context) error {
+				d, _ := ctx.Deadline()
+				budget = time.Until(d)
+				if tc.answers {
+					return nil
+				}
+				return fmt.Errorf("%w: no TLS answer", probepkg.ErrNoAnswer)
+			}
+			u := &fakeUnits{state: map[string]string{"u": "active"}, restartOnKill: true}
+			m := &Monitor{Checks: []Check{{Name: "c", Unit: "u", Probe: probe, HungAfter: 9 * time.Second}},
+				Units: u, Timeout: 5 * time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Procs: func(context.Context, string) (Sample, error) { return Sample{PID: 7, State: tc.state}, nil }}
+			m.Once(context.Background())
+			r := m.Results()[0]
+			if budget > tc.want || budget < tc.want-time.Second/2 {
+				t.Errorf("probe had %s, want %s", budget, tc.want)
+			}
+			if r.Stopped != tc.stopped || r.OK != tc.answers {
+				t.Errorf("result %+v, want stopped %v, ok %v", r, tc.stopped, tc.answers)
+			}
+		})
 	}
 }
