@@ -64,11 +64,12 @@ e2e: packages bin/mqha-lab
 # e2e suite only bounds, over repeated runs, printed as p50/p95 and written as
 # JSON under reports/ (kept: the lab is torn down after). MQHA_BENCH_PUSHES sets the number of pushes (default 10),
 # MQHA_BENCH_RUNS the node-loss runs (default 3); MQHA_BENCH_BRIDGE_LONG=1
-# adds the bridge faults that take a minute or more each.
+# adds the bridge faults that take a minute or more each. TestBenchScale grows
+# the lab to 16 brokers and draws docs/scale-*.png.
 bench-lab: packages bin/mqha-lab
 	bin/mqha-lab down >/dev/null
 	bin/mqha-lab up
-	$(GO) test -count=1 -tags 'e2e benchlab' -run '^TestBench' -v -timeout 45m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
+	MQHA_BENCH_SCALE_DOCS=$(CURDIR)/docs $(GO) test -count=1 -tags 'e2e benchlab' -run '^TestBench' -v -timeout 75m ./e2e; rc=$$?; bin/mqha-lab down; exit $$rc
 
 # The soak on a fresh lab: load through the VIP, faults and commits on a
 # seeded schedule for DURATION (default 60m), the invariants checked; the
