@@ -132,7 +132,7 @@ func willClient(t *testing.T, addr, id, topic string) (cut func()) {
 	t.Helper()
 	var mu sync.Mutex
 	var conn net.Conn
-	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(id).SetTLSConfig(tlsConfig(t)).
+	o := mqtt.NewClientOptions().AddBroker("ssl://"+addr).SetClientID(id).SetTLSConfig(tlsConfig(t)).
 		SetCleanSession(true).SetAutoReconnect(false).SetKeepAlive(30*time.Second).
 		SetWill(topic, "gone: "+id, 1, false).
 		SetCustomOpenConnectionFn(func(u *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
