@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -88,11 +89,28 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 	gate := &rollout.Gate{Cluster: v.Cluster, Node: v.Node, TLS: peerTLS, Fault: a.fault.gate, Log: a.log,
 		Slot: rolloutSlot, Patience: rolloutPatience}
 	defer gate.Done()
-	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: func(ctx context.Context, p *plan.Plan) error { return a.verifyUnits(ctx, v, p, false) },
-		Timing: a.facts.Stage, Settle: a.cfg.Settle})
+	// A commit that changes this node's TLS files or CA changes how the
+	// agent probes every daemon, touched by the plan or not: all its checks
+	// must pass with it (a wrong tls.ca on a load balancer renders the same
+	// nginx.conf, and used to pass as "converged" with every probe failing
+	// after).
+	tlsChanged := a.view != nil && v != a.view && v.TLSID != a.view.TLSID
+	verifiedAll := false
+	verify := func(ctx context.Context, p *plan.Plan) error {
+		verifiedAll = verifiedAll || tlsChanged
+		return a.verifyUnits(ctx, v, p, false, tlsChanged)
+	}
+	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: verify, Timing: a.facts.Stage, Settle: a.cfg.Settle})
 	if p != nil && !p.Empty() {
 		for _, ch := range p.Changes {
 			a.log.Info("diff", "path", ch.File.Path, "diff", ch.Diff)
+		}
+	}
+	if err == nil && tlsChanged && !verifiedAll {
+		// No unit restarted (nothing to roll back): the running daemons
+		// must answer the probes made with the new files.
+		if verr := a.verifyUnits(ctx, v, &plan.Plan{}, false, true); verr != nil {
+			err = fmt.Errorf("%w: this node's TLS files (tls.ca, tls.cert, tls.key, tls.nodeCA) changed and its checks fail with them: %w", apply.ErrUnverified, verr)
 		}
 	}
 	if err != nil {
@@ -125,12 +143,21 @@ func (a *Agent) applied(v *View) {
 	a.facts.SetRoles(v.Node.RoleList())
 }
 
-// verifyUnits runs the health checks of the daemons a plan touched until
-// they pass; daemonsOnly leaves out the checks of what lies beyond a daemon
-// (a bridge's connections to the brokers).
-func (a *Agent) verifyUnits(ctx context.Context, v *View, p *plan.Plan, daemonsOnly bool) error {
+// verifyUnits runs the health checks of the daemons a plan touched (all
+// of them with all) until they pass; daemonsOnly leaves out the checks of
+// what lies beyond a daemon (a bridge's connections to the brokers).
+func (a *Agent) verifyUnits(ctx context.Context, v *View, p *plan.Plan, daemonsOnly, all bool) error {
 	var checks []health.Check
+	if all {
+		checks = v.Checks
+		if daemonsOnly {
+			checks = slices.DeleteFunc(slices.Clone(checks), func(c health.Check) bool { return c.Unit == "" })
+		}
+	}
 	for _, u := range p.Units {
+		if all {
+			break
+		}
 		if u.Action == unit.None || u.Action == unit.Stop {
 			continue
 		}

@@ -52,6 +52,8 @@ type harness struct {
 	// leaving: what the agent told keepalived's bridge check (BridgeLeaving).
 	leaving []string
 	probes  int
+	// probeErr is what every health probe answers (nil: healthy).
+	probeErr error
 }
 
 // newHarness makes the agent of node; stateDir may hold a previous run's
@@ -71,7 +73,13 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 	cfg.Repo, cfg.StateDir = "git://example/cluster.git", h.dir
 	h.a = New(cfg, node, Deps{Source: h.src, Systemd: fakeSystemd{}, Converge: h.conv.converge,
 		LoadTLS: func(TLSFiles) (*tls.Config, error) { return &tls.Config{}, nil },
-		Probe:   func(health.Check) probe.Probe { return func(context.Context) error { return nil } },
+		Probe: func(health.Check) probe.Probe {
+			return func(context.Context) error {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				return h.probeErr
+			}
+		},
 		ProbeLB: func(context.Context, string, *tls.Config) error {
 			h.mu.Lock()
 			defer h.mu.Unlock()

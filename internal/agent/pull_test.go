@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/probe"
 )
 
 func TestNewCommitAppliedAndRecorded(t *testing.T) {
@@ -302,5 +305,39 @@ func TestPuller(t *testing.T) {
 	p.reached(nil, now, 5*time.Second)
 	if p.backoff != 0 || !p.start(false, now) {
 		t.Error("an answer did not end the back-off")
+	}
+}
+
+// A commit that changes this node's TLS files changes every probe the
+// agent makes, whatever the plan restarts: on a load balancer a wrong
+// tls.ca renders the same nginx.conf (an empty plan), and used to pass as
+// applied while every check failed after. Now all checks must pass with the
+// new files, or the commit is refused as not verified.
+func TestTLSChangeVerifiesEveryCheck(t *testing.T) {
+	dir := t.TempDir()
+	wrong, right := filepath.Join(dir, "wrong.crt"), filepath.Join(dir, "right.crt")
+	os.WriteFile(wrong, []byte("a node certificate, not the CA"), 0o644)
+	os.WriteFile(right, []byte("a new CA bundle"), 0o644)
+	h := newHarness(t, "lb1", "", map[string]string{"c1": "", "c2": fmt.Sprintf("tls: ca: %q", wrong), "c3": fmt.Sprintf("tls: ca: %q", right)})
+	h.a.cfg.VerifyTimeout = 300 * time.Millisecond
+	h.src.head = "c1"
+	h.poll()
+	h.mu.Lock()
+	h.probeErr = fmt.Errorf("%w: tls: failed to verify certificate", probe.ErrNoAnswer)
+	h.mu.Unlock()
+	h.src.head = "c2"
+	if err := h.sync(false); err == nil || !errors.Is(err, apply.ErrUnverified) {
+		t.Fatalf("sync: %v, want a refusal as not verified", err)
+	}
+	if s := h.a.Status(); s.Applied != "c1" || s.Refused != "c2" || !strings.Contains(s.RefusedReason, "TLS files") {
+		t.Fatalf("status %+v", s)
+	}
+	h.mu.Lock()
+	h.probeErr = nil
+	h.mu.Unlock()
+	h.src.head = "c3"
+	h.poll()
+	if s := h.a.Status(); s.Applied != "c3" {
+		t.Errorf("a TLS change whose checks pass was not applied: %+v", s)
 	}
 }

@@ -34,7 +34,7 @@ func (a *Agent) runtimeChange(ctx context.Context, why string, set, undo, afterU
 	if err == nil {
 		// Only the daemons themselves must serve: what lies beyond them
 		// (a broker that is down) is why the change is made.
-		verify := func(ctx context.Context, p *plan.Plan) error { return a.verifyUnits(ctx, v, p, true) }
+		verify := func(ctx context.Context, p *plan.Plan) error { return a.verifyUnits(ctx, v, p, true, false) }
 		start := time.Now()
 		timing := func(stage string, _ time.Duration) {
 			if stage == "units" && afterUnits != nil {

@@ -75,6 +75,11 @@ func (a *Applier) since(stage string, start time.Time) time.Time {
 // ErrInvalid wraps validation failures: nothing was written.
 var ErrInvalid = errors.New("candidate configuration rejected; nothing was written")
 
+// ErrUnverified marks an apply that wrote everything and whose daemons
+// then did not run or serve: the commit's doing, not this node's (a write
+// that failed, a full disk, is the node's), so the fleet may share it.
+var ErrUnverified = errors.New("not verified")
+
 // Apply carries out p. On error the node is as it was before, unless the
 // error says the rollback failed too.
 func (a *Applier) Apply(ctx context.Context, p *plan.Plan) error {
@@ -284,13 +289,13 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 			return err
 		}
 		if st.ActiveState != "active" {
-			return fmt.Errorf("%s is %s after apply (see journalctl -u %s)", u, st.ActiveState, u)
+			return fmt.Errorf("%w: %s is %s after apply (see journalctl -u %s)", ErrUnverified, u, st.ActiveState, u)
 		}
 	}
 	mark = a.since("settle", mark)
 	if a.Verify != nil && len(check) > 0 {
 		if err := a.Verify(ctx, p); err != nil {
-			return fmt.Errorf("health check after apply: %w", err)
+			return fmt.Errorf("%w: health check after apply: %w", ErrUnverified, err)
 		}
 	}
 	a.since("verify", mark)
