@@ -24,6 +24,8 @@
 //   - journal.go: counting the daemons' log lines (drops, forged adverts)
 //   - sessions.go: the one reader of mosquitto's journal (drops, and on a
 //     broker the persistent sessions: listing them, draining moved copies)
+//   - verdicts.go: the fleet's verdicts on commits (signing this node's,
+//     obeying the others')
 //   - decommission.go, suspend.go: leaving the cluster; the operator's pause
 //   - publish.go, http.go, metrics.go: the status on the brokers, /metrics
 //     and the webhook, the Prometheus metrics
@@ -52,6 +54,7 @@ import (
 	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
 	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/internal/verdict"
 	"github.com/mqha/mqha/internal/vipguard"
 	"github.com/mqha/mqha/schema"
 )
@@ -184,6 +187,9 @@ type Agent struct {
 	// sessions: the other brokers' session listings, and what ending
 	// this broker's stale copies did (sessions.go).
 	sessions *sessionKeeper
+	// verdicts: the fleet's verdicts on commits, as the nodes publish them
+	// (verdicts.go).
+	verdicts *verdict.Known
 
 	view *View // the applied commit (nil until first needed)
 	// decomCluster is the definition that removed this node (nil after a
@@ -260,6 +266,7 @@ func New(cfg Config, node string, d Deps) *Agent {
 	a.publish.kick = make(chan struct{}, 1)
 	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.sessions = newSessionKeeper()
+	a.verdicts = &verdict.Known{}
 	m.reg.MustRegister(a.sessions.collectors()...)
 	a.fault = newFault(d.FaultFile, a.log)
 	if d.Guard != nil && d.Guard.OnRelease == nil {

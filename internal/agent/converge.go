@@ -100,7 +100,22 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 		verifiedAll = verifiedAll || tlsChanged
 		return a.verifyUnits(ctx, v, p, false, tlsChanged)
 	}
-	p, err := a.d.Converge(ctx, v, Hooks{Gate: gate.Before, Verify: verify, Timing: a.facts.Stage, Settle: a.cfg.Settle})
+	// After waiting for its turn, a new commit is checked for a verdict
+	// once more: a node ahead of this one may have failed it meanwhile.
+	before := func(ctx context.Context, p *plan.Plan) error {
+		if err := gate.Before(ctx, p); err != nil {
+			return err
+		}
+		if v == a.view {
+			return nil
+		}
+		if err := a.fleetVerdict(v.Commit); err != nil {
+			a.m.verdicts.WithLabelValues("obeyed").Inc()
+			return fmt.Errorf("%w (nothing was written)", err)
+		}
+		return nil
+	}
+	p, err := a.d.Converge(ctx, v, Hooks{Gate: before, Verify: verify, Timing: a.facts.Stage, Settle: a.cfg.Settle})
 	if p != nil && !p.Empty() {
 		for _, ch := range p.Changes {
 			a.log.Info("diff", "path", ch.File.Path, "diff", ch.Diff)

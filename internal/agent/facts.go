@@ -9,6 +9,7 @@ import (
 
 	"github.com/mqha/mqha/internal/control"
 	"github.com/mqha/mqha/internal/source"
+	"github.com/mqha/mqha/internal/verdict"
 )
 
 // record owns the node's facts: the commit applied and when, the one
@@ -56,6 +57,9 @@ type facts struct {
 	drops        []control.Drop
 	forged       []control.Forged
 	history      []control.Reconciliation // newest first
+	// verdicts: the commits this node could not verify, signed for the
+	// fleet (newest first, HistoryLen kept).
+	verdicts []verdict.Signed
 }
 
 func newRecord(dir string, m *metrics, log *slog.Logger, now func() time.Time, notify func(string)) *record {
@@ -156,7 +160,9 @@ func took(f *facts, now time.Time) float64 {
 }
 
 // Retry forgets that the refused commit waits for the branch to move (sync
-// --retry: the operator fixed what refused it); it returns that commit.
+// --retry: the operator fixed what refused it), and withdraws this node's
+// verdict on it, so that the fleet tries it again too; it returns that
+// commit.
 func (r *record) Retry() string {
 	var was string
 	r.change(func(f *facts) {
@@ -164,8 +170,42 @@ func (r *record) Retry() string {
 			was = f.refused
 		}
 		f.holdRefused = false
+		if was != "" {
+			f.verdicts = slices.DeleteFunc(slices.Clone(f.verdicts), func(s verdict.Signed) bool { return committed(s) == was })
+			r.writeVerdicts(f)
+		}
 	})
 	return was
+}
+
+// Judge records this node's signed verdict on a commit it could not
+// verify (state file verdicts.json; the publisher puts it on the brokers).
+func (r *record) Judge(s verdict.Signed) {
+	r.m.verdicts.WithLabelValues("given").Inc()
+	r.change(func(f *facts) {
+		f.verdicts = append([]verdict.Signed{s}, f.verdicts...)
+		if len(f.verdicts) > control.HistoryLen {
+			f.verdicts = f.verdicts[:control.HistoryLen]
+		}
+		r.writeVerdicts(f)
+	})
+}
+
+// Verdicts are this node's signed verdicts, newest first.
+func (r *record) Verdicts() []verdict.Signed { return slices.Clone(r.get().verdicts) }
+
+// writeVerdicts writes the verdicts' state file; under the record's lock.
+func (r *record) writeVerdicts(f *facts) {
+	b, _ := json.Marshal(f.verdicts)
+	r.writeState("verdicts.json", string(b))
+}
+
+// committed is the commit a signed verdict of this node is on (its own,
+// so read without checking).
+func committed(s verdict.Signed) string {
+	var v verdict.Verdict
+	json.Unmarshal(s.Verdict, &v)
+	return v.Commit
 }
 
 // Fetched records the outcome of asking the remote for the branch head.

@@ -1,7 +1,8 @@
 package agent
 
 // The record's state files in the state directory: applied, refused,
-// trying (a load under way), suspended, decommission. What a previous run
+// trying (a load under way), suspended, decommission, history.json,
+// verdicts.json. What a previous run
 // wrote is read back at start.
 
 import (
@@ -53,6 +54,12 @@ func (r *record) restore(readable func(hash string) error) {
 		if err := json.Unmarshal([]byte(h), &f.history); err != nil {
 			r.log.Warn("the recorded history of reconciliations does not read: it starts anew", "file", r.path("history.json"), "err", err)
 			f.history = nil
+		}
+	}
+	if v := r.readState("verdicts.json"); v != "" {
+		if err := json.Unmarshal([]byte(v), &f.verdicts); err != nil {
+			r.log.Warn("this node's recorded verdicts do not read: none is published", "file", r.path("verdicts.json"), "err", err)
+			f.verdicts = nil
 		}
 	}
 	f.suspended = r.restoreSuspension()

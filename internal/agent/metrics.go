@@ -26,6 +26,7 @@ type metrics struct {
 	decommission prometheus.Gauge
 	forged       *prometheus.CounterVec
 	vipReleased  *prometheus.CounterVec
+	verdicts     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -52,7 +53,9 @@ func newMetrics() *metrics {
 		Help: "VRRP adverts keepalived dropped because they came from a host that is not the other load balancer (check_unicast_src), by source."}, []string{"source"})
 	m.vipReleased = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_vip_released_total",
 		Help: "Addresses the agent deleted from this node's interfaces because keepalived, which held them, was stopped (SIGSTOP) or not running, by why."}, []string{"why"})
-	m.own = []prometheus.Collector{m.vipReleased, m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
+	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_verdicts_total",
+		Help: "Verdicts on commits: given by this node (what=\"given\"), learned from another node (\"learned\"), not trusted (\"untrusted\": unsigned, forged, not a node's), commits refused or rolled back because of one (\"obeyed\")."}, []string{"what"})
+	m.own = []prometheus.Collector{m.verdicts, m.vipReleased, m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
 	m.reg.MustRegister(m.own...)
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

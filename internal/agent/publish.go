@@ -70,6 +70,14 @@ func (p *publisher) set(t statusTarget) {
 	}
 }
 
+// kickNow has the publisher say the status and this node's verdicts now.
+func (p *publisher) kickNow() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (p *publisher) get() statusTarget {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -98,6 +106,7 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 		key     string
 		clients []mqtt.Client
 		topic   string
+		said    string // the verdicts last published
 	)
 	// publish sends the status, made once, to clients that are connected.
 	publish := func(clients ...mqtt.Client) {
@@ -145,9 +154,11 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 					SetConnectTimeout(5*time.Second).SetKeepAlive(10*time.Second).
 					SetBinaryWill(WillTopic(t.topic), will, 1, true).
 					SetOnConnectHandler(func(c mqtt.Client) {
-						// Back: no goodbye stands, and the status at once.
+						// Back: no goodbye stands, and the status at once;
+						// this node's verdicts, and the others' to read.
 						c.Publish(WillTopic(t.topic), 1, true, []byte{})
 						go publish(c)
+						go a.verdictsOnConnect(c, t.v)
 					})
 				c := mqtt.NewClient(o)
 				c.Connect()
@@ -155,6 +166,14 @@ func (a *Agent) PublishStatus(ctx context.Context) {
 			}
 		}
 		publish(clients...)
+		// This node's verdicts when they change (a connect says them too):
+		// retained, read by every agent, so not every round.
+		if vs, _ := json.Marshal(a.facts.Verdicts()); t.v != nil && string(vs) != said {
+			said = string(vs)
+			for _, c := range clients {
+				a.publishVerdicts(c, t.v)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

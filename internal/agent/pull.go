@@ -215,7 +215,17 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 	}
 	err := r.terr
 	if err == nil {
+		if err = a.fleetVerdict(r.target); err != nil {
+			a.m.verdicts.WithLabelValues("obeyed").Inc()
+		}
+	}
+	if err == nil {
 		err = a.convergeNew(ctx, r.def, r.took, r.eval)
+		if err != nil && unverified(err) {
+			// The commit's doing: the fleet is told, so that no other
+			// node pays for it with a restart.
+			a.judge(r.target, err)
+		}
 	}
 	if err != nil {
 		a.facts.Refuse(r.target, err)

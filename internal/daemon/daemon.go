@@ -305,6 +305,12 @@ const HealthTopics = probe.HealthTopics
 // own (the ACL matches the certificate name), anyone may read.
 func StatusTopics(cluster string) string { return "$mqha/status/" + cluster }
 
+// VerdictTopics is where every node keeps, retained on every broker, its
+// signed verdicts on the commits it could not verify (VerdictTopics/node;
+// package verdict): each node may write only its own, anyone may read
+// (only a node's signature makes one count).
+func VerdictTopics(cluster string) string { return "$mqha/verdict/" + cluster }
+
 // BridgeCheck is the name of the check of a bridge master's connections; a
 // standby has none to check (it passes).
 const BridgeCheck = "bridge"

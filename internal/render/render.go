@@ -155,6 +155,7 @@ type data struct {
 	ACLFile       string
 	ACLUsers      []ACLUser
 	StatusTopics  string
+	VerdictTopics string
 	SysTrees      []string // $SYS/broker subtrees clients may read
 	// WorkerProcesses is nginx's: "auto" (one per processor), or more when
 	// one worker's descriptors hold too few clients; ReusePort spreads the
@@ -243,6 +244,7 @@ func NodeOn(c *cluster.Cluster, name string, h Host) (*Output, error) {
 	d.MosquittoStart = validate.AgentBin + " " + retained.Command
 	d.StartFile = retained.File
 	d.StatusTopics = daemon.StatusTopics(c.Name)
+	d.VerdictTopics = daemon.VerdictTopics(c.Name)
 	d.SysTrees = sysTrees
 	d.ACLUsers = aclUsers(c, n)
 

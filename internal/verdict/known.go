@@ -2,29 +2,32 @@ package verdict
 
 import (
 	"crypto/x509"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
 
-// Known holds the verdicts an agent trusts, fed from the other nodes'
-// statuses (any goroutine) and asked by the agent's loop.
+// Known holds the verdicts an agent trusts, as each node last published
+// them (a node that withdraws one, after an operator's retry, withdraws it
+// for everyone). Fed from the brokers (any goroutine), asked by the loop.
 type Known struct {
-	mu      sync.Mutex
-	against map[string]Verdict // commit -> the first trusted verdict on it
-	cleared map[string]bool    // commits an operator asked to try again
-	forged  int
+	mu     sync.Mutex
+	by     map[string][]Verdict // node -> its trusted verdicts
+	forged int
 }
 
-// Take reads the verdicts node `from` published. It returns those it did
-// not know, and an error for each it does not trust (counted as forged).
-// A verdict must come from the node that signed it: a status carries only
-// its own node's.
+// Take reads the verdicts node `from` publishes now, replacing what it
+// published before. It returns the commits that no node had a verdict on
+// before, and an error for each verdict it does not trust (counted as
+// forged): a node may publish only its own.
 func (k *Known) Take(from string, signed []Signed, roots *x509.CertPool, cluster string, now time.Time) (fresh []Verdict, forged []error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.against == nil {
-		k.against = map[string]Verdict{}
+	if k.by == nil {
+		k.by = map[string][]Verdict{}
 	}
+	var mine []Verdict
 	for _, s := range signed {
 		v, err := s.Open(roots, cluster, now)
 		if err == nil && v.Node != from {
@@ -35,39 +38,37 @@ func (k *Known) Take(from string, signed []Signed, roots *x509.CertPool, cluster
 			forged = append(forged, err)
 			continue
 		}
-		if _, ok := k.against[v.Commit]; ok || k.cleared[v.Commit] {
-			continue
+		if _, known := k.against(v.Commit); !known {
+			fresh = append(fresh, v)
 		}
-		k.against[v.Commit] = v
-		fresh = append(fresh, v)
+		mine = append(mine, v)
 	}
+	k.by[from] = mine
 	return fresh, forged
 }
 
 type errNotFrom struct{ node, from string }
 
 func (e errNotFrom) Error() string {
-	return "a verdict of node " + e.node + " in the status of node " + e.from
+	return "a verdict of node " + e.node + " published as node " + e.from + "'s"
 }
 
-// Against returns the trusted verdict on commit, if any.
+// Against returns a trusted verdict on commit, if any node has one.
 func (k *Known) Against(commit string) (Verdict, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	v, ok := k.against[commit]
-	return v, ok
+	return k.against(commit)
 }
 
-// Clear forgets the verdict on commit and ignores any that comes again: an
-// operator asked the fleet to try it again.
-func (k *Known) Clear(commit string) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.against, commit)
-	if k.cleared == nil {
-		k.cleared = map[string]bool{}
+func (k *Known) against(commit string) (Verdict, bool) {
+	for _, node := range slices.Sorted(maps.Keys(k.by)) {
+		for _, v := range k.by[node] {
+			if v.Commit == commit {
+				return v, true
+			}
+		}
 	}
-	k.cleared[commit] = true
+	return Verdict{}, false
 }
 
 // Forged is how many verdicts were not trusted so far.
