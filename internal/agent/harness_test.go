@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -54,6 +55,8 @@ type harness struct {
 	probes  int
 	// probeErr is what every health probe answers (nil: healthy).
 	probeErr error
+	// tls is what LoadTLS returns (nil: an empty config, no certificate).
+	tls *tls.Config
 }
 
 // newHarness makes the agent of node; stateDir may hold a previous run's
@@ -72,7 +75,14 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 	cfg := defaultConfig()
 	cfg.Repo, cfg.StateDir = "git://example/cluster.git", h.dir
 	h.a = New(cfg, node, Deps{Source: h.src, Systemd: fakeSystemd{}, Converge: h.conv.converge,
-		LoadTLS: func(TLSFiles) (*tls.Config, error) { return &tls.Config{}, nil },
+		LoadTLS: func(TLSFiles) (*tls.Config, error) {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.tls != nil {
+				return h.tls, nil
+			}
+			return &tls.Config{}, nil
+		},
 		Probe: func(health.Check) probe.Probe {
 			return func(context.Context) error {
 				h.mu.Lock()
@@ -137,7 +147,7 @@ func newHarness(t *testing.T, node string, stateDir string, commits map[string]s
 		},
 		FaultFile: filepath.Join(h.dir, "lb-fault"),
 		Host:      func() render.Host { return h.host },
-		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log:       slog.New(slog.NewTextHandler(testLogOut(), nil)),
 	})
 	return h
 }
@@ -265,3 +275,10 @@ func (v verifier) Verify(string) (string, error) { return "ops", v.err }
 // result hands a health check's result to the loop's policy, as the
 // monitor does in a health round.
 func (h *harness) result(r health.Result) { h.onLoop(func() { h.a.onResult(r) }) }
+
+func testLogOut() io.Writer {
+	if os.Getenv("MQHA_TEST_LOG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
+}
