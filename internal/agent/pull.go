@@ -248,6 +248,8 @@ func (a *Agent) convergeNew(ctx context.Context, def *evaluated, fetching, evalu
 		return err
 	}
 	a.facts.Stage("load", evaluating+time.Since(mark))
+	a.trying = v.Commit
+	defer func() { a.trying = "" }()
 	return a.apply(ctx, v)
 }
 

@@ -37,6 +37,11 @@ func verdictTopic(cluster, node string) string {
 // judge signs this node's verdict on commit, which it could not verify
 // (err), with the node certificate of the applied commit.
 func (a *Agent) judge(commit string, err error) {
+	for _, s := range a.facts.Verdicts() {
+		if committed(s) == commit {
+			return // said already (before the rollback)
+		}
+	}
 	v := a.view
 	if v == nil || v.TLS == nil || len(v.TLS.Certificates) == 0 {
 		a.log.Warn("no verdict on a commit this node could not verify: no node certificate applied to sign it with", "commit", source.Short(commit))
