@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -13,12 +14,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqha/mqha/internal/control"
 )
 
 // TestSchemaErrorRefused (d): a commit that fails the schema is refused by
@@ -43,37 +48,96 @@ func TestSchemaErrorRefused(t *testing.T) {
 	}
 }
 
-// TestUnhealthyCommitRolledBack (f): a commit that passes validation but
-// leaves mosquitto unable to serve (its CA is the node's own certificate,
-// a valid certificate that signed nobody's, so no client certificate
-// verifies) is rolled back by every broker. (The system's public bundle,
-// which this test used before, is now refused by vet.)
+// TestUnhealthyCommitRolledBack (issue 24): a commit gives the cluster a
+// wrong CA (the node certificate as tls.ca). The canary (broker1) applies it, finds it cannot serve, signs a verdict and rolls back;
+// every other node refuses it without applying it (for the verdict, or, on
+// a load balancer whose nginx.conf does not change, because its checks fail
+// with the new TLS files): one node restarts for it, twice, and every node
+// stays on the previous commit and visible in the fleet view. Before the
+// verdicts each broker and the bridge applied and rolled back in turn, and
+// the load balancers kept it.
 func TestUnhealthyCommitRolledBack(t *testing.T) {
+	nodes := []string{"lb1", "lb2", "bridge", "broker1", "broker2"}
 	conf := on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf")
+	prev := agentStatus(t, "broker1").Applied
+	since := time.Now().Add(-time.Second)
+	restarts := func(n string) int {
+		out := onAny(t, n, "sh", "-c", fmt.Sprintf("journalctl -u mosquitto.service -u nginx.service --since @%d -o cat | grep -c '^Started' || true", since.Unix()))
+		c, _ := strconv.Atoi(strings.TrimSpace(out))
+		return c
+	}
+	// broker1 is the canary: every other node waits for it (without one
+	// the bridge would take the commit alongside broker1).
+	canary := commit(t, "e2e: broker1 is the canary", map[string]string{"rollout.cue": "package cluster\n\nrollout: canary: \"broker1\"\n"})
+	t.Cleanup(func() { revert(t, "rollout.cue") })
+	appliedAfter(t, canary, time.Now(), 60*time.Second, nodes...)
+	prev = canary
+	since = time.Now().Add(-time.Second)
 	head := commit(t, "e2e: wrong CA", map[string]string{"ca.cue": "package cluster\n\ntls: ca: \"/etc/mqha/tls/node.crt\"\n"})
 	t.Cleanup(func() { revert(t, "ca.cue") })
 	start := time.Now()
-	for _, n := range []string{"broker1", "broker2"} {
-		waitFor(t, 90*time.Second, n+" rolls back", func() bool {
-			s := agentStatus(t, n)
-			return s.Refused == head && strings.Contains(s.RefusedReason, "rolled back")
-		})
+	for _, n := range nodes {
+		waitFor(t, 150*time.Second, n+" refuses the commit", func() bool { return agentStatus(t, n).Refused == head })
 	}
-	report(t, "both brokers applied, found they could not serve, and rolled back within %s", time.Since(start).Round(time.Millisecond))
-	t.Logf("broker1: %s", agentStatus(t, "broker1").RefusedReason)
-	// The node's history says it, newest first.
-	if h := agentStatus(t, "broker1").History; len(h) == 0 || h[0].Commit != head || h[0].Result != "refused" || !strings.Contains(h[0].Reason, "rolled back") || h[0].Seconds <= 0 {
-		t.Errorf("broker1's history does not start with the rolled-back commit: %+v", h)
-	} else {
-		report(t, "broker1's history: %s %s after %.1f s: %s", h[0].Commit[:7], h[0].Result, h[0].Seconds, h[0].Reason)
+	took := time.Since(start)
+	var rolledBack []string
+	total := 0
+	for _, n := range nodes {
+		s := agentStatus(t, n)
+		r := restarts(n)
+		total += r
+		report(t, "%s: %d daemon starts; refused %s: %s", n, r, head[:7], s.RefusedReason)
+		if s.Applied != prev {
+			t.Errorf("%s is on %s, want the previous commit %s", n, s.Applied, prev)
+		}
+		if strings.Contains(s.RefusedReason, "rolled back") {
+			rolledBack = append(rolledBack, n)
+		}
+		if r > 0 && !slices.Contains(rolledBack, n) {
+			t.Errorf("%s restarted a daemon %d times for a commit it did not apply", n, r)
+		}
+	}
+	report(t, "wrong-CA commit refused by all %d nodes within %s; applied and rolled back on %v; daemon starts it cost the fleet: %d (before the verdicts: both brokers and the bridge applied and rolled back, 6)",
+		len(nodes), took.Round(time.Second), rolledBack, total)
+	if len(rolledBack) != 1 || total > 2 {
+		t.Errorf("applied and rolled back on %v with %d daemon starts; want one node, 2 starts (its apply and its rollback)", rolledBack, total)
+	}
+	if h := agentStatus(t, "broker1").History; len(h) == 0 || h[0].Commit != head || h[0].Result != "refused" {
+		t.Errorf("broker1's history does not start with the refused commit: %+v", h)
 	}
 	if on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf") != conf {
 		t.Error("broker1's previous configuration is not back")
 	}
+	// Every node still says its status on the brokers (the fleet view).
+	seen := map[string]time.Time{}
+	var mu sync.Mutex
+	c := client(t, brokerAddr(t, "broker2"), fmt.Sprintf("e2e-fleetview-%d", time.Now().UnixNano()), true)
+	c.Subscribe("$mqha/status/+/+", 1, func(_ mqtt.Client, m mqtt.Message) {
+		var st control.Status
+		if json.Unmarshal(m.Payload(), &st) == nil {
+			mu.Lock()
+			seen[st.Node] = st.PublishedAt
+			mu.Unlock()
+		}
+	}).WaitTimeout(5 * time.Second)
+	waitFor(t, 20*time.Second, "every node's status fresh on broker2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, n := range nodes {
+			if time.Since(seen[n]) > 15*time.Second {
+				return false
+			}
+		}
+		return true
+	})
 	topic := fmt.Sprintf("e2e/rollback/%d", time.Now().UnixNano())
 	in := subscribe(t, client(t, brokerAddr(t, "broker1"), "sub-rb", true), topic)
 	publish(t, client(t, vip(), "pub-rb", true), topic, "served again")
 	in.wait(t, "served again", 10*time.Second)
+	// The next commit rolls out as usual.
+	pushed := time.Now()
+	good := commit(t, "e2e: revert the wrong CA", map[string]string{"ca.cue": ""})
+	report(t, "the next commit applied on every node %s after its push", appliedAfter(t, good, pushed, 90*time.Second, nodes...).Round(time.Millisecond))
 }
 
 // TestMosquittoKilled (g): kill -9 is repaired within 3 s; a hung broker

@@ -88,8 +88,18 @@ func check(v, user cue.Value, c *cluster.Cluster) Errors {
 	k.bridgeVIP(c)
 	k.ports(c)
 	k.tls(c)
+	k.rollout(c)
 	k.errs.sort()
 	return k.errs
+}
+
+func (k *checker) rollout(c *cluster.Cluster) {
+	if name := c.Rollout.Canary; name != "" {
+		if _, ok := c.Node(name); !ok {
+			k.fail([]any{"rollout", "canary"}, "name a node of the definition, or \"\" for no canary",
+				"the canary %q is not a node of the cluster", name)
+		}
+	}
 }
 
 func (k *checker) names(c *cluster.Cluster) {

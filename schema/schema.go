@@ -186,6 +186,7 @@ type raw struct {
 	MQTT      cluster.MQTT       `json:"mqtt"`
 	Limits    cluster.Limits     `json:"limits"`
 	Timeouts  cluster.Timeouts   `json:"timeouts"`
+	Rollout   cluster.Rollout    `json:"rollout"`
 }
 
 func decode(v cue.Value) (*cluster.Cluster, error) {
@@ -194,7 +195,7 @@ func decode(v cue.Value) (*cluster.Cluster, error) {
 		return nil, fromCUE(err, "", cue.Value{})
 	}
 	c := &cluster.Cluster{
-		Name: r.Name, Ports: r.Ports, TLS: r.TLS, MQTT: r.MQTT, Limits: r.Limits, Timeouts: r.Timeouts,
+		Name: r.Name, Ports: r.Ports, TLS: r.TLS, MQTT: r.MQTT, Limits: r.Limits, Timeouts: r.Timeouts, Rollout: r.Rollout,
 	}
 	c.VIP = r.VIP.decode()
 	if c.BridgeVIP = r.BridgeVIP.decode(); c.BridgeVIP != nil {

@@ -84,6 +84,8 @@ func TestRules(t *testing.T) {
 			"cluster.cue:5:1", "nodes", "the cluster has no broker"},
 		{"the public CA bundle as cluster CA", "", "", `tls: ca: "/etc/ssl/certs/ca-certificates.crt"`,
 			"extra.cue:3:10", "tls.ca", "is the system's public CA bundle"},
+		{"a canary that is no node", "", "", `rollout: canary: "broker9"`,
+			"extra.cue:3:18", "rollout.canary", `the canary "broker9" is not a node of the cluster`},
 		{"two brokers without a bridge", `bridge: {address: "10.0.0.20", roles: ["bridge"]}`, ``, "",
 			"cluster.cue:5:1", "nodes", "2 brokers but no bridge"},
 		{"two bridges without priorities", `broker2: {address: "10.0.0.22", roles: ["broker"]}`, `broker2: {address: "10.0.0.22", roles: ["broker", "bridge"]}`, "",

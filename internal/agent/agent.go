@@ -190,6 +190,8 @@ type Agent struct {
 	// verdicts: the fleet's verdicts on commits, as the nodes publish them
 	// (verdicts.go).
 	verdicts *verdict.Known
+	// canary: the commit the canary's status says it applied (a string).
+	canary atomic.Value
 
 	view *View // the applied commit (nil until first needed)
 	// trying is the new commit being converged (a verdict is given only on

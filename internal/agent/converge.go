@@ -117,6 +117,9 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 		if v == a.view {
 			return nil
 		}
+		if why := a.waitCanary(ctx, v.Commit); why != "" {
+			a.log.Info("waited for the canary", "commit", source.Short(v.Commit), "until", why)
+		}
 		if err := a.fleetVerdict(v.Commit); err != nil {
 			a.m.verdicts.WithLabelValues("obeyed").Inc()
 			return fmt.Errorf("%w (nothing was written)", err)

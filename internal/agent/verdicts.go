@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
@@ -157,7 +158,8 @@ func nodeRoots(v *View) (*x509.CertPool, error) {
 }
 
 // verdictsOnConnect is what the status publisher does on each broker it
-// connects to: say this node's verdicts and read the others'.
+// connects to: say this node's verdicts, read the others', and follow the
+// canary's status when the applied commit names one.
 func (a *Agent) verdictsOnConnect(c mqtt.Client, v *View) {
 	roots, err := nodeRoots(v)
 	if err != nil {
@@ -169,6 +171,50 @@ func (a *Agent) verdictsOnConnect(c mqtt.Client, v *View) {
 	c.Subscribe(prefix+"+", 1, func(_ mqtt.Client, m mqtt.Message) {
 		a.takeVerdicts(v, roots, strings.TrimPrefix(m.Topic(), prefix), m.Payload())
 	})
+	if canary := v.Cluster.Rollout.Canary; canary != "" && canary != a.node {
+		c.Subscribe(daemon.StatusTopics(v.Cluster.Name)+"/"+canary, 1, func(_ mqtt.Client, m mqtt.Message) {
+			var st struct{ Applied string }
+			if json.Unmarshal(m.Payload(), &st) == nil {
+				a.canary.Store(st.Applied)
+			}
+		})
+	}
+}
+
+// canaryWaitStep is how often a node waiting for the canary looks again.
+const canaryWaitStep = 200 * time.Millisecond
+
+// waitCanary holds a new commit until the canary of the applied definition
+// applied it (its status says so) or some node gave a verdict on it, for
+// at most the definition's canaryWait. It reports how the wait ended.
+func (a *Agent) waitCanary(ctx context.Context, commit string) string {
+	applied := a.view
+	if applied == nil {
+		return ""
+	}
+	r := applied.Cluster.Rollout
+	if r.Canary == "" || r.Canary == a.node {
+		return ""
+	}
+	wait := time.Duration(r.CanaryWait) * time.Second
+	start := time.Now()
+	for {
+		if got, _ := a.canary.Load().(string); got == commit {
+			return "the canary " + r.Canary + " applied it"
+		}
+		if _, ok := a.verdicts.Against(commit); ok {
+			return "a verdict"
+		}
+		if time.Since(start) > wait {
+			a.log.Warn("going ahead without the canary: it did not apply the commit in time", "canary", r.Canary, "waited", wait, "commit", source.Short(commit))
+			return "the canary's wait ran out"
+		}
+		select {
+		case <-ctx.Done():
+			return "stopped"
+		case <-time.After(canaryWaitStep):
+		}
+	}
 }
 
 // publishVerdicts puts this node's verdicts, retained, on c's broker.

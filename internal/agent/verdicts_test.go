@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -159,5 +160,40 @@ func TestVerdictsOfOtherNodes(t *testing.T) {
 	h.takes("broker2", f.publishes(t, "broker2", "broker2"))
 	if s := h.a.Status(); s.Applied != "c3" {
 		t.Errorf("after the verdict was withdrawn: %+v", s)
+	}
+}
+
+// With a canary in the applied definition, a node holds a new commit until
+// the canary's status says it applied it, or a verdict on it comes, or the
+// wait runs out; the canary itself and a definition without one wait for
+// nothing.
+func TestWaitForTheCanary(t *testing.T) {
+	f := newFleetPKI(t, "lb1", "broker1")
+	h := newHarness(t, "lb1", "", map[string]string{"c1": "rollout: {canary: \"broker1\", canaryWait: 5}"})
+	h.tls = f.tlsOf("lb1")
+	h.src.head = "c1"
+	h.poll()
+	ctx := context.Background()
+	var a *Agent
+	h.onLoop(func() { a = h.a })
+
+	h.a.canary.Store("c2")
+	if why := a.waitCanary(ctx, "c2"); !strings.Contains(why, "canary broker1 applied it") {
+		t.Errorf("canary applied c2: waited until %q", why)
+	}
+	h.takes("broker1", f.publishes(t, "broker1", "broker1", "c3"))
+	if why := a.waitCanary(ctx, "c3"); why != "a verdict" {
+		t.Errorf("verdict on c3: waited until %q", why)
+	}
+	start := time.Now()
+	if why := a.waitCanary(ctx, "c4"); !strings.Contains(why, "ran out") || time.Since(start) < 5*time.Second {
+		t.Errorf("nothing on c4: waited %s until %q, want the 5 s wait", time.Since(start), why)
+	}
+
+	canary := newHarness(t, "broker1", "", map[string]string{"c1": "rollout: canary: \"broker1\""})
+	canary.src.head = "c1"
+	canary.poll()
+	if why := canary.a.waitCanary(ctx, "c2"); why != "" {
+		t.Errorf("the canary waited for itself: %q", why)
 	}
 }

@@ -34,6 +34,7 @@ type Cluster struct {
 	MQTT      MQTT
 	Limits    Limits
 	Timeouts  Timeouts
+	Rollout   Rollout
 }
 
 type Node struct {
@@ -79,6 +80,12 @@ type MQTT struct {
 
 type Limits struct {
 	Clients int `json:"clients"`
+}
+
+// Rollout orders how the fleet takes a new commit.
+type Rollout struct {
+	Canary     string `json:"canary"`     // the node that takes a commit first ("" none)
+	CanaryWait int    `json:"canaryWait"` // seconds the others wait for it at most
 }
 
 type Timeouts struct {
