@@ -194,9 +194,6 @@ type Agent struct {
 	canary atomic.Value
 
 	view *View // the applied commit (nil until first needed)
-	// trying is the new commit being converged (a verdict is given only on
-	// one), "" otherwise; the loop's alone.
-	trying string
 	// decomCluster is the definition that removed this node (nil after a
 	// restart until needed; decommission.go).
 	decomCluster *cluster.Cluster

@@ -98,15 +98,7 @@ func (a *Agent) apply(ctx context.Context, v *View) error {
 	verifiedAll := false
 	verify := func(ctx context.Context, p *plan.Plan) error {
 		verifiedAll = verifiedAll || tlsChanged
-		err := a.verifyUnits(ctx, v, p, false, tlsChanged)
-		if err != nil && v.Commit == a.trying {
-			// A new commit (not the applied one enforced again, nor one
-			// this node goes back to) did not verify. Said before the
-			// rollback: the next node in the rollout waits for this one to
-			// serve again, and must know by then.
-			a.judge(v.Commit, fmt.Errorf("%w: health check after apply: %w", apply.ErrUnverified, err))
-		}
-		return err
+		return a.verifyUnits(ctx, v, p, false, tlsChanged)
 	}
 	// After waiting for its turn, a new commit is checked for a verdict
 	// once more: a node ahead of this one may have failed it meanwhile.

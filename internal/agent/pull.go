@@ -222,9 +222,10 @@ func (a *Agent) settle(ctx context.Context, r pulled) error {
 	if err == nil {
 		err = a.convergeNew(ctx, r.def, r.took, r.eval)
 		if err != nil && unverified(err) {
-			// The commit's doing: the fleet is told, so that no other
-			// node pays for it with a restart.
-			a.judge(r.target, err)
+			// The commit's doing if the commit before it serves again
+			// here: the fleet is told, so that no other node pays for it
+			// with a restart.
+			a.judgeIfPreviousServes(ctx, r.target, err)
 		}
 	}
 	if err != nil {
@@ -248,8 +249,6 @@ func (a *Agent) convergeNew(ctx context.Context, def *evaluated, fetching, evalu
 		return err
 	}
 	a.facts.Stage("load", evaluating+time.Since(mark))
-	a.trying = v.Commit
-	defer func() { a.trying = "" }()
 	return a.apply(ctx, v)
 }
 

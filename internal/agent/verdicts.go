@@ -14,6 +14,7 @@ import (
 
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/daemon"
+	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/verdict"
 )
@@ -33,6 +34,29 @@ const fleetRefused = "refused by the fleet"
 // verdictTopic is where node publishes its verdicts.
 func verdictTopic(cluster, node string) string {
 	return daemon.VerdictTopics(cluster) + "/" + node
+}
+
+// previousServes bounds how long the rolled-back daemons get to serve
+// again before a verdict is given (verify-timeout, if shorter).
+const previousServes = 15 * time.Second
+
+// judgeIfPreviousServes gives a verdict on commit, which did not verify
+// here, when the daemons serve again with the applied commit after the
+// rollback: then the commit failed, not this node. A node in trouble of
+// its own (killed daemons, a cut network) fails with the previous commit
+// too, and its failure stays its own.
+func (a *Agent) judgeIfPreviousServes(ctx context.Context, commit string, err error) {
+	if a.view == nil {
+		return
+	}
+	wait := min(previousServes, a.cfg.VerifyTimeout)
+	m := &health.Monitor{Checks: a.view.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}
+	if verr := m.Verify(ctx, wait); verr != nil {
+		a.log.Warn("no verdict on a commit that did not verify: this node does not serve with the commit before it either, so the trouble may be its own",
+			"commit", source.Short(commit), "err", verr)
+		return
+	}
+	a.judge(commit, err)
 }
 
 // judge signs this node's verdict on commit, which it could not verify

@@ -197,3 +197,24 @@ func TestWaitForTheCanary(t *testing.T) {
 		t.Errorf("the canary waited for itself: %q", why)
 	}
 }
+
+// A node whose daemons do not serve with the previous commit either after
+// the rollback (its own trouble: killed daemons, a cut network) gives no
+// verdict: the fleet must not refuse a good commit for one node's fault.
+func TestNoVerdictWhenThePreviousCommitFailsToo(t *testing.T) {
+	f := newFleetPKI(t, "broker1")
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+	h.tls = f.tlsOf("broker1")
+	h.a.cfg.VerifyTimeout = 300 * time.Millisecond
+	h.src.head = "c1"
+	h.poll()
+	h.mu.Lock()
+	h.probeErr = errors.New("connection refused: this node's own trouble")
+	h.mu.Unlock()
+	h.conv.fail["c2"] = fmt.Errorf("%w: health check after apply: connection refused", apply.ErrUnverified)
+	h.src.head = "c2"
+	h.sync(false)
+	if s := h.a.Status(); s.Refused != "c2" || len(h.a.facts.Verdicts()) != 0 {
+		t.Errorf("refused %q, %d verdicts; want c2 refused here and no verdict", s.Refused, len(h.a.facts.Verdicts()))
+	}
+}
