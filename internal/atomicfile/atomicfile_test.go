@@ -30,3 +30,18 @@ func TestWrite(t *testing.T) {
 		t.Errorf("temporary files left behind: %v", left)
 	}
 }
+
+// WriteLike keeps the replaced file's mode (and owner: the same here, as a
+// test cannot chown to another user unless root).
+func TestWriteLike(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "db")
+	os.WriteFile(p, []byte("old"), 0o600)
+	fi, _ := os.Stat(p)
+	if err := WriteLike(p, []byte("new"), fi); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Stat(p)
+	if b, _ := os.ReadFile(p); string(b) != "new" || after.Mode().Perm() != 0o600 {
+		t.Errorf("content %q, mode %v", b, after.Mode())
+	}
+}

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"syscall"
+
+	"github.com/mqha/mqha/internal/atomicfile"
 )
 
 // mosquitto 2.0's persistence file (src/persist.h, persist_write_v5.c):
@@ -66,7 +66,7 @@ func Strip(path string) (Stripped, error) {
 	if err != nil {
 		return Stripped{}, err
 	}
-	if err := writeLike(path, out, fi); err != nil {
+	if err := atomicfile.WriteLike(path, out, fi); err != nil {
 		return Stripped{}, fmt.Errorf("rewrite %s without its retained messages: %w", path, err)
 	}
 	return st, nil
@@ -156,45 +156,4 @@ func storedTopic(body []byte) string {
 		return "?"
 	}
 	return string(body[start : start+topic])
-}
-
-// writeLike replaces path with b, keeping the mode and owner that fi has
-// (mosquitto, which drops root, must still read and replace it).
-func writeLike(path string, b []byte, fi os.FileInfo) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".mqha-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after the rename
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(fi.Mode().Perm()); err != nil {
-		f.Close()
-		return err
-	}
-	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
-		if err := f.Chown(int(s.Uid), int(s.Gid)); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
