@@ -24,6 +24,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/verdict"
 )
 
 // TestSchemaErrorRefused (d): a commit that fails the schema is refused by
@@ -59,22 +60,7 @@ func TestSchemaErrorRefused(t *testing.T) {
 func TestUnhealthyCommitRolledBack(t *testing.T) {
 	nodes := []string{"lb1", "lb2", "bridge", "broker1", "broker2"}
 	conf := on(t, "broker1", "cat", "/etc/mosquitto/mosquitto.conf")
-	prev := agentStatus(t, "broker1").Applied
-	since := time.Now().Add(-time.Second)
-	restarts := func(n string) int {
-		out := onAny(t, n, "sh", "-c", fmt.Sprintf("journalctl -u mosquitto.service -u nginx.service --since @%d -o cat | grep -c '^Started' || true", since.Unix()))
-		c, _ := strconv.Atoi(strings.TrimSpace(out))
-		return c
-	}
-	// broker1 is the canary: every other node waits for it (without one
-	// the bridge would take the commit alongside broker1).
-	canary := commit(t, "e2e: broker1 is the canary", map[string]string{"rollout.cue": "package cluster\n\nrollout: canary: \"broker1\"\n"})
-	t.Cleanup(func() { revert(t, "rollout.cue") })
-	appliedAfter(t, canary, time.Now(), 60*time.Second, nodes...)
-	prev = canary
-	since = time.Now().Add(-time.Second)
-	head := commit(t, "e2e: wrong CA", map[string]string{"ca.cue": "package cluster\n\ntls: ca: \"/etc/mqha/tls/node.crt\"\n"})
-	t.Cleanup(func() { revert(t, "ca.cue") })
+	prev, since, head := wrongCAWithCanary(t, nodes)
 	start := time.Now()
 	for _, n := range nodes {
 		waitFor(t, 150*time.Second, n+" refuses the commit", func() bool { return agentStatus(t, n).Refused == head })
@@ -84,7 +70,7 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 	total := 0
 	for _, n := range nodes {
 		s := agentStatus(t, n)
-		r := restarts(n)
+		r := daemonStarts(t, n, since)
 		total += r
 		report(t, "%s: %d daemon starts; refused %s: %s", n, r, head[:7], s.RefusedReason)
 		if s.Applied != prev {
@@ -138,6 +124,129 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 	pushed := time.Now()
 	good := commit(t, "e2e: revert the wrong CA", map[string]string{"ca.cue": ""})
 	report(t, "the next commit applied on every node %s after its push", appliedAfter(t, good, pushed, 90*time.Second, nodes...).Round(time.Millisecond))
+}
+
+// wrongCAWithCanary makes broker1 the canary, then pushes a commit that
+// gives the cluster a wrong CA (the node certificate as tls.ca); both are
+// reverted after the test. It returns the commit before the bad one, when
+// it was pushed, and the bad commit.
+func wrongCAWithCanary(t *testing.T, nodes []string) (prev string, since time.Time, head string) {
+	t.Helper()
+	// Without a canary the bridge would take the commit alongside broker1.
+	canary := commit(t, "e2e: broker1 is the canary", map[string]string{"rollout.cue": "package cluster\n\nrollout: canary: \"broker1\"\n"})
+	t.Cleanup(func() { revert(t, "rollout.cue") })
+	appliedAfter(t, canary, time.Now(), 60*time.Second, nodes...)
+	since = time.Now().Add(-time.Second)
+	head = commit(t, "e2e: wrong CA", map[string]string{"ca.cue": "package cluster\n\ntls: ca: \"/etc/mqha/tls/node.crt\"\n"})
+	t.Cleanup(func() { revert(t, "ca.cue") })
+	return canary, since, head
+}
+
+// clusterName is the lab's cluster (cluster-repo-example's name).
+func clusterName(*testing.T) string { return "mqtt" }
+
+// daemonStarts counts the starts of mosquitto and nginx on node n since.
+func daemonStarts(t *testing.T, n string, since time.Time) int {
+	t.Helper()
+	out := onAny(t, n, "sh", "-c", fmt.Sprintf("journalctl -u mosquitto.service -u nginx.service --since @%d -o cat | grep -c '^Started' || true", since.Unix()))
+	c, _ := strconv.Atoi(strings.TrimSpace(out))
+	return c
+}
+
+// TestVerdictOutlivesItsNode (issue 24): the canary gives its verdict on a
+// wrong-CA commit and is powered off right after. The verdict stays
+// retained on the other broker, so the nodes that had not applied the
+// commit still refuse it without applying it.
+func TestVerdictOutlivesItsNode(t *testing.T) {
+	nodes := []string{"lb1", "lb2", "bridge", "broker2"}
+	prev, since, head := wrongCAWithCanary(t, append([]string{"broker1"}, nodes...))
+	topic := fmt.Sprintf("$mqha/verdict/%s/broker1", clusterName(t))
+	var mu sync.Mutex
+	var said string
+	c := client(t, brokerAddr(t, "broker2"), fmt.Sprintf("e2e-verdicts-%d", time.Now().UnixNano()), true)
+	c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		mu.Lock()
+		said = string(m.Payload())
+		mu.Unlock()
+	}).WaitTimeout(5 * time.Second)
+	judged := waitFor(t, 120*time.Second, "broker1's verdict on broker2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(said, head)
+	})
+	if err := cfg.PowerOff(t.Context(), "broker1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cfg.PowerOn(context.Background(), "broker1")
+		cfg.WaitConverged(context.Background(), 120*time.Second)
+	})
+	for _, n := range nodes {
+		waitFor(t, 150*time.Second, n+" refuses the commit with broker1 off", func() bool { return agentStatus(t, n).Refused == head })
+	}
+	for _, n := range nodes {
+		s := agentStatus(t, n)
+		r := daemonStarts(t, n, since)
+		report(t, "broker1 off after its verdict: %s: %d daemon starts; refused %s: %s", n, r, head[:7], s.RefusedReason)
+		if s.Applied != prev || r > 0 || strings.Contains(s.RefusedReason, "rolled back") {
+			t.Errorf("%s: applied %s, %d daemon starts, %q; want %s kept, none, not applied", n, s.Applied, r, s.RefusedReason, prev)
+		}
+	}
+	report(t, "broker1's verdict reached broker2 %s after the push; with broker1 powered off, no other node applied the commit", judged.Round(time.Millisecond))
+}
+
+// TestForgedVerdictIgnored (issue 24): verdicts on the applied commit that
+// no node signed (one signed with the lab's client certificate, one
+// unsigned), published where a client may write, change nothing: every
+// node keeps the commit and counts them as untrusted.
+func TestForgedVerdictIgnored(t *testing.T) {
+	nodes := []string{"lb1", "lb2", "bridge", "broker1", "broker2"}
+	head := agentStatus(t, "broker1").Applied
+	kp, err := tls.LoadX509KeyPair(filepath.Join(cfg.Dir, "pki", "clients", "lab-client.crt"), filepath.Join(cfg.Dir, "pki", "clients", "lab-client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := clusterName(t)
+	signed, err := verdict.Sign(verdict.Verdict{Cluster: name, Commit: head, Node: "lab-client", Reason: "forged", At: time.Now()}, kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsigned := verdict.Signed{Verdict: json.RawMessage(fmt.Sprintf(`{"cluster":%q,"commit":%q,"node":"broker1"}`, name, head))}
+	payload, _ := json.Marshal([]verdict.Signed{signed, unsigned})
+	untrusted := func(n string) int {
+		for _, l := range strings.Split(metricsOf(t, n), "\n") {
+			if v, ok := strings.CutPrefix(l, `mqha_verdicts_total{what="untrusted"} `); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return int(f)
+			}
+		}
+		return 0
+	}
+	before := map[string]int{}
+	for _, n := range nodes {
+		before[n] = untrusted(n)
+	}
+	c := client(t, brokerAddr(t, "broker1"), fmt.Sprintf("e2e-forger-%d", time.Now().UnixNano()), true)
+	topic := fmt.Sprintf("$mqha/verdict/%s/lab-client", name)
+	if tok := c.Publish(topic, 1, true, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() { c.Publish(topic, 1, true, []byte{}).WaitTimeout(5 * time.Second) })
+	waitFor(t, 30*time.Second, "every node counting the forged verdicts", func() bool {
+		for _, n := range nodes {
+			if untrusted(n)-before[n] < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(3 * time.Second)
+	for _, n := range nodes {
+		if s := agentStatus(t, n); s.Applied != head || s.Refused == head {
+			t.Errorf("%s: applied %s, refused %s after forged verdicts on %s", n, s.Applied, s.Refused, head[:7])
+		}
+	}
+	report(t, "forged verdicts (a client's signature, none) on the applied commit: every node kept it and counted them untrusted")
 }
 
 // TestMosquittoKilled (g): kill -9 is repaired within 3 s; a hung broker
