@@ -26,6 +26,7 @@
 //     broker the persistent sessions: listing them, draining moved copies)
 //   - verdicts.go: the fleet's verdicts on commits (signing this node's,
 //     obeying the others')
+//   - notify.go: this node's events posted to the notify-url webhook
 //   - decommission.go, suspend.go: leaving the cluster; the operator's pause
 //   - publish.go, http.go, metrics.go: the status on the brokers, /metrics
 //     and the webhook, the Prometheus metrics
@@ -50,6 +51,7 @@ import (
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/evaluate"
 	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/notify"
 	"github.com/mqha/mqha/internal/plan"
 	"github.com/mqha/mqha/internal/probe"
 	"github.com/mqha/mqha/internal/render"
@@ -192,6 +194,9 @@ type Agent struct {
 	verdicts *verdict.Known
 	// canary: the commit the canary's status says it applied (a string).
 	canary atomic.Value
+	// notifier posts this node's events to the notify-url webhook
+	// (notify.go).
+	notifier *notify.Notifier
 
 	view *View // the applied commit (nil until first needed)
 	// decomCluster is the definition that removed this node (nil after a
@@ -269,6 +274,11 @@ func New(cfg Config, node string, d Deps) *Agent {
 	m.reg.MustRegister(bridgeCollector{a.bridge})
 	a.sessions = newSessionKeeper()
 	a.verdicts = &verdict.Known{}
+	a.notifier = &notify.Notifier{Log: a.log, Result: func(r string) { m.notifications.WithLabelValues(r).Inc() }}
+	if err := a.setNotify(); err != nil {
+		a.log.Error("webhook notifications are off", "err", err)
+	}
+	a.facts.emit = a.emit
 	m.reg.MustRegister(a.sessions.collectors()...)
 	a.fault = newFault(d.FaultFile, a.log)
 	if d.Guard != nil && d.Guard.OnRelease == nil {

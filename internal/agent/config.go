@@ -52,6 +52,11 @@ type Config struct {
 	// serving its last configuration. DecommissionGrace bounds the wait.
 	Decommission      bool
 	DecommissionGrace time.Duration // default 60s
+	// NotifyURL receives this node's events (applied, refused, rolled
+	// back, decommissioned, failed over) as signed JSON; "" none.
+	// NotifySecretFile holds the HMAC key (at least 16 bytes).
+	NotifyURL        string
+	NotifySecretFile string
 }
 
 func defaultConfig() Config {
@@ -119,6 +124,20 @@ var keys = []key{
 	field("webhook-secret-file", onReload, func(c *Config) *string { return &c.WebhookSecretFile }, text),
 	field("decommission", onReload, func(c *Config) *bool { return &c.Decommission }, boolean),
 	field("decommission-grace", onReload, func(c *Config) *time.Duration { return &c.DecommissionGrace }, atLeast(0)),
+	field("notify-url", onReload, func(c *Config) *string { return &c.NotifyURL }, webURL),
+	field("notify-secret-file", onReload, func(c *Config) *string { return &c.NotifySecretFile }, text),
+}
+
+// webURL is an http or https URL with a host ("" none).
+func webURL(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("%q: want an http:// or https:// URL", v)
+	}
+	return v, nil
 }
 
 func text(v string) (string, error) { return v, nil }

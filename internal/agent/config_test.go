@@ -56,7 +56,7 @@ func TestParseConfig(t *testing.T) {
 // TestEveryKeyParses sets each key of the table once, so that a key added
 // to the table without a working setter fails here.
 func TestEveryKeyParses(t *testing.T) {
-	values := map[string]string{"poll": "2s", "fetch-timeout": "10s", "max-definition-size": "16M", "load-timeout": "30s", "load-memory": "512M", "settle": "1s", "health-interval": "1s", "verify-timeout": "5s", "allow-rewind": "true", "decommission": "false", "decommission-grace": "2m"}
+	values := map[string]string{"poll": "2s", "fetch-timeout": "10s", "max-definition-size": "16M", "load-timeout": "30s", "load-memory": "512M", "settle": "1s", "health-interval": "1s", "verify-timeout": "5s", "allow-rewind": "true", "decommission": "false", "decommission-grace": "2m", "notify-url": "https://hooks.example.net/mqha"}
 	for _, k := range Keys() {
 		v, ok := values[k]
 		if !ok {

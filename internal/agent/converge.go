@@ -154,8 +154,8 @@ func (a *Agent) applied(v *View) {
 			a.log.Error("tell keepalived's bridge check that this node stays", "err", err)
 		}
 	}
+	a.view = v // first: the "applied" event names v's cluster
 	a.facts.SetApplied(v.Commit, v.Subject)
-	a.view = v
 	a.log.Info("converged", "commit", source.Short(v.Commit), "subject", v.Subject)
 	a.facts.SetInsecure(a.insecurity())
 	a.facts.SetRoles(v.Node.RoleList())

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/mqha/mqha/internal/control"
+	"github.com/mqha/mqha/internal/notify"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/verdict"
 )
@@ -24,6 +26,8 @@ type record struct {
 	log    *slog.Logger
 	now    func() time.Time
 	notify func(string)
+	// emit posts an event to the webhook (notify.go); nil: none.
+	emit func(kind, commit, reason string)
 
 	mu sync.Mutex
 	f  facts
@@ -122,6 +126,9 @@ func (r *record) SetApplied(hash, subject string) bool {
 		f.converging = nil
 		f.applied, f.appliedSubject, f.appliedAt = hash, subject, now
 	})
+	if isNew {
+		r.event(notify.Applied, hash, subject)
+	}
 	return isNew
 }
 
@@ -137,6 +144,18 @@ func (r *record) Refuse(hash string, err error) {
 		r.reconciled(f, control.Reconciliation{Commit: hash, Result: "refused", Reason: why, Seconds: took(f, now), At: now})
 		f.refused, f.refusedReason, f.holdRefused, f.converging = hash, why, true, nil
 	})
+	kind := notify.Refused
+	if strings.Contains(why, "rolled back") {
+		kind = notify.RolledBack
+	}
+	r.event(kind, hash, why)
+}
+
+// event posts a fact's change to the webhook.
+func (r *record) event(kind, commit, reason string) {
+	if r.emit != nil {
+		r.emit(kind, commit, reason)
+	}
 }
 
 // reconciled adds e to the history (newest first, HistoryLen kept) and its
@@ -255,7 +274,14 @@ func (r *record) SetDecommission(d *control.Decommission) {
 		r.writeState("decommission", string(b))
 	}
 	r.m.decommission.Set(decomLevel(d))
-	r.change(func(f *facts) { f.decom = d })
+	var done bool
+	r.change(func(f *facts) {
+		done = d != nil && !d.Done.IsZero() && (f.decom == nil || f.decom.Done.IsZero())
+		f.decom = d
+	})
+	if done {
+		r.event(notify.Decommissioned, d.Commit, "removed from the cluster definition: units stopped and disabled")
+	}
 }
 
 // SetRoles, SetInsecure and SetWarnings show what the applied commit and

@@ -43,6 +43,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	go a.watchdog(ctx)
+	go a.notifier.Run(ctx)
 	go a.daemons.guard.Run(ctx)
 	go a.followJournal(ctx, daemon.Keepalived.Unit, "forged VRRP adverts", a.countForged)
 	a.log.Info("agent started", "node", a.node, "repo", a.cfg.Repo, "branch", a.cfg.Branch, "applied", source.Short(a.facts.Applied()),

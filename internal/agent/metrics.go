@@ -10,23 +10,24 @@ import (
 )
 
 type metrics struct {
-	reg          *prometheus.Registry
-	own          []prometheus.Collector // the mqha_ metrics (MetricNames)
-	applied      *prometheus.GaugeVec
-	converges    *prometheus.CounterVec
-	fetchErrors  prometheus.Counter
-	checkOK      *prometheus.GaugeVec
-	repairs      *prometheus.GaugeVec
-	drift        prometheus.Counter
-	drops        *prometheus.CounterVec
-	limitOK      *prometheus.GaugeVec
-	stage        *prometheus.HistogramVec
-	certExpiry   *prometheus.GaugeVec
-	suspended    prometheus.Gauge
-	decommission prometheus.Gauge
-	forged       *prometheus.CounterVec
-	vipReleased  *prometheus.CounterVec
-	verdicts     *prometheus.CounterVec
+	reg           *prometheus.Registry
+	own           []prometheus.Collector // the mqha_ metrics (MetricNames)
+	applied       *prometheus.GaugeVec
+	converges     *prometheus.CounterVec
+	fetchErrors   prometheus.Counter
+	checkOK       *prometheus.GaugeVec
+	repairs       *prometheus.GaugeVec
+	drift         prometheus.Counter
+	drops         *prometheus.CounterVec
+	limitOK       *prometheus.GaugeVec
+	stage         *prometheus.HistogramVec
+	certExpiry    *prometheus.GaugeVec
+	suspended     prometheus.Gauge
+	decommission  prometheus.Gauge
+	forged        *prometheus.CounterVec
+	vipReleased   *prometheus.CounterVec
+	verdicts      *prometheus.CounterVec
+	notifications *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -55,7 +56,9 @@ func newMetrics() *metrics {
 		Help: "Addresses the agent deleted from this node's interfaces because keepalived, which held them, was stopped (SIGSTOP) or not running, by why."}, []string{"why"})
 	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_verdicts_total",
 		Help: "Verdicts on commits: given by this node (what=\"given\"), learned from another node (\"learned\"), not trusted (\"untrusted\": unsigned, forged, not a node's), commits refused or rolled back because of one (\"obeyed\")."}, []string{"what"})
-	m.own = []prometheus.Collector{m.verdicts, m.vipReleased, m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
+	m.notifications = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mqha_notifications_total",
+		Help: "Events posted to the notify-url webhook, by result: sent, failed (given up after 5 tries), dropped (the queue was full)."}, []string{"result"})
+	m.own = []prometheus.Collector{m.notifications, m.verdicts, m.vipReleased, m.forged, m.decommission, m.suspended, m.applied, m.converges, m.fetchErrors, m.checkOK, m.repairs, m.drift, m.drops, m.limitOK, m.stage, m.certExpiry}
 	m.reg.MustRegister(m.own...)
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

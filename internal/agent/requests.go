@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -60,6 +61,7 @@ func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
 	took, restart := reloadKeys(&a.cfg, &cfg)
 	a.d.Verifier = verifier
 	a.hook.setFile(a.cfg.WebhookSecretFile)
+	nerr := a.setNotify()
 	if a.ticks.poll != nil {
 		a.ticks.poll.Reset(a.cfg.Poll)
 		a.ticks.health.Reset(a.cfg.HealthInterval)
@@ -68,9 +70,12 @@ func (a *Agent) applyConfig(cfg Config, verifier Verifier) error {
 	a.log.Info("configuration reloaded", "changed", strings.Join(took, ","), "needs_restart", strings.Join(restart, ","),
 		"signatures", verifier != nil)
 	if len(restart) > 0 {
-		return fmt.Errorf("%s changed: needs a restart (systemctl restart mqha-agent); kept the running values", strings.Join(restart, ", "))
+		return errors.Join(nerr, fmt.Errorf("%s changed: needs a restart (systemctl restart mqha-agent); kept the running values", strings.Join(restart, ", ")))
 	}
-	return nil
+	if nerr != nil {
+		a.log.Error("webhook notifications are off", "err", nerr)
+	}
+	return nerr
 }
 
 // insecurity is what lets a commit nobody trusted reach this node: commits

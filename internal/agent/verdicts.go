@@ -158,7 +158,7 @@ func (a *Agent) obeyVerdicts(ctx context.Context) {
 		a.log.Error("go back to the commit applied before the one the fleet refused", "back_to", source.Short(prev), "err", lerr)
 		return
 	}
-	a.facts.Refuse(applied, err)
+	a.facts.Refuse(applied, fmt.Errorf("%w; this node had applied it and went back to %s (rolled back)", err, source.Short(prev)))
 }
 
 // nodeRoots are the CAs a node certificate of v's cluster chains to.

@@ -7,11 +7,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/mqha/mqha/internal/apply"
+	"github.com/mqha/mqha/internal/notify"
 	"github.com/mqha/mqha/internal/pki"
 	"github.com/mqha/mqha/internal/verdict"
 )
@@ -216,5 +223,57 @@ func TestNoVerdictWhenThePreviousCommitFailsToo(t *testing.T) {
 	h.sync(false)
 	if s := h.a.Status(); s.Refused != "c2" || len(h.a.facts.Verdicts()) != 0 {
 		t.Errorf("refused %q, %d verdicts; want c2 refused here and no verdict", s.Refused, len(h.a.facts.Verdicts()))
+	}
+}
+
+// The node's events reach the notify-url webhook, signed, in order: a
+// commit applied, one refused; agent.conf without a secret sends none.
+func TestEventsNotified(t *testing.T) {
+	secret := []byte("sixteen bytes at least, random")
+	var mu sync.Mutex
+	var got []notify.Event
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if !notify.Verify(secret, body, r.Header.Get(notify.SignatureHeader)) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var e notify.Event
+		json.Unmarshal(body, &e)
+		mu.Lock()
+		got = append(got, e)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	file := filepath.Join(t.TempDir(), "notify.secret")
+	os.WriteFile(file, secret, 0o600)
+	h := newHarness(t, "broker1", "", map[string]string{"c1": "", "c2": "mqtt: maxQueuedMessages: 2000"})
+	h.a.cfg.NotifyURL, h.a.cfg.NotifySecretFile = srv.URL, file
+	if err := h.a.setNotify(); err != nil {
+		t.Fatal(err)
+	}
+	h.src.head = "c1"
+	h.poll()
+	h.conv.fail["c2"] = errors.New("write /etc/mosquitto/mosquitto.conf: no space left on device (rolled back to the previous files and unit states)")
+	h.src.head = "c2"
+	h.sync(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0].Kind != notify.Applied || got[0].Commit != "c1" || got[1].Kind != notify.RolledBack || got[1].Commit != "c2" || got[0].Node != "broker1" || got[0].Cluster != "mqtt" {
+		t.Errorf("events %+v, want c1 applied then c2 rolled back, from broker1 of mqtt", got)
+	}
+	h.a.cfg.NotifySecretFile = ""
+	if err := h.a.setNotify(); err == nil || !strings.Contains(err.Error(), "notify-secret-file") {
+		t.Errorf("no secret: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/mqha/mqha/internal/cluster"
 	"github.com/mqha/mqha/internal/daemon"
 	"github.com/mqha/mqha/internal/health"
+	"github.com/mqha/mqha/internal/notify"
 	"github.com/mqha/mqha/internal/probe"
 )
 
@@ -48,6 +49,7 @@ func (a *Agent) onResult(r health.Result) {
 		if err := a.fault.Set(faultHealth); err != nil {
 			a.log.Error("report the fault to keepalived", "err", err)
 		}
+		a.emit(notify.FailedOver, a.facts.Applied(), "nginx does not serve here: the VIP was given up to the other load balancer ("+r.Error+")")
 	case r.OK && held:
 		a.log.Info("nginx serves again: taking part in VRRP again")
 		if err := a.fault.Clear(faultHealth); err != nil {
