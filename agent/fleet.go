@@ -159,13 +159,20 @@ func printFleet(c *cmd, cl *cluster.Cluster, st map[string]control.Status, head 
 	// What the nodes did with the last commits, from their histories.
 	for i, v := range control.Verdicts(st, 5) {
 		if i == 0 {
-			fmt.Fprintf(w, "\n%-14s %-24s %s\n", "COMMIT", "APPLIED ON", "REFUSED ON")
+			fmt.Fprintf(w, "\n%-14s %-24s %-16s %s\n", "COMMIT", "APPLIED ON", "VERDICT BY", "REFUSED ON")
 		}
 		var refused []string
 		for node, why := range v.Refused {
 			refused = append(refused, node+": "+why)
 		}
 		sort.Strings(refused)
-		fmt.Fprintf(w, "%-14s %-24s %s\n", source.Short(v.Commit), strings.Join(v.Applied, ","), strings.Join(refused, "; "))
+		fmt.Fprintf(w, "%-14s %-24s %-16s %s\n", source.Short(v.Commit), strings.Join(v.Applied, ","), orDash(strings.Join(v.Judged, ",")), strings.Join(refused, "; "))
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

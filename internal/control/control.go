@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/mqha/mqha/internal/health"
@@ -355,7 +356,10 @@ type Verdict struct {
 	Subject string
 	Applied []string          // the nodes that applied it, sorted
 	Refused map[string]string // node -> why
-	Last    time.Time         // the latest reconciliation of it
+	// Judged: the nodes that applied it and could not verify it, whose
+	// verdict refused it for the fleet (package verdict), sorted.
+	Judged []string
+	Last   time.Time // the latest reconciliation of it
 }
 
 // Verdicts are the commits in the nodes' histories, newest first, at most
@@ -382,6 +386,9 @@ func Verdicts(st map[string]Status, n int) []Verdict {
 			}
 			if h.Result == "refused" {
 				v.Refused[node] = h.Reason
+				if strings.HasPrefix(h.Reason, "not verified") || strings.Contains(h.Reason, ": not verified") {
+					v.Judged = append(v.Judged, node)
+				}
 			} else {
 				v.Applied = append(v.Applied, node)
 			}
@@ -390,6 +397,7 @@ func Verdicts(st map[string]Status, n int) []Verdict {
 	out := make([]Verdict, 0, len(by))
 	for _, v := range by {
 		sort.Strings(v.Applied)
+		sort.Strings(v.Judged)
 		out = append(out, *v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Last.After(out[j].Last) })

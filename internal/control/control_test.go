@@ -39,14 +39,14 @@ func TestVerdicts(t *testing.T) {
 	at := func(m int) time.Time { return time.Date(2026, 12, 7, 0, m, 0, 0, time.UTC) }
 	st := map[string]Status{
 		"lb1":     {History: []Reconciliation{{Commit: "bad", Result: "applied", At: at(2)}, {Commit: "good", Result: "applied", Subject: "ok", At: at(1)}}},
-		"broker1": {History: []Reconciliation{{Commit: "bad", Result: "refused", Reason: "rolled back", At: at(3)}, {Commit: "good", Result: "applied", At: at(1)}}},
+		"broker1": {History: []Reconciliation{{Commit: "bad", Result: "refused", Reason: "commit bad (x): not verified: health check after apply: no answer (rolled back)", At: at(3)}, {Commit: "good", Result: "applied", At: at(1)}}},
 		"broker2": {History: []Reconciliation{{Commit: "bad", Result: "refused", Reason: "rolled back", At: at(4)}, {Commit: "bad", Result: "applied", At: at(2)}}},
 	}
 	v := Verdicts(st, 5)
 	if len(v) != 2 || v[0].Commit != "bad" || v[1].Commit != "good" {
 		t.Fatalf("verdicts %+v", v)
 	}
-	if strings.Join(v[0].Applied, ",") != "lb1" || len(v[0].Refused) != 2 || v[0].Refused["broker2"] != "rolled back" {
+	if strings.Join(v[0].Applied, ",") != "lb1" || len(v[0].Refused) != 2 || v[0].Refused["broker2"] != "rolled back" || strings.Join(v[0].Judged, ",") != "broker1" {
 		t.Errorf("bad: %+v", v[0])
 	}
 	if strings.Join(v[1].Applied, ",") != "broker1,lb1" || v[1].Subject != "ok" || len(v[1].Refused) != 0 {
