@@ -85,6 +85,35 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 	}
 	report(t, "wrong-CA commit refused by all %d nodes within %s; applied and rolled back on %v; daemon starts it cost the fleet: %d (before the verdicts: both brokers and the bridge applied and rolled back, 6)",
 		len(nodes), took.Round(time.Second), rolledBack, total)
+	// The timeline, from the nodes' own records: each node's refusal, and
+	// the daemon starts in the journals.
+	type mark struct {
+		at   time.Duration
+		what string
+	}
+	var tl []mark
+	for _, n := range nodes {
+		for _, h := range agentStatus(t, n).History {
+			if h.Commit == head {
+				tl = append(tl, mark{h.At.Sub(since), n + " refused it: " + h.Reason})
+				break
+			}
+		}
+		out := onAny(t, n, "sh", "-c", fmt.Sprintf("journalctl -u mosquitto.service -u nginx.service --since @%d -o short-unix | grep ' Started ' || true", since.Unix()))
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(l); len(f) > 0 {
+				if sec, err := strconv.ParseFloat(f[0], 64); err == nil {
+					tl = append(tl, mark{time.Unix(0, int64(sec*1e9)).Sub(since), n + ": " + strings.Join(f[2:], " ")})
+				}
+			}
+		}
+	}
+	slices.SortFunc(tl, func(a, b mark) int { return int(a.at - b.at) })
+	var lines []string
+	for _, m := range tl {
+		lines = append(lines, fmt.Sprintf("t+%5.1fs %s", m.at.Seconds(), m.what))
+	}
+	report(t, "timeline of the wrong-CA commit (pushed at t+1.0s):\n%s", strings.Join(lines, "\n"))
 	if len(rolledBack) != 1 || total > 2 {
 		t.Errorf("applied and rolled back on %v with %d daemon starts; want one node, 2 starts (its apply and its rollback)", rolledBack, total)
 	}
