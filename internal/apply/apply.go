@@ -285,6 +285,18 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 	}
 	for _, u := range check {
 		st, err := a.Systemd.State(ctx, u)
+		// "reloading" (and "activating") is on the way to active: a reload
+		// the apply asked for may still be running (the soak saw a refusal
+		// of keepalived "reloading after apply"). Waited for, bounded by
+		// ctx and transientWait.
+		for end := time.Now().Add(transientWait); err == nil && (st.ActiveState == "reloading" || st.ActiveState == "activating") && time.Now().Before(end); {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			st, err = a.Systemd.State(ctx, u)
+		}
 		if err != nil {
 			return err
 		}
@@ -301,6 +313,10 @@ func (a *Applier) forward(ctx context.Context, p *plan.Plan, log *slog.Logger, w
 	a.since("verify", mark)
 	return nil
 }
+
+// transientWait bounds how long a unit may stay reloading or activating
+// after an apply before it counts as failed.
+const transientWait = 10 * time.Second
 
 // rollbackTimeout bounds a rollback (unit restarts of up to 10 s each).
 const rollbackTimeout = 2 * time.Minute

@@ -23,6 +23,8 @@ type fakeSystemd struct {
 	states map[string]string
 	failOn map[string]bool
 	calls  []string
+	// first: states a unit reports before states says (one per call).
+	first map[string][]string
 }
 
 // cancelAware is systemd over D-Bus: calls with an ended context fail.
@@ -36,6 +38,10 @@ func (c cancelAware) Do(ctx context.Context, a unit.Action, u string) error {
 }
 
 func (f *fakeSystemd) State(_ context.Context, u string) (unit.State, error) {
+	if q := f.first[u]; len(q) > 0 {
+		f.first[u] = q[1:]
+		return unit.State{ActiveState: q[0], LoadState: "loaded"}, nil
+	}
 	s := f.states[u]
 	if s == "" {
 		s = "inactive"
@@ -135,6 +141,18 @@ func TestApplyWritesAndRestarts(t *testing.T) {
 	leftovers, _ := filepath.Glob(filepath.Join(root, "etc/mosquitto/.*"))
 	if len(leftovers) > 0 {
 		t.Errorf("left behind: %v", leftovers)
+	}
+}
+
+// A unit still reloading (or activating) right after the apply is waited
+// for, not taken for a failure.
+func TestReloadingIsWaitedFor(t *testing.T) {
+	old := map[string]string{daemon.Mosquitto.Conf: "# Debian default\n"}
+	root, p, sd := setup(t, "broker1", old, map[string]string{daemon.Mosquitto.Unit: "active"})
+	sd.first = map[string][]string{daemon.Mosquitto.Unit: {"active", "reloading", "reloading", "activating"}}
+	a := &apply.Applier{Root: root, BackupDir: "/var/lib/mqha/backup", Systemd: sd, Validator: fakeValidator{}}
+	if err := a.Apply(context.Background(), p); err != nil {
+		t.Fatalf("a unit reloading after the apply failed it: %v (calls %v)", err, sd.calls)
 	}
 }
 
