@@ -261,10 +261,11 @@ func TestNginxStoppedOnVIPHolder(t *testing.T) {
 	t.Cleanup(func() { onAny(t, holder, "systemctl", "kill", "-s", "CONT", "nginx") })
 	back := vipServesFrom(t, t0, other)
 	report(t, "nginx SIGSTOPped on VIP holder %s: VIP serving from %s after %s", holder, other, back.Round(time.Millisecond))
-	// Bound: 3x the ~1.5 s seen; before the stopped state was read it took
-	// 3.9-5.1 s (two failed rounds).
-	if back > 5*time.Second {
-		t.Errorf("VIP served again %s after nginx was stopped, want within 5 s", back)
+	// Bound: over 3x the 2.1 s seen (the stopped state read within 0.5 s,
+	// a 0.3 s probe, VRRP's move); before, it took 3.9-5.1 s (two failed
+	// rounds).
+	if back > 7*time.Second {
+		t.Errorf("VIP served again %s after nginx was stopped, want within 7 s", back)
 	}
 	waitFor(t, 30*time.Second, "nginx on "+holder+" replaced and serving", func() bool {
 		st := agentStatus(t, holder)

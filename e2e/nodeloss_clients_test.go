@@ -13,6 +13,69 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
+// These tests add a bridge standby (withStandby) and move the bridge role:
+// the file sorts after lab_test.go, whose tests expect the lab's one
+// bridge, as the other node-loss tests do.
+
+// TestRetainedAfterBridgeTakeover: a bridge node keeps the retained
+// messages it relayed as master; mosquitto's bridge sends every one of its
+// own to a broker it connects to. So a node that takes the role back would
+// hand the brokers what they held when it last bridged: a message cleared
+// and one replaced meanwhile would return on every broker. The strip at
+// start (internal/retained: a bridge node relays, its store is dropped
+// whenever mosquitto starts) must keep the brokers' state.
+func TestRetainedAfterBridgeTakeover(t *testing.T) {
+	first, second := withStandby(t)
+	base := fmt.Sprintf("e2e/retained-takeover/%d", time.Now().UnixNano())
+	cleared, replaced := base+"/cleared", base+"/replaced"
+	pub := client(t, brokerAddr(t, "broker1"), fmt.Sprintf("e2e-retainer-%d", time.Now().UnixNano()), true)
+	publishR := func(tp, payload string) {
+		if tok := pub.Publish(tp, 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish retained %s: %v", tp, tok.Error())
+		}
+	}
+	t.Cleanup(func() {
+		publishR(cleared, "")
+		publishR(replaced, "")
+	})
+	both := []string{cleared, replaced}
+	publishR(cleared, "old")
+	publishR(replaced, "v1")
+	waitFor(t, 10*time.Second, "broker2 holding the retained messages (bridged by "+first+")", func() bool {
+		return len(retainedOn(t, brokerAddr(t, "broker2"), both, 300*time.Millisecond)) == 2
+	})
+	// Restarting the master's keepalived moves the role (nopreempt: the
+	// node comes back as the standby).
+	move := func(from, to string) {
+		t.Helper()
+		on(t, from, "systemctl", "restart", "keepalived")
+		waitFor(t, 60*time.Second, to+" bridging, "+from+" its standby", func() bool {
+			a, s := bridgeRoles(t)
+			return a == to && s == from
+		})
+	}
+	move(first, second)
+	publishR(cleared, "")
+	publishR(replaced, "v2")
+	want := map[string]string{replaced: "v2"}
+	waitFor(t, 10*time.Second, "broker2 holding the changes (bridged by "+second+")", func() bool {
+		return fmt.Sprint(retainedOn(t, brokerAddr(t, "broker2"), both, 300*time.Millisecond)) == fmt.Sprint(want)
+	})
+	t0 := time.Now()
+	move(second, first)
+	took := time.Since(t0)
+	time.Sleep(3 * time.Second) // what the new master sends has crossed
+	got1 := retainedOn(t, brokerAddr(t, "broker1"), both, time.Second)
+	got2 := retainedOn(t, brokerAddr(t, "broker2"), both, time.Second)
+	report(t, "%s bridged while a message was retained, %s took over, one message was cleared and one replaced, %s took the role back (%s): broker1 holds %v, broker2 %v",
+		first, second, first, took.Round(100*time.Millisecond), got1, got2)
+	for b, got := range map[string]map[string]string{"broker1": got1, "broker2": got2} {
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s holds %v after %s took the role back; want %v (what it held before)", b, got, first, want)
+		}
+	}
+}
+
 // qos2Flow publishes numbered QoS 2 messages on broker1 to a persistent
 // QoS 2 subscriber on broker2, and counts what arrived how often.
 type qos2Flow struct {
