@@ -83,7 +83,7 @@ func TestUnhealthyCommitRolledBack(t *testing.T) {
 			t.Errorf("%s restarted a daemon %d times for a commit it did not apply", n, r)
 		}
 	}
-	report(t, "wrong-CA commit refused by all %d nodes within %s; applied and rolled back on %v; daemon starts it cost the fleet: %d (before the verdicts: both brokers and the bridge applied and rolled back, 6)",
+	report(t, "wrong-CA commit refused by all %d nodes within %s; applied and rolled back on %v; daemon starts it cost the fleet: %d (before the verdicts, as issue 24 measured it: both brokers and the bridge applied and rolled back, 6 by count)",
 		len(nodes), took.Round(time.Second), rolledBack, total)
 	// The timeline, from the nodes' own records: each node's refusal, and
 	// the daemon starts in the journals.

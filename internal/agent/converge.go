@@ -167,26 +167,24 @@ func (a *Agent) applied(v *View) {
 func (a *Agent) verifyUnits(ctx context.Context, v *View, p *plan.Plan, daemonsOnly, all bool) error {
 	var checks []health.Check
 	if all {
-		checks = v.Checks
-		if daemonsOnly {
-			checks = slices.DeleteFunc(slices.Clone(checks), func(c health.Check) bool { return c.Unit == "" })
-		}
-	}
-	for _, u := range p.Units {
-		if all {
-			break
-		}
-		if u.Action == unit.None || u.Action == unit.Stop {
-			continue
-		}
-		for _, c := range v.checksOf[u.Name] {
-			if c.Unit != "" || !daemonsOnly {
-				checks = append(checks, c)
+		checks = slices.Clone(v.Checks)
+	} else {
+		for _, u := range p.Units {
+			if u.Action != unit.None && u.Action != unit.Stop {
+				checks = append(checks, v.checksOf[u.Name]...)
 			}
 		}
 	}
+	if daemonsOnly {
+		checks = slices.DeleteFunc(checks, func(c health.Check) bool { return c.Unit == "" })
+	}
+	return a.verifyChecks(ctx, checks, a.cfg.VerifyTimeout)
+}
+
+// verifyChecks runs checks until they all pass or within passes.
+func (a *Agent) verifyChecks(ctx context.Context, checks []health.Check, within time.Duration) error {
 	m := &health.Monitor{Checks: checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}
-	return m.Verify(ctx, a.cfg.VerifyTimeout)
+	return m.Verify(ctx, within)
 }
 
 // rebuild points the health monitor, the unit watcher, the drift watcher,

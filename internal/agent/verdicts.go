@@ -14,7 +14,6 @@ import (
 
 	"github.com/mqha/mqha/internal/apply"
 	"github.com/mqha/mqha/internal/daemon"
-	"github.com/mqha/mqha/internal/health"
 	"github.com/mqha/mqha/internal/source"
 	"github.com/mqha/mqha/internal/verdict"
 )
@@ -49,9 +48,7 @@ func (a *Agent) judgeIfPreviousServes(ctx context.Context, commit string, err er
 	if a.view == nil {
 		return
 	}
-	wait := min(previousServes, a.cfg.VerifyTimeout)
-	m := &health.Monitor{Checks: a.view.Checks, Units: a.d.Systemd, Timeout: probeTimeout, Log: a.log}
-	if verr := m.Verify(ctx, wait); verr != nil {
+	if verr := a.verifyChecks(ctx, a.view.Checks, min(previousServes, a.cfg.VerifyTimeout)); verr != nil {
 		a.log.Warn("no verdict on a commit that did not verify: this node does not serve with the commit before it either, so the trouble may be its own",
 			"commit", source.Short(commit), "err", verr)
 		return
